@@ -1,0 +1,138 @@
+"""
+The storage contract: the handful of atomic operations every backend implements.
+
+Everything above this module (runs, leases, the schedule, the agent) is written once
+against :class:`Backend`. Keys are ``/``-separated strings of printable ASCII; values are
+arbitrary bytes. A *version* is an opaque string that changes whenever a key's content
+changes, and is what ``replace`` and ``delete`` compare against.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections import Counter
+from collections.abc import Sequence
+from types import TracebackType
+
+import anyio
+
+__all__ = ["Backend", "Entry"]
+
+#: What ``get`` returns for a present key: its bytes and its current version.
+Entry = tuple[bytes, str]
+
+
+class Backend(abc.ABC):
+    """
+    A key-value store with the atomic operations substantial needs.
+
+    Implementations must make ``create`` and ``replace`` atomic with respect to every
+    other client of the same storage, including other processes and machines: this is
+    the whole of the coordination substantial relies on.
+
+    ``requests`` counts storage round trips by operation name, for cost reports.
+    """
+
+    #: A short name for messages and metrics ("memory", "files", "redis", "s3").
+    name: str = "backend"
+
+    def __init__(self) -> None:
+        self.requests: Counter[str] = Counter()
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> Entry | None:
+        """
+        Read a key.
+
+        :return: ``(data, version)``, or ``None`` if the key does not exist
+        :raises BackendUnavailable: if the storage cannot be reached
+        """
+
+    @abc.abstractmethod
+    async def put(self, key: str, data: bytes) -> str:
+        """
+        Write a key unconditionally.
+
+        :return: the new version
+        :raises BackendUnavailable: if the storage cannot be reached
+        """
+
+    @abc.abstractmethod
+    async def create(self, key: str, data: bytes) -> str | None:
+        """
+        Write a key only if it does not exist. Of many concurrent creates of one key,
+        exactly one succeeds.
+
+        :return: the new version, or ``None`` if the key already existed
+        :raises BackendUnavailable: if the storage cannot be reached
+        """
+
+    @abc.abstractmethod
+    async def replace(self, key: str, data: bytes, version: str) -> str | None:
+        """
+        Overwrite a key only if its version is still ``version``.
+
+        :return: the new version, or ``None`` if the key changed or no longer exists
+        :raises BackendUnavailable: if the storage cannot be reached
+        """
+
+    @abc.abstractmethod
+    async def delete(self, key: str, version: str | None = None) -> bool:
+        """
+        Delete a key; with ``version``, only if it is unchanged since that version.
+
+        :return: whether this call deleted the key
+        :raises BackendUnavailable: if the storage cannot be reached
+        """
+
+    @abc.abstractmethod
+    async def list(self, prefix: str, *, after: str | None = None, limit: int = 1000) -> list[str]:
+        """
+        List keys that start with ``prefix`` in lexicographic (byte) order.
+
+        :param after: only keys strictly greater than this full key
+        :param limit: at most this many keys
+        :return: full keys, ascending
+        :raises BackendUnavailable: if the storage cannot be reached
+        """
+
+    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        """
+        Read several keys concurrently; the result is in the order of ``keys``.
+
+        Backends with a batch read (Redis ``MGET``) override this.
+        """
+        results: list[Entry | None] = [None] * len(keys)
+
+        async def fetch(index: int, key: str) -> None:
+            results[index] = await self.get(key)
+
+        async with anyio.create_task_group() as tg:
+            for index, key in enumerate(keys):
+                tg.start_soon(fetch, index, key)
+        return results
+
+    async def list_all(self, prefix: str, *, after: str | None = None) -> list[str]:
+        """Every key under ``prefix`` (after ``after``), paging through ``list``."""
+        keys: list[str] = []
+        page = 1000
+        while True:
+            batch = await self.list(prefix, after=after, limit=page)
+            keys.extend(batch)
+            if len(batch) < page:
+                return keys
+            after = batch[-1]
+
+    async def aclose(self) -> None:  # noqa: B027 - deliberately a no-op by default
+        """Release connections and other resources. Safe to call twice."""
+
+    async def __aenter__(self) -> Backend:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,179 @@
+"""
+Every error substantial raises, under one root.
+
+* SubstantialError
+    * BackendError
+        * BackendUnavailable (also ConnectionError): the storage could not be reached
+        * LeaseLost: another agent took over a run this agent was working on
+    * CodecError (also ValueError): a value could not be encoded or decoded
+    * InvalidArguments (also TypeError): arguments that do not fit the workflow's signature
+    * RunError: about one run; carries ``run_id``
+        * RunNotFound (also LookupError)
+        * UnknownWorkflow (also LookupError)
+        * NonDeterminismError: the code no longer replays the run's log
+        * CorruptLog: a stored record does not parse, or belongs to another run
+    * StepFailed: raised inside a workflow at ``save`` once a step has no attempts left
+    * RunFailed, RunCancelled: raised by ``Handle.result()``
+
+The control-flow signal that parks a run is a ``BaseException`` inside the replay engine,
+so that ``except Exception`` in workflow code cannot swallow it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BackendError",
+    "BackendUnavailable",
+    "CodecError",
+    "CorruptLog",
+    "InvalidArguments",
+    "LeaseLost",
+    "NonDeterminismError",
+    "RunCancelled",
+    "RunError",
+    "RunFailed",
+    "RunNotFound",
+    "StepFailed",
+    "SubstantialError",
+    "UnknownWorkflow",
+]
+
+
+class SubstantialError(Exception):
+    """The root of every error raised by substantial."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.__dict__))
+
+
+def _rebuild(cls: type[SubstantialError], state: dict[str, Any]) -> SubstantialError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, state.get("message", ""))
+    error.__dict__.update(state)
+    return error
+
+
+class BackendError(SubstantialError):
+    """A storage operation failed."""
+
+
+class BackendUnavailable(BackendError, ConnectionError):
+    """The storage backend could not be reached; the operation may succeed if retried."""
+
+    def __init__(self, backend: str, operation: str, detail: str) -> None:
+        super().__init__(f"{backend} unavailable during {operation}: {detail}")
+        self.backend = backend
+        self.operation = operation
+        self.detail = detail
+
+
+class LeaseLost(BackendError):
+    """Another agent took over the run; this agent's work on it must stop."""
+
+    def __init__(self, run_id: str, detail: str) -> None:
+        super().__init__(f"lease on run {run_id!r} lost: {detail}")
+        self.run_id = run_id
+        self.detail = detail
+
+
+class CodecError(SubstantialError, ValueError):
+    """A value could not be encoded, or stored bytes could not be decoded."""
+
+
+class InvalidArguments(SubstantialError, TypeError):
+    """The arguments given to a workflow do not fit its signature."""
+
+    def __init__(self, workflow: str, detail: str) -> None:
+        super().__init__(f"bad arguments for workflow {workflow!r}: {detail}")
+        self.workflow = workflow
+        self.detail = detail
+
+
+class RunError(SubstantialError):
+    """An error about one run."""
+
+    def __init__(self, run_id: str, message: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class RunNotFound(RunError, LookupError):
+    """No run with this id exists on the backend."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id, f"no run {run_id!r} on this backend")
+
+
+class UnknownWorkflow(RunError, LookupError):
+    """A workflow name that no one registered with this conductor."""
+
+    def __init__(self, name: str, known: list[str], run_id: str = "") -> None:
+        where = f" (run {run_id!r})" if run_id else ""
+        listing = ", ".join(sorted(known)) or "none"
+        super().__init__(
+            run_id, f"unknown workflow {name!r}{where}; registered workflows: {listing}"
+        )
+        self.name = name
+        self.known = sorted(known)
+
+
+class NonDeterminismError(RunError):
+    """The workflow code no longer replays the run's log: the two disagree at a position."""
+
+    def __init__(self, run_id: str, position: int | None, logged: str, code: str) -> None:
+        where = f"at position {position}" if position is not None else "at the end of the log"
+        super().__init__(
+            run_id,
+            f"run {run_id!r} does not replay {where}: the log holds {logged}, "
+            f"but the code asked for {code}",
+        )
+        self.position = position
+        self.logged = logged
+        self.code = code
+
+
+class CorruptLog(RunError):
+    """A stored record could not be parsed, or does not belong where it was found."""
+
+    def __init__(self, run_id: str, key: str, detail: str) -> None:
+        super().__init__(run_id, f"corrupt record {key!r} in run {run_id!r}: {detail}")
+        self.key = key
+        self.detail = detail
+
+
+class StepFailed(SubstantialError):
+    """
+    A ``save`` step failed and has no attempts left.
+
+    Raised inside the workflow at the ``save`` call, live and on every replay alike. The
+    original exception is described by ``type_name``, ``error_message`` and ``traceback``.
+    """
+
+    def __init__(self, type_name: str, error_message: str, traceback: str = "") -> None:
+        super().__init__(f"step failed with {type_name}: {error_message}")
+        self.type_name = type_name
+        self.error_message = error_message
+        self.traceback = traceback
+
+
+class RunFailed(RunError):
+    """The run ended with an exception; raised by ``Handle.result()``."""
+
+    def __init__(self, run_id: str, type_name: str, error_message: str, traceback: str) -> None:
+        super().__init__(run_id, f"run {run_id!r} failed with {type_name}: {error_message}")
+        self.type_name = type_name
+        self.error_message = error_message
+        self.traceback = traceback
+
+
+class RunCancelled(RunError):
+    """The run was cancelled; raised by ``Handle.result()``."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id, f"run {run_id!r} was cancelled")
