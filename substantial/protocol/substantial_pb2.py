@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11substantial.proto\x12\x0esubstantial.v1\"&\n\x07Payload\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"z\n\x07\x46\x61ilure\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x15\n\rnon_retryable\x18\x04 \x01(\x08\x12&\n\x05\x63\x61use\x18\x05 \x01(\x0b\x32\x17.substantial.v1.Failure\"`\n\x07Started\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12%\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x17.substantial.v1.Payload\x12\x0c\n\x04seed\x18\x04 \x01(\x0c\"\x95\x01\n\rStepCompleted\x12\x10\n\x08position\x18\x01 \x01(\r\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x17.substantial.v1.PayloadH\x00\x12*\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x17.substantial.v1.FailureH\x00\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\rB\t\n\x07outcome\"u\n\x11StepAttemptFailed\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12(\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x17.substantial.v1.Failure\x12\x13\n\x0bretry_at_ms\x18\x04 \x01(\x03\"4\n\x0cTimerStarted\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x12\n\nfire_at_ms\x18\x02 \x01(\x03\"\x1e\n\nTimerFired\x12\x10\n\x08position\x18\x01 \x01(\r\"e\n\rEventReceived\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x05value\x18\x03 \x01(\x0b\x32\x17.substantial.v1.Payload\x12\x12\n\nsent_at_ms\x18\x04 \x01(\x03\"-\n\x0f\x43\x61ncelRequested\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\tCompleted\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.substantial.v1.Payload\"2\n\x06\x46\x61iled\x12(\n\x07\x66\x61ilure\x18\x01 \x01(\x0b\x32\x17.substantial.v1.Failure\"\x0b\n\tCancelled\"\xaf\x04\n\x05\x45vent\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x03\x12*\n\x07started\x18\n \x01(\x0b\x32\x17.substantial.v1.StartedH\x00\x12\x37\n\x0estep_completed\x18\x0b \x01(\x0b\x32\x1d.substantial.v1.StepCompletedH\x00\x12@\n\x13step_attempt_failed\x18\x0c \x01(\x0b\x32!.substantial.v1.StepAttemptFailedH\x00\x12\x35\n\rtimer_started\x18\r \x01(\x0b\x32\x1c.substantial.v1.TimerStartedH\x00\x12\x31\n\x0btimer_fired\x18\x0e \x01(\x0b\x32\x1a.substantial.v1.TimerFiredH\x00\x12\x37\n\x0e\x65vent_received\x18\x0f \x01(\x0b\x32\x1d.substantial.v1.EventReceivedH\x00\x12;\n\x10\x63\x61ncel_requested\x18\x10 \x01(\x0b\x32\x1f.substantial.v1.CancelRequestedH\x00\x12.\n\tcompleted\x18\x11 \x01(\x0b\x32\x19.substantial.v1.CompletedH\x00\x12(\n\x06\x66\x61iled\x18\x12 \x01(\x0b\x32\x16.substantial.v1.FailedH\x00\x12.\n\tcancelled\x18\x13 \x01(\x0b\x32\x19.substantial.v1.CancelledH\x00\x42\x06\n\x04kind\"]\n\x07Segment\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12%\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x15.substantial.v1.Event\"r\n\nInboxEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x05value\x18\x03 \x01(\x0b\x32\x17.substantial.v1.Payload\x12\x12\n\nsent_at_ms\x18\x04 \x01(\x03\x12\x0e\n\x06\x63\x61ncel\x18\x05 \x01(\x08\"\xb4\x02\n\x07RunMeta\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12%\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x17.substantial.v1.Payload\x12\x12\n\ncreated_ms\x18\x04 \x01(\x03\x12\x12\n\nupdated_ms\x18\x05 \x01(\x03\x12)\n\x06status\x18\x06 \x01(\x0e\x32\x19.substantial.v1.RunStatus\x12\'\n\x06result\x18\x07 \x01(\x0b\x32\x17.substantial.v1.Payload\x12(\n\x07\x66\x61ilure\x18\x08 \x01(\x0b\x32\x17.substantial.v1.Failure\x12\x0f\n\x07log_seq\x18\t \x01(\x04\x12\x15\n\rparked_reason\x18\n \x01(\t\x12\x12\n\nwake_at_ms\x18\x0b \x01(\x03\"9\n\x05Lease\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x12\n\nexpires_ms\x18\x02 \x01(\x03\x12\r\n\x05token\x18\x03 \x01(\t\"\x1e\n\rScheduleEntry\x12\r\n\x05nonce\x18\x01 \x01(\t*\x83\x02\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_PENDING\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x17\n\x13RUN_STATUS_SLEEPING\x10\x03\x12\x16\n\x12RUN_STATUS_WAITING\x10\x04\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x05\x12\x15\n\x11RUN_STATUS_FAILED\x10\x06\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x07\x12\x15\n\x11RUN_STATUS_PARKED\x10\x08\x12\x17\n\x13RUN_STATUS_REVERTED\x10\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11substantial.proto\x12\x0esubstantial.v1\"&\n\x07Payload\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"z\n\x07\x46\x61ilure\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x15\n\rnon_retryable\x18\x04 \x01(\x08\x12&\n\x05\x63\x61use\x18\x05 \x01(\x0b\x32\x17.substantial.v1.Failure\"`\n\x07Started\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12%\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x17.substantial.v1.Payload\x12\x0c\n\x04seed\x18\x04 \x01(\x0c\"\xa3\x01\n\rStepCompleted\x12\x10\n\x08position\x18\x01 \x01(\r\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x17.substantial.v1.PayloadH\x00\x12*\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x17.substantial.v1.FailureH\x00\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\x0c\n\x04name\x18\x05 \x01(\tB\t\n\x07outcome\"\x83\x01\n\x11StepAttemptFailed\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12(\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x17.substantial.v1.Failure\x12\x13\n\x0bretry_at_ms\x18\x04 \x01(\x03\x12\x0c\n\x04name\x18\x05 \x01(\t\"4\n\x0cTimerStarted\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x12\n\nfire_at_ms\x18\x02 \x01(\x03\"\x1e\n\nTimerFired\x12\x10\n\x08position\x18\x01 \x01(\r\"e\n\rEventReceived\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x05value\x18\x03 \x01(\x0b\x32\x17.substantial.v1.Payload\x12\x12\n\nsent_at_ms\x18\x04 \x01(\x03\"-\n\x0f\x43\x61ncelRequested\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\tCompleted\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.substantial.v1.Payload\"2\n\x06\x46\x61iled\x12(\n\x07\x66\x61ilure\x18\x01 \x01(\x0b\x32\x17.substantial.v1.Failure\"\x0b\n\tCancelled\"\xaf\x04\n\x05\x45vent\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x03\x12*\n\x07started\x18\n \x01(\x0b\x32\x17.substantial.v1.StartedH\x00\x12\x37\n\x0estep_completed\x18\x0b \x01(\x0b\x32\x1d.substantial.v1.StepCompletedH\x00\x12@\n\x13step_attempt_failed\x18\x0c \x01(\x0b\x32!.substantial.v1.StepAttemptFailedH\x00\x12\x35\n\rtimer_started\x18\r \x01(\x0b\x32\x1c.substantial.v1.TimerStartedH\x00\x12\x31\n\x0btimer_fired\x18\x0e \x01(\x0b\x32\x1a.substantial.v1.TimerFiredH\x00\x12\x37\n\x0e\x65vent_received\x18\x0f \x01(\x0b\x32\x1d.substantial.v1.EventReceivedH\x00\x12;\n\x10\x63\x61ncel_requested\x18\x10 \x01(\x0b\x32\x1f.substantial.v1.CancelRequestedH\x00\x12.\n\tcompleted\x18\x11 \x01(\x0b\x32\x19.substantial.v1.CompletedH\x00\x12(\n\x06\x66\x61iled\x18\x12 \x01(\x0b\x32\x16.substantial.v1.FailedH\x00\x12.\n\tcancelled\x18\x13 \x01(\x0b\x32\x19.substantial.v1.CancelledH\x00\x42\x06\n\x04kind\"]\n\x07Segment\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12%\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x15.substantial.v1.Event\"r\n\nInboxEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x05value\x18\x03 \x01(\x0b\x32\x17.substantial.v1.Payload\x12\x12\n\nsent_at_ms\x18\x04 \x01(\x03\x12\x0e\n\x06\x63\x61ncel\x18\x05 \x01(\x08\"\xb4\x02\n\x07RunMeta\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12%\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x17.substantial.v1.Payload\x12\x12\n\ncreated_ms\x18\x04 \x01(\x03\x12\x12\n\nupdated_ms\x18\x05 \x01(\x03\x12)\n\x06status\x18\x06 \x01(\x0e\x32\x19.substantial.v1.RunStatus\x12\'\n\x06result\x18\x07 \x01(\x0b\x32\x17.substantial.v1.Payload\x12(\n\x07\x66\x61ilure\x18\x08 \x01(\x0b\x32\x17.substantial.v1.Failure\x12\x0f\n\x07log_seq\x18\t \x01(\x04\x12\x15\n\rparked_reason\x18\n \x01(\t\x12\x12\n\nwake_at_ms\x18\x0b \x01(\x03\"9\n\x05Lease\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x12\n\nexpires_ms\x18\x02 \x01(\x03\x12\r\n\x05token\x18\x03 \x01(\t\"\x1e\n\rScheduleEntry\x12\r\n\x05nonce\x18\x01 \x01(\t*\x83\x02\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_PENDING\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x17\n\x13RUN_STATUS_SLEEPING\x10\x03\x12\x16\n\x12RUN_STATUS_WAITING\x10\x04\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x05\x12\x15\n\x11RUN_STATUS_FAILED\x10\x06\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x07\x12\x15\n\x11RUN_STATUS_PARKED\x10\x08\x12\x17\n\x13RUN_STATUS_REVERTED\x10\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'substantial_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATUS']._serialized_start=2101
-  _globals['_RUNSTATUS']._serialized_end=2360
+  _globals['_RUNSTATUS']._serialized_start=2130
+  _globals['_RUNSTATUS']._serialized_end=2389
   _globals['_PAYLOAD']._serialized_start=37
   _globals['_PAYLOAD']._serialized_end=75
   _globals['_FAILURE']._serialized_start=77
@@ -40,33 +40,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTED']._serialized_start=201
   _globals['_STARTED']._serialized_end=297
   _globals['_STEPCOMPLETED']._serialized_start=300
-  _globals['_STEPCOMPLETED']._serialized_end=449
-  _globals['_STEPATTEMPTFAILED']._serialized_start=451
-  _globals['_STEPATTEMPTFAILED']._serialized_end=568
-  _globals['_TIMERSTARTED']._serialized_start=570
-  _globals['_TIMERSTARTED']._serialized_end=622
-  _globals['_TIMERFIRED']._serialized_start=624
-  _globals['_TIMERFIRED']._serialized_end=654
-  _globals['_EVENTRECEIVED']._serialized_start=656
-  _globals['_EVENTRECEIVED']._serialized_end=757
-  _globals['_CANCELREQUESTED']._serialized_start=759
-  _globals['_CANCELREQUESTED']._serialized_end=804
-  _globals['_COMPLETED']._serialized_start=806
-  _globals['_COMPLETED']._serialized_end=858
-  _globals['_FAILED']._serialized_start=860
-  _globals['_FAILED']._serialized_end=910
-  _globals['_CANCELLED']._serialized_start=912
-  _globals['_CANCELLED']._serialized_end=923
-  _globals['_EVENT']._serialized_start=926
-  _globals['_EVENT']._serialized_end=1485
-  _globals['_SEGMENT']._serialized_start=1487
-  _globals['_SEGMENT']._serialized_end=1580
-  _globals['_INBOXENTRY']._serialized_start=1582
-  _globals['_INBOXENTRY']._serialized_end=1696
-  _globals['_RUNMETA']._serialized_start=1699
-  _globals['_RUNMETA']._serialized_end=2007
-  _globals['_LEASE']._serialized_start=2009
-  _globals['_LEASE']._serialized_end=2066
-  _globals['_SCHEDULEENTRY']._serialized_start=2068
-  _globals['_SCHEDULEENTRY']._serialized_end=2098
+  _globals['_STEPCOMPLETED']._serialized_end=463
+  _globals['_STEPATTEMPTFAILED']._serialized_start=466
+  _globals['_STEPATTEMPTFAILED']._serialized_end=597
+  _globals['_TIMERSTARTED']._serialized_start=599
+  _globals['_TIMERSTARTED']._serialized_end=651
+  _globals['_TIMERFIRED']._serialized_start=653
+  _globals['_TIMERFIRED']._serialized_end=683
+  _globals['_EVENTRECEIVED']._serialized_start=685
+  _globals['_EVENTRECEIVED']._serialized_end=786
+  _globals['_CANCELREQUESTED']._serialized_start=788
+  _globals['_CANCELREQUESTED']._serialized_end=833
+  _globals['_COMPLETED']._serialized_start=835
+  _globals['_COMPLETED']._serialized_end=887
+  _globals['_FAILED']._serialized_start=889
+  _globals['_FAILED']._serialized_end=939
+  _globals['_CANCELLED']._serialized_start=941
+  _globals['_CANCELLED']._serialized_end=952
+  _globals['_EVENT']._serialized_start=955
+  _globals['_EVENT']._serialized_end=1514
+  _globals['_SEGMENT']._serialized_start=1516
+  _globals['_SEGMENT']._serialized_end=1609
+  _globals['_INBOXENTRY']._serialized_start=1611
+  _globals['_INBOXENTRY']._serialized_end=1725
+  _globals['_RUNMETA']._serialized_start=1728
+  _globals['_RUNMETA']._serialized_end=2036
+  _globals['_LEASE']._serialized_start=2038
+  _globals['_LEASE']._serialized_end=2095
+  _globals['_SCHEDULEENTRY']._serialized_start=2097
+  _globals['_SCHEDULEENTRY']._serialized_end=2127
 # @@protoc_insertion_point(module_scope)

@@ -159,8 +159,11 @@ class StepCompleted(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     FAILURE_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     attempts: _builtins.int
+    name: _builtins.str
+    """the step function's qualified name, checked on replay"""
     @_builtins.property
     def result(self) -> Global___Payload: ...
     @_builtins.property
@@ -172,10 +175,11 @@ class StepCompleted(_message.Message):
         result: Global___Payload | None = ...,
         failure: Global___Failure | None = ...,
         attempts: _builtins.int = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "failure", b"failure", "outcome", b"outcome", "position", b"position", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "failure", b"failure", "name", b"name", "outcome", b"outcome", "position", b"position", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["result", "failure"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
@@ -193,9 +197,11 @@ class StepAttemptFailed(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     FAILURE_FIELD_NUMBER: _builtins.int
     RETRY_AT_MS_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     attempt: _builtins.int
     retry_at_ms: _builtins.int
+    name: _builtins.str
     @_builtins.property
     def failure(self) -> Global___Failure: ...
     def __init__(
@@ -205,10 +211,11 @@ class StepAttemptFailed(_message.Message):
         attempt: _builtins.int = ...,
         failure: Global___Failure | None = ...,
         retry_at_ms: _builtins.int = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "failure", b"failure", "position", b"position", "retry_at_ms", b"retry_at_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "failure", b"failure", "name", b"name", "position", b"position", "retry_at_ms", b"retry_at_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
