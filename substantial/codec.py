@@ -1,0 +1,504 @@
+"""
+Value encoding: what a workflow saves, its arguments, its result and event payloads.
+
+Every value becomes a :class:`~substantial.protocol.substantial_pb2.Payload` that names the
+codec it was written with, so old logs still decode after the default changes. Logs are
+input that someone else may have written: nothing here unpickles, evaluates or imports.
+
+The JSON codec writes plain JSON for ``None``, ``bool``, ``int``, finite ``float``,
+``str``, ``list`` and ``dict`` with ``str`` keys. Every other supported value is a tagged
+object whose first key is ``"$t"``::
+
+    {"$t":"tuple","v":[1,2]}            tuple, set, frozenset (sets sorted by encoding)
+    {"$t":"dict","v":[[k,v],...]}       a dict with a non-str key, or with a "$t" key
+    {"$t":"datetime","v":"2024-..."}    also date, time, timedelta, uuid, decimal, bytes,
+                                        and float ("nan", "inf", "-inf")
+    {"$t":"dataclass","c":"mod:Qual","v":{...}}   also enum, pydantic, namedtuple
+
+A user dict holding a ``"$t"`` key is always written in the ``dict`` form, so it can never
+be read back as a tag. A class named by ``"c"`` is found among the types registered with
+:func:`register_type` (or ``JSONCodec(types=...)``) or else only in modules already
+imported (``sys.modules``), and only if it really is a class of the tagged kind.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import json
+import math
+import sys
+import uuid
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from enum import Enum
+from typing import Any, Protocol
+
+from substantial.errors import CodecError
+from substantial.protocol import substantial_pb2 as pb
+
+__all__ = [
+    "DEFAULT_CODEC",
+    "Codec",
+    "JSONCodec",
+    "decode_payload",
+    "encode_payload",
+    "get_codec",
+    "register_codec",
+    "register_type",
+]
+
+_TAG = "$t"
+_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
+)
+_ASCII_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=True, allow_nan=False, check_circular=False
+)
+_PLAIN_DECODER = json.JSONDecoder()
+
+
+class Codec(Protocol):
+    """Turns values into bytes and back. ``name`` is stored with every payload."""
+
+    name: str
+
+    def encode(self, value: object) -> bytes:
+        """Encode ``value``; raise :class:`CodecError` if it cannot be encoded."""
+        ...
+
+    def decode(self, data: bytes) -> object:
+        """Decode bytes written by :meth:`encode`; raise :class:`CodecError` if they are bad."""
+        ...
+
+
+class _Unencodable(Exception):
+    """Raised inside the walk; each container on the way out adds its part of the path."""
+
+    def __init__(self, value: object, reason: str = "") -> None:
+        super().__init__()
+        self.type_name = type(value).__qualname__
+        self.reason = reason
+        self.parts: list[str] = []
+
+
+def _is_plain(v: object) -> bool:
+    """Whether ``v`` is JSON as it stands: the fast path that needs no walk."""
+    t = type(v)
+    if t is str or t is int or t is bool or v is None:
+        return True
+    if t is float:
+        return math.isfinite(v)  # type: ignore[arg-type]
+    if t is list:
+        return all(map(_is_plain, v))  # type: ignore[call-overload]
+    if t is dict:
+        return (
+            _TAG not in v  # type: ignore[operator]
+            and all(type(k) is str for k in v)  # type: ignore[attr-defined]
+            and all(map(_is_plain, v.values()))  # type: ignore[attr-defined]
+        )
+    return False
+
+
+def _kind(cls: type) -> str | None:
+    """The tag for instances of a user class, or None if the codec cannot rebuild it."""
+    if issubclass(cls, Enum):
+        return "enum"
+    if dataclasses.is_dataclass(cls):
+        return "dataclass"
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and issubclass(cls, pydantic.BaseModel):
+        return "pydantic"
+    if issubclass(cls, tuple) and isinstance(getattr(cls, "_fields", None), tuple):
+        return "namedtuple"
+    return None
+
+
+def _name_of(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+_REGISTERED: dict[str, type] = {}
+_RESOLVED: dict[type, str] = {}  # classes already found by name in sys.modules
+
+
+def register_type(cls: type) -> None:
+    """
+    Let every :class:`JSONCodec` encode and decode instances of ``cls`` by name.
+
+    Needed for classes that cannot be found by name (defined inside a function), and for
+    codecs built with ``registered_only=True``.
+
+    :param cls: a dataclass, Enum, pydantic model or NamedTuple class
+    :raises CodecError: if ``cls`` is none of those
+    """
+    _REGISTERED[_registrable(cls)] = cls
+
+
+def _registrable(cls: object) -> str:
+    if not isinstance(cls, type) or _kind(cls) is None:
+        raise CodecError(
+            f"cannot register {cls!r}: not a dataclass, Enum, pydantic model, NamedTuple"
+        )
+    return _name_of(cls)
+
+
+def _lookup(name: str) -> tuple[type | None, str]:
+    """Find ``module:qualname`` among already imported modules, without importing."""
+    module_name, _, qualname = name.partition(":")
+    module = sys.modules.get(module_name)
+    if module is None:
+        return None, f"module {module_name!r} is not imported (the codec never imports)"
+    if "<locals>" in qualname:
+        return None, "it is defined inside a function; register it with register_type()"
+    obj: object = module
+    for part in qualname.split("."):  # __dict__, not getattr: a module __getattr__ may import
+        obj = getattr(obj, "__dict__", {}).get(part)
+        if obj is None:
+            return None, f"module {module_name!r} has no attribute {qualname!r}"
+    if not isinstance(obj, type):
+        return None, f"{qualname!r} is not a class"
+    return obj, ""
+
+
+class JSONCodec:
+    """
+    The default codec: compact, deterministic JSON with tagged objects for other types.
+
+    :param types: classes this codec may rebuild by name, in addition to those given to
+        :func:`register_type`
+    :param registered_only: only rebuild registered classes; never look one up in
+        ``sys.modules``
+    """
+
+    name = "json"
+
+    def __init__(self, *, types: Iterable[type] = (), registered_only: bool = False) -> None:
+        self.registered_only = registered_only
+        self._types: dict[str, type] = {}
+        for cls in types:
+            self._types[_registrable(cls)] = cls
+        self._tagged = json.JSONDecoder(object_hook=self._hook)
+
+    # ---- encoding
+
+    def encode(self, value: object, *, where: str = "value") -> bytes:
+        """
+        Encode ``value`` as UTF-8 JSON; equal values built the same way give equal bytes.
+
+        :param where: how error messages name the value, e.g. ``"args"``
+        :raises CodecError: naming the type and its place, e.g. ``value[0]['lock']``
+        """
+        try:
+            tree = value if _is_plain(value) else self._walk(value)
+            try:
+                return _ENCODER.encode(tree).encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates: let JSON escape them
+                return _ASCII_ENCODER.encode(tree).encode("ascii")
+        except _Unencodable as exc:
+            path = where + "".join(reversed(exc.parts))
+            reason = f": {exc.reason}" if exc.reason else ""
+            raise CodecError(
+                f"cannot encode value of type {exc.type_name!r} at {path}{reason}"
+            ) from None
+        except RecursionError:
+            raise CodecError(
+                f"cannot encode {where}: nested too deeply or contains a cycle"
+            ) from None
+        except ValueError as exc:  # e.g. an int too long to print
+            raise CodecError(f"cannot encode {where}: {exc}") from None
+
+    def _walk(self, v: object) -> object:
+        t = type(v)
+        if t is str or t is int or t is bool or v is None:
+            return v
+        if t is float:
+            return v if math.isfinite(v) else {_TAG: "float", "v": repr(v)}  # type: ignore[arg-type]
+        if t is list:
+            return self._items(v)  # type: ignore[arg-type]
+        if t is dict:
+            return self._dict(v)  # type: ignore[arg-type]
+        simple = _SIMPLE.get(t)
+        if simple is not None:
+            return {_TAG: simple[0], "v": simple[1](v)}
+        if t is tuple:
+            return {_TAG: "tuple", "v": self._items(v)}  # type: ignore[arg-type]
+        if t is set or t is frozenset:
+            return {_TAG: t.__name__, "v": self._set(v)}  # type: ignore[arg-type]
+        return self._object(v)
+
+    def _items(self, items: list[object] | tuple[object, ...]) -> list[object]:
+        out = []
+        i = 0
+        try:
+            for i, x in enumerate(items):  # noqa: B007 (i is read on failure)
+                out.append(self._walk(x))
+        except _Unencodable as exc:
+            exc.parts.append(f"[{i}]")
+            raise
+        return out
+
+    def _dict(self, d: dict[Any, Any]) -> object:
+        if _TAG not in d and all(type(k) is str for k in d):
+            return self._members(d, "[{!r}]")
+        pairs = []
+        for k, x in d.items():
+            try:
+                key = self._walk(k)
+            except _Unencodable as exc:
+                exc.parts.append(f"<key {k!r}>")
+                raise
+            try:
+                pairs.append([key, self._walk(x)])
+            except _Unencodable as exc:
+                exc.parts.append(f"[{k!r}]")
+                raise
+        return {_TAG: "dict", "v": pairs}
+
+    def _members(self, d: dict[str, object], part: str) -> dict[str, object]:
+        out = {}
+        for k, x in d.items():
+            try:
+                out[k] = self._walk(x)
+            except _Unencodable as exc:
+                exc.parts.append(part.format(k))
+                raise
+        return out
+
+    def _set(self, s: set[object] | frozenset[object]) -> list[object]:
+        try:
+            items = [self._walk(x) for x in s]
+        except _Unencodable as exc:
+            exc.parts.append("{item}")
+            raise
+        # Set order depends on hashing (seeded per process for str): sort by the encoding.
+        items.sort(key=_ENCODER.encode)
+        return items
+
+    def _object(self, v: object) -> object:
+        cls = type(v)
+        kind = _kind(cls)
+        if kind is None:
+            raise _Unencodable(v)
+        name = self._class_name(v, cls)
+        inner: object
+        if kind == "enum":
+            inner = self._walk(v.value)  # type: ignore[attr-defined]
+        elif kind == "namedtuple":
+            inner = self._items(v)  # type: ignore[arg-type]
+        elif kind == "dataclass":
+            fields = dataclasses.fields(v)  # type: ignore[arg-type]
+            inner = self._members({f.name: getattr(v, f.name) for f in fields}, ".{}")
+        else:
+            values = {f: getattr(v, f) for f in cls.model_fields}  # type: ignore[attr-defined]
+            values.update(getattr(v, "__pydantic_extra__", None) or {})  # may hold a "$t"
+            inner = self._dict(values) if _TAG in values else self._members(values, ".{}")
+        return {_TAG: kind, "c": name, "v": inner}
+
+    def _class_name(self, v: object, cls: type) -> str:
+        name = _name_of(cls)
+        if self._types.get(name) is cls or _REGISTERED.get(name) is cls:
+            return name
+        if self.registered_only:
+            raise _Unencodable(v, f"class {name!r} is not registered with this codec")
+        if _RESOLVED.get(cls):
+            return name
+        found, why = _lookup(name)
+        if found is not cls:
+            raise _Unencodable(
+                v, f"class {name!r} cannot be found by name: {why or 'another class has that name'}"
+            )
+        _RESOLVED[cls] = name
+        return name
+
+    # ---- decoding
+
+    def decode(self, data: bytes) -> object:
+        """
+        Decode bytes written by :meth:`encode`.
+
+        :raises CodecError: if the bytes are not such JSON, or name a class that cannot be
+            resolved
+        """
+        try:
+            text = bytes(data).decode("utf-8")
+            if '"$t"' in text or "\\u" in text:
+                return self._tagged.decode(text)
+            return _PLAIN_DECODER.decode(text)
+        except CodecError:
+            raise
+        except (ValueError, RecursionError, TypeError) as exc:
+            reason = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
+            raise CodecError(f"codec 'json' could not decode {len(data)} bytes: {reason}") from None
+
+    def _hook(self, d: dict[str, Any]) -> object:
+        if _TAG not in d:
+            return d
+        tag = d[_TAG]
+        if tag not in _CLASS_KINDS and tag not in _DECODERS:
+            raise CodecError(f"codec 'json' found an unknown tag {tag!r}")
+        try:
+            if tag in _CLASS_KINDS:
+                if len(d) != 3 or "c" not in d or "v" not in d:
+                    raise ValueError("expected the keys '$t', 'c' and 'v'")
+                return self._rebuild(tag, d["c"], d["v"])
+            if len(d) != 2 or "v" not in d:
+                raise ValueError("expected the keys '$t' and 'v'")
+            return _DECODERS[tag](d["v"])
+        except CodecError:
+            raise
+        except Exception as exc:
+            raise CodecError(f"codec 'json' found a bad {tag!r} object: {exc}") from None
+
+    def _rebuild(self, kind: str, name: str, v: Any) -> object:
+        cls = self._types.get(name) or _REGISTERED.get(name)
+        if cls is None:
+            if self.registered_only:
+                raise CodecError(
+                    f"cannot resolve class {name!r}: it is not registered with this codec"
+                )
+            cls, why = _lookup(name)
+            if cls is None:
+                raise CodecError(f"cannot resolve class {name!r}: {why}")
+        if _kind(cls) != kind:
+            raise CodecError(f"cannot resolve class {name!r}: it is not {_KIND_NAMES[kind]}")
+        try:
+            if kind == "enum":
+                return cls(v)
+            if kind == "namedtuple":
+                return cls(*v)
+            if kind == "pydantic":
+                return cls.model_validate(v, **_by_name())  # type: ignore[attr-defined]
+            return _make_dataclass(cls, v)
+        except Exception as exc:
+            raise CodecError(f"cannot rebuild {kind} {name!r}: {exc}") from None
+
+
+def _by_name() -> dict[str, bool]:
+    version = sys.modules["pydantic"].VERSION.split(".")
+    return {"by_name": True} if (int(version[0]), int(version[1])) >= (2, 11) else {}
+
+
+def _make_dataclass(cls: type, v: dict[str, Any]) -> object:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(v) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)}")
+    obj = cls(**{k: x for k, x in v.items() if fields[k].init})
+    for k, x in v.items():
+        if not fields[k].init:
+            object.__setattr__(obj, k, x)
+    return obj
+
+
+def _decode_float(s: str) -> float:
+    if s not in ("nan", "inf", "-inf"):
+        raise ValueError(f"not a special float: {s!r}")
+    return float(s)
+
+
+def _timedelta(v: list[int]) -> dt.timedelta:
+    days, seconds, micros = v
+    return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
+
+
+_SIMPLE: dict[type, tuple[str, Callable[[Any], object]]] = {
+    bytes: ("bytes", lambda b: base64.b64encode(b).decode("ascii")),
+    dt.datetime: ("datetime", dt.datetime.isoformat),
+    dt.date: ("date", dt.date.isoformat),
+    dt.time: ("time", dt.time.isoformat),
+    dt.timedelta: ("timedelta", lambda d: [d.days, d.seconds, d.microseconds]),
+    uuid.UUID: ("uuid", str),
+    Decimal: ("decimal", str),
+}
+_DECODERS: dict[str, Callable[[Any], object]] = {
+    "float": _decode_float,
+    "tuple": tuple,
+    "set": set,
+    "frozenset": frozenset,
+    "dict": lambda pairs: {k: x for k, x in pairs},
+    "bytes": lambda s: base64.b64decode(s, validate=True),
+    "datetime": dt.datetime.fromisoformat,
+    "date": dt.date.fromisoformat,
+    "time": dt.time.fromisoformat,
+    "timedelta": _timedelta,
+    "uuid": uuid.UUID,
+    "decimal": Decimal,
+}
+_KIND_NAMES = {
+    "enum": "an Enum",
+    "dataclass": "a dataclass",
+    "pydantic": "a pydantic model",
+    "namedtuple": "a NamedTuple",
+}
+_CLASS_KINDS = frozenset(_KIND_NAMES)
+
+DEFAULT_CODEC: Codec = JSONCodec()
+_CODECS: dict[str, Codec] = {DEFAULT_CODEC.name: DEFAULT_CODEC}
+
+
+def register_codec(codec: Codec) -> None:
+    """
+    Make payloads written by ``codec`` decodable; replaces a codec of the same name.
+
+    :raises CodecError: if ``codec.name`` is not a non-empty string
+    """
+    name = getattr(codec, "name", None)
+    if not isinstance(name, str) or not name:
+        raise CodecError(f"cannot register codec {codec!r}: its name must be a non-empty string")
+    _CODECS[name] = codec
+
+
+def get_codec(name: str) -> Codec:
+    """
+    The registered codec called ``name``.
+
+    :raises CodecError: naming the unknown codec and the registered ones
+    """
+    try:
+        return _CODECS[name]
+    except KeyError:
+        known = ", ".join(sorted(_CODECS))
+        raise CodecError(f"unknown codec {name!r}; registered codecs: {known}") from None
+
+
+def encode_payload(
+    value: object, codec: Codec | None = None, *, where: str = "value"
+) -> pb.Payload:
+    """
+    Encode ``value`` into a payload that names its codec.
+
+    :param codec: the codec to use; ``None`` means :data:`DEFAULT_CODEC`
+    :param where: how error messages name the value, e.g. ``"args"`` or ``"result"``
+    :raises CodecError: if the value cannot be encoded
+    """
+    codec = DEFAULT_CODEC if codec is None else codec
+    if isinstance(codec, JSONCodec):
+        return pb.Payload(codec=codec.name, data=codec.encode(value, where=where))
+    try:
+        data = codec.encode(value)
+    except CodecError:
+        raise
+    except Exception as exc:
+        raise CodecError(f"codec {codec.name!r} cannot encode {where}: {exc!r}") from exc
+    return pb.Payload(codec=codec.name, data=data)
+
+
+def decode_payload(payload: pb.Payload) -> object:
+    """
+    Decode a payload with the registered codec it names.
+
+    :raises CodecError: if the codec is unknown or the bytes do not decode
+    """
+    if not payload.codec:
+        raise CodecError("payload names no codec (an empty or unset Payload)")
+    codec = get_codec(payload.codec)
+    try:
+        return codec.decode(payload.data)
+    except CodecError:
+        raise
+    except Exception as exc:
+        raise CodecError(
+            f"codec {payload.codec!r} could not decode {len(payload.data)} bytes: {exc!r}"
+        ) from exc
