@@ -1,0 +1,251 @@
+"""
+The Redis backend: every key is a Redis string, with one sorted set as the ordered index.
+
+Layout, for a backend with ``prefix="substantial"``::
+
+    substantial:k:{key}    the value (a plain string)
+    substantial:keys       sorted set of every full key above, all with score 0
+
+Listing is ``ZRANGEBYLEX`` on the index (never ``KEYS`` or ``SCAN``). Every write that
+touches a value and the index is one Lua script, so the two never disagree. A version is
+the SHA-1 hex digest of the content (``redis.sha1hex`` in Lua, :func:`hashlib.sha1` here),
+so any client can compute it without reading extra metadata.
+
+The layout puts the index and the values in different hash slots, so this backend needs a
+single Redis (or a primary with replicas), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import BusyLoadingError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from substantial.backends.base import Backend, Entry
+from substantial.errors import BackendError, BackendUnavailable
+
+__all__ = ["RedisBackend"]
+
+# KEYS[1] = value key (also its index member), KEYS[2] = index; ARGV[1] = data.
+_CREATE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+    redis.call('ZADD', KEYS[2], 0, KEYS[1])
+    return 1
+end
+return 0
+"""
+
+_PUT = """
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], 0, KEYS[1])
+return 1
+"""
+
+# ARGV[1] = new data, ARGV[2] = expected version (SHA-1 hex of the current content).
+_REPLACE = """
+local current = redis.call('GET', KEYS[1])
+if not current or redis.sha1hex(current) ~= ARGV[2] then
+    return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+# ARGV[1] = expected version, or '' for an unconditional delete.
+_DELETE = """
+if ARGV[1] ~= '' then
+    local current = redis.call('GET', KEYS[1])
+    if not current or redis.sha1hex(current) ~= ARGV[1] then
+        return 0
+    end
+end
+local deleted = redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], KEYS[1])
+return deleted
+"""
+
+#: Defaults for the client; anything given to :class:`RedisBackend` wins over them.
+_CLIENT_DEFAULTS: dict[str, Any] = {
+    # A server that stops answering must surface as BackendUnavailable, not a hang.
+    "socket_timeout": 10.0,
+    "socket_connect_timeout": 5.0,
+    # No silent retries: a retried create/replace/delete whose first attempt reached the
+    # server would report the wrong outcome. The agent above retries with backoff.
+    "retry": Retry(NoBackoff(), 0),
+}
+
+
+def _version(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def _successor(value: bytes) -> bytes:
+    """The smallest byte string greater than every string starting with ``value``."""
+    stripped = value.rstrip(b"\xff")
+    if not stripped:
+        raise ValueError("no successor for an all-0xff prefix")
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+class RedisBackend(Backend):
+    """
+    Storage on one Redis server (or primary), through a single connection pool.
+
+    :param url: a ``redis://`` or ``rediss://`` URL; credentials, database and TLS
+        options go in the URL as redis-py's ``from_url`` understands them
+    :param prefix: the namespace: keys are stored at ``{prefix}:k:{key}``, the index at
+        ``{prefix}:keys``
+    :param client_options: passed to :meth:`redis.asyncio.Redis.from_url`, overriding
+        this backend's defaults (10 s socket timeout, 5 s connect timeout, no retries)
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "substantial",
+        **client_options: Any,
+    ) -> None:
+        super().__init__()
+        self.url = url
+        self.prefix = prefix
+        options = {**_CLIENT_DEFAULTS, **client_options}
+        options["decode_responses"] = False
+        self._client: aioredis.Redis = aioredis.Redis.from_url(url, **options)
+        self._value_prefix = f"{prefix}:k:".encode()
+        self._index = f"{prefix}:keys".encode()
+        self._closed = False
+        self._create = self._client.register_script(_CREATE)
+        self._put = self._client.register_script(_PUT)
+        self._replace = self._client.register_script(_REPLACE)
+        self._delete = self._client.register_script(_DELETE)
+
+    def __repr__(self) -> str:
+        return f"RedisBackend(prefix={self.prefix!r})"
+
+    def _key(self, key: str) -> bytes:
+        return self._value_prefix + key.encode()
+
+    @asynccontextmanager
+    async def _request(self, op: str) -> AsyncIterator[None]:
+        """Count one round trip and translate redis-py's errors into ours."""
+        self.requests[op] += 1
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, BusyLoadingError) as exc:
+            raise BackendUnavailable(self.name, op, str(exc) or type(exc).__name__) from exc
+        except RedisError as exc:
+            raise BackendError(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def get(self, key: str) -> Entry | None:
+        """
+        Read a key with one ``GET``.
+
+        :return: ``(data, version)``, or ``None`` if the key does not exist
+        :raises BackendUnavailable: if Redis cannot be reached
+        """
+        async with self._request("get"):
+            data = cast("bytes | None", await self._client.get(self._key(key)))
+        return None if data is None else (data, _version(data))
+
+    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        """
+        Read several keys with one ``MGET``.
+
+        :return: one entry (or ``None``) per key, in the order of ``keys``
+        :raises BackendUnavailable: if Redis cannot be reached
+        """
+        if not keys:
+            return []
+        async with self._request("get_many"):
+            values = cast(
+                "list[bytes | None]", await self._client.mget([self._key(k) for k in keys])
+            )
+        return [None if data is None else (data, _version(data)) for data in values]
+
+    async def put(self, key: str, data: bytes) -> str:
+        """
+        Write a key unconditionally (``SET`` + ``ZADD`` in one script).
+
+        :return: the new version
+        :raises BackendUnavailable: if Redis cannot be reached
+        """
+        async with self._request("put"):
+            await self._put(keys=[self._key(key), self._index], args=[data])
+        return _version(data)
+
+    async def create(self, key: str, data: bytes) -> str | None:
+        """
+        Write a key only if it is absent (``SET NX`` + ``ZADD`` in one script).
+
+        :return: the new version, or ``None`` if the key already existed
+        :raises BackendUnavailable: if Redis cannot be reached; the write may or may not
+            have happened
+        """
+        async with self._request("create"):
+            created = await self._create(keys=[self._key(key), self._index], args=[data])
+        return _version(data) if created else None
+
+    async def replace(self, key: str, data: bytes, version: str) -> str | None:
+        """
+        Overwrite a key only if its content still hashes to ``version``.
+
+        :return: the new version, or ``None`` if the key changed or no longer exists
+        :raises BackendUnavailable: if Redis cannot be reached; the write may or may not
+            have happened
+        """
+        async with self._request("replace"):
+            replaced = await self._replace(keys=[self._key(key), self._index], args=[data, version])
+        return _version(data) if replaced else None
+
+    async def delete(self, key: str, version: str | None = None) -> bool:
+        """
+        Delete a key and its index entry; with ``version``, only if it is unchanged.
+
+        :return: whether this call deleted the key
+        :raises BackendUnavailable: if Redis cannot be reached
+        """
+        async with self._request("delete"):
+            deleted = await self._delete(keys=[self._key(key), self._index], args=[version or ""])
+        return bool(deleted)
+
+    async def list(self, prefix: str, *, after: str | None = None, limit: int = 1000) -> list[str]:
+        """
+        List keys under ``prefix`` with one ``ZRANGEBYLEX`` on the index.
+
+        :param after: only keys strictly greater than this full key
+        :param limit: at most this many keys
+        :return: full keys, ascending
+        :raises BackendUnavailable: if Redis cannot be reached
+        """
+        if limit <= 0:
+            return []
+        low = self._key(prefix)
+        high = b"(" + _successor(low)
+        start = b"[" + low
+        if after is not None and self._key(after) >= low:
+            start = b"(" + self._key(after)
+        async with self._request("list"):
+            members = cast(
+                "list[bytes]",
+                await self._client.zrangebylex(self._index, start, high, start=0, num=limit),
+            )
+        cut = len(self._value_prefix)
+        return [member[cut:].decode() for member in members]
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._client.aclose()
