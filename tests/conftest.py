@@ -1,17 +1,23 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from substantial.backends import Backend, FSBackend, MemoryBackend
+
+pytest_plugins = ["tests.servers"]
 
 # Backends every storage-level and workflow-level test runs on. The redis and s3 entries
 # are added with their server fixtures (tests/servers.py).
 BACKENDS = [
     pytest.param("memory", id="memory"),
     pytest.param("files", id="files"),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("s3", id="s3", marks=pytest.mark.s3),
 ]
 
 
@@ -39,11 +45,26 @@ async def open_test_backend(kind: str, request: pytest.FixtureRequest, tmp_path:
         return MemoryBackend()
     if kind == "files":
         return FSBackend(tmp_path / "store")
+    if kind == "redis":
+        from substantial.backends.redis import RedisBackend
+
+        redis_url = request.getfixturevalue("redis_server").url
+        return RedisBackend(redis_url, prefix=f"test-{uuid.uuid4().hex}")
+    if kind == "s3":
+        from substantial.backends.s3 import S3Backend
+
+        s3 = request.getfixturevalue("s3_server")
+        bucket = f"test-{uuid.uuid4().hex[:24]}"
+        await anyio.to_thread.run_sync(s3.create_bucket, bucket)
+        return S3Backend(bucket, endpoint_url=s3.endpoint_url, region="us-east-1")
     raise ValueError(f"unknown test backend {kind!r}")
 
 
 @pytest.fixture(params=BACKENDS)
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+async def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, anyio_backend: str
+) -> AsyncIterator[Backend]:
+    # Naming anyio_backend keeps anyio's plugin from re-creating the item without its param.
     store = await open_test_backend(request.param, request, tmp_path)
     try:
         yield store
