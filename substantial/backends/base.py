@@ -10,6 +10,7 @@ changes, and is what ``replace`` and ``delete`` compare against.
 from __future__ import annotations
 
 import abc
+import builtins
 from collections import Counter
 from collections.abc import Sequence
 from types import TracebackType
@@ -86,7 +87,9 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def list(self, prefix: str, *, after: str | None = None, limit: int = 1000) -> list[str]:
+    async def list(
+        self, prefix: str, *, after: str | None = None, limit: int = 1000
+    ) -> builtins.list[str]:
         """
         List keys that start with ``prefix`` in lexicographic (byte) order.
 
@@ -96,13 +99,13 @@ class Backend(abc.ABC):
         :raises BackendUnavailable: if the storage cannot be reached
         """
 
-    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+    async def get_many(self, keys: Sequence[str]) -> builtins.list[Entry | None]:
         """
         Read several keys concurrently; the result is in the order of ``keys``.
 
         Backends with a batch read (Redis ``MGET``) override this.
         """
-        results: list[Entry | None] = [None] * len(keys)
+        results: builtins.list[Entry | None] = [None] * len(keys)
 
         async def fetch(index: int, key: str) -> None:
             results[index] = await self.get(key)
@@ -112,9 +115,9 @@ class Backend(abc.ABC):
                 tg.start_soon(fetch, index, key)
         return results
 
-    async def list_all(self, prefix: str, *, after: str | None = None) -> list[str]:
+    async def list_all(self, prefix: str, *, after: str | None = None) -> builtins.list[str]:
         """Every key under ``prefix`` (after ``after``), paging through ``list``."""
-        keys: list[str] = []
+        keys: builtins.list[str] = []
         page = 1000
         while True:
             batch = await self.list(prefix, after=after, limit=page)

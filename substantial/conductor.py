@@ -1,0 +1,645 @@
+"""
+The agent: poll the schedule, lease a due run, replay it, execute new work, commit,
+schedule its next wake-up, release. Any number of agents share one backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import math
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
+
+from substantial import constants
+from substantial.backends.base import Backend
+from substantial.codec import encode_payload
+from substantial.errors import (
+    BackendUnavailable,
+    CodecError,
+    CorruptLog,
+    LeaseLost,
+    NonDeterminismError,
+    UnknownWorkflow,
+)
+from substantial.handle import STATUS_TO_PB, Handle, Notifier, RunStatus
+from substantial.protocol import substantial_pb2 as pb
+from substantial.replay import TERMINAL_KINDS, Execution, SaveCommand, failure_from_exception
+from substantial.runs import Lease, RunStore, ScheduleEntry, StoredLog, check_run_id, now_ms
+from substantial.workflow import Workflow
+
+__all__ = ["Conductor"]
+
+log = logging.getLogger("substantial.agent")
+R = TypeVar("R")
+
+
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+@dataclass
+class _StepOutcome:
+    command: SaveCommand
+    result: pb.Payload | None
+    failure: pb.Failure | None
+    retry_at_ms: int | None
+
+
+class Conductor:
+    """
+    Registers workflows, starts runs, and runs the agent that executes them.
+
+    ::
+
+        conductor = Conductor(FSBackend("./logs"))
+        conductor.register(example)
+        agent = conductor.run()                 # the agent, as an asyncio task
+        handle = await conductor.start(example, 21)
+        print(await handle.result())
+        agent.cancel(); await agent
+
+    or, with structured concurrency, ``async with Conductor(backend) as conductor:``
+    runs the agent for the duration of the block.
+
+    :param backend: a :class:`~substantial.backends.Backend`, or a URL for
+        :func:`~substantial.backends.from_url`
+    :param concurrency: how many runs this agent works on at once
+    :param lease: how long this agent's claim on a run lasts unless renewed, in seconds
+    :param park_retry: how long a run that no longer replays waits before a retry
+    :param shutdown_grace: how long stopping the agent waits for in-flight steps
+    :param name: this agent's name in leases and logs (default: host and pid)
+    """
+
+    def __init__(
+        self,
+        backend: Backend | str,
+        *,
+        concurrency: int = constants.CONCURRENCY,
+        lease: float | timedelta = constants.LEASE_SECONDS,
+        park_retry: float | timedelta = constants.PARK_RETRY_SECONDS,
+        shutdown_grace: float | timedelta = constants.SHUTDOWN_GRACE_SECONDS,
+        poll_interval: float | timedelta = constants.POLL_MAX_SECONDS,
+        name: str | None = None,
+    ) -> None:
+        if isinstance(backend, str):
+            from substantial.backends import from_url
+
+            backend = from_url(backend)
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.backend = backend
+        self.store = RunStore(backend)
+        self.concurrency = concurrency
+        self.lease_seconds = _seconds(lease)
+        self.park_retry = _seconds(park_retry)
+        self.shutdown_grace = _seconds(shutdown_grace)
+        self.poll_max = max(_seconds(poll_interval), constants.POLL_MIN_SECONDS)
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._workflows: dict[str, Workflow[Any]] = {}
+        self._notifier = Notifier()
+        self._active: set[str] = set()
+        self._run_scopes: dict[str, anyio.CancelScope] = {}
+        self._hold_off: dict[str, float] = {}
+        self._starting: set[str] = set()
+        self._serving = False
+        self._outage = False
+        self._tg_exit: Any = None
+
+    # ---- registration and clients ----
+
+    def register(self, *workflows: Workflow[Any]) -> None:
+        """Make workflows startable and runnable by this conductor's agent."""
+        for wf in workflows:
+            if not isinstance(wf, Workflow):
+                raise TypeError(f"register() takes @workflow functions, got {wf!r}")
+            self._workflows[wf.name] = wf
+
+    def _lookup(self, wf: Workflow[Any] | str) -> Workflow[Any]:
+        name = wf if isinstance(wf, str) else wf.name
+        found = self._workflows.get(name)
+        if found is None:
+            raise UnknownWorkflow(name, list(self._workflows))
+        return found
+
+    async def start(
+        self, wf: Workflow[R] | str, *args: Any, run_id: str | None = None, **kwargs: Any
+    ) -> Handle[R]:
+        """
+        Start a run of a registered workflow. Idempotent on ``run_id``: starting an id
+        that exists returns a handle to that run and starts nothing.
+
+        :param wf: the workflow, or its registered name
+        :param run_id: the run's id (default: a random one); an idempotency key
+        :raises UnknownWorkflow: if ``wf`` is not registered
+        :raises InvalidArguments: if the arguments do not fit the workflow's signature
+        :raises CodecError: if an argument cannot be encoded
+        """
+        workflow = self._lookup(wf)
+        workflow.check_arguments(args, kwargs)
+        payload = encode_payload([list(args), kwargs])
+        run_id = check_run_id(run_id) if run_id is not None else uuid.uuid4().hex
+        at = now_ms()
+        self._starting.add(run_id)  # the local agent leaves it alone until it is written
+        try:
+            # Schedule first: a start that dies after writing segment 0 still gets run.
+            await self.store.schedule(run_id, at, "s")
+            started = pb.Started(
+                run_id=run_id, workflow=workflow.name, args=payload, seed=os.urandom(16)
+            )
+            if await self.store.append(run_id, 0, [pb.Event(at_ms=at, started=started)]):
+                meta = pb.RunMeta(
+                    run_id=run_id, workflow=workflow.name, args=payload, created_ms=at,
+                    updated_ms=at, status=pb.RUN_STATUS_PENDING, log_seq=0,
+                )  # fmt: skip
+                await self.store.write_meta(meta)
+        finally:
+            self._starting.discard(run_id)
+        self._notifier.kick()
+        return Handle(self.store, run_id, self._notifier)
+
+    def handle(self, run_id: str) -> Handle[Any]:
+        """A handle to an existing run, from any process."""
+        return Handle(self.store, run_id, self._notifier)
+
+    # ---- the agent ----
+
+    def run(self) -> asyncio.Task[None]:
+        """
+        Run the agent as an asyncio task in this process. Cancelling the task stops the
+        agent gracefully; awaiting it afterwards raises nothing.
+        """
+
+        async def agent() -> None:
+            try:
+                await self.serve()
+            except asyncio.CancelledError:
+                return
+
+        return asyncio.get_running_loop().create_task(
+            agent(), name=f"substantial-agent-{self.name}"
+        )
+
+    async def __aenter__(self) -> Conductor:
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg_exit = tg
+        await tg.start(self.serve)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        tg, self._tg_exit = self._tg_exit, None
+        tg.cancel_scope.cancel()
+        await tg.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        """Close the backend's connections."""
+        await self.backend.aclose()
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """
+        The agent loop, for anyio task groups: ``await tg.start(conductor.serve)``.
+        Returns or raises only through cancellation; stopping lets in-flight steps finish
+        for up to ``shutdown_grace`` seconds, then releases every lease.
+        """
+        if self._serving:
+            raise RuntimeError("this conductor's agent is already running")
+        self._serving = True
+        log.info("agent %s started", self.name)
+        try:
+            async with anyio.create_task_group() as work:
+                task_status.started()
+                try:
+                    await self._poll_loop(work)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._drain()
+        finally:
+            self._serving = False
+            log.info("agent %s stopped", self.name)
+
+    async def _drain(self) -> None:
+        with anyio.move_on_after(self.shutdown_grace):
+            while self._active:
+                await self._notifier.wait_kick(0.05)
+        for scope in list(self._run_scopes.values()):
+            scope.cancel()
+
+    async def _poll_loop(self, work: TaskGroup) -> None:
+        delay = constants.POLL_MIN_SECONDS
+        while True:
+            try:
+                claimed, next_due_ms = await self._claim_due(work)
+            except BackendUnavailable as exc:
+                self._note_outage(exc)
+                claimed, next_due_ms = 0, None
+                delay = max(delay, constants.OUTAGE_RETRY_MIN_SECONDS)
+            else:
+                self._note_recovery()
+            delay = constants.POLL_MIN_SECONDS if claimed else min(delay * 2, self.poll_max)
+            wait = delay
+            if next_due_ms is not None:
+                wait = min(wait, max(0.0, (next_due_ms - now_ms()) / 1000))
+            await self._notifier.wait_kick(wait)
+
+    async def _claim_due(self, work: TaskGroup) -> tuple[int, int | None]:
+        """
+        Lease due runs, up to this agent's free capacity, and start working on them.
+
+        :return: how many runs were claimed, and when the next not-yet-due entry is due
+        """
+        now = now_ms()
+        clock = anyio.current_time()
+        self._hold_off = {run: t for run, t in self._hold_off.items() if t > clock}
+        skip = self._active | self._starting | self._hold_off.keys()
+        wanted: dict[str, list[ScheduleEntry]] = {}
+        after = None
+        next_due = None
+        for _ in range(4):
+            free = self.concurrency - len(self._active) - len(wanted)
+            if free <= 0:
+                break
+            entries, next_due, more = await self.store.due(
+                now, after=after, limit=max(2 * free, 32)
+            )
+            for entry in entries:
+                if entry.run_id in skip:
+                    continue
+                if entry.run_id in wanted or len(wanted) < free:
+                    wanted.setdefault(entry.run_id, []).append(entry)
+            if not more:
+                break
+            after = entries[-1].key if entries else after
+        if self._hold_off:
+            soonest = now + round((min(self._hold_off.values()) - clock) * 1000)
+            next_due = soonest if next_due is None else min(next_due, soonest)
+        claimed = 0
+        for run_id, entries in wanted.items():
+            lease = await self.store.acquire(run_id, self.name, round(self.lease_seconds * 1000))
+            if lease is None:
+                self._hold_off[run_id] = clock + constants.POLL_MIN_SECONDS * 10
+                continue
+            claimed += 1
+            self._active.add(run_id)
+            work.start_soon(self._process, lease, entries, name=f"run {run_id}")
+        return claimed, next_due
+
+    def _note_outage(self, exc: BaseException) -> None:
+        if not self._outage:
+            self._outage = True
+            log.warning("agent %s: backend unavailable, retrying with backoff: %s", self.name, exc)
+
+    def _note_recovery(self) -> None:
+        if self._outage:
+            self._outage = False
+            log.warning("agent %s: backend reachable again", self.name)
+
+    async def _process(self, lease: Lease, entries: list[ScheduleEntry]) -> None:
+        run_id = lease.run_id
+        holder = _LeaseHolder(lease)
+        try:
+            with anyio.CancelScope(shield=True) as scope:
+                self._run_scopes[run_id] = scope
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._renew, holder, tg.cancel_scope)
+                    try:
+                        await self._wake(holder, entries)
+                    finally:
+                        tg.cancel_scope.cancel()
+                if holder.lost:
+                    raise LeaseLost(run_id, "renewal failed: another agent took the run")
+        except LeaseLost as exc:
+            log.warning("agent %s dropped run %s: %s", self.name, run_id, exc)
+        except BackendUnavailable as exc:
+            self._note_outage(exc)
+            self._hold_off[run_id] = anyio.current_time() + constants.OUTAGE_RETRY_MIN_SECONDS
+        except Exception:
+            log.exception("agent %s: unexpected error on run %s; will retry", self.name, run_id)
+            self._hold_off[run_id] = anyio.current_time() + constants.OUTAGE_RETRY_MAX_SECONDS
+        finally:
+            self._run_scopes.pop(run_id, None)
+            with anyio.CancelScope(shield=True):
+                if not holder.lost:
+                    with contextlib.suppress(BackendUnavailable):  # it expires on its own
+                        await self.store.release(holder.lease)
+            self._active.discard(run_id)
+            self._notifier.changed(run_id)
+            self._notifier.kick()
+
+    async def _renew(self, holder: _LeaseHolder, scope: anyio.CancelScope) -> None:
+        ttl_ms = round(self.lease_seconds * 1000)
+        while True:
+            await anyio.sleep(self.lease_seconds * constants.LEASE_RENEW_FRACTION)
+            try:
+                renewed = await self.store.renew(holder.lease, ttl_ms)
+            except BackendUnavailable as exc:
+                self._note_outage(exc)
+                if now_ms() >= holder.lease.expires_ms:
+                    renewed = None
+                else:
+                    continue
+            if renewed is None:
+                holder.lost = True
+                scope.cancel()
+                return
+            holder.lease = renewed
+
+    # ---- one wake-up of one run ----
+
+    async def _wake(self, holder: _LeaseHolder, entries: list[ScheduleEntry]) -> None:
+        run_id = holder.lease.run_id
+        consumed = [entry.key for entry in entries]
+        try:
+            stored, inbox, meta = await _gather(
+                self.store.read_log(run_id),
+                self.store.read_inbox(run_id),
+                self.store.read_meta(run_id),
+            )
+        except CorruptLog as exc:
+            log.error("agent %s: %s; the run is marked failed", self.name, exc)
+            await self._write_meta(
+                run_id, None, -1, RunStatus.FAILED, failure=failure_from_exception(exc)
+            )
+            await self.store.delete(consumed)
+            return
+        if not stored.events:
+            await self._orphan(run_id, entries)
+            return
+        last_kind = stored.events[-1].WhichOneof("kind")
+        if last_kind in TERMINAL_KINDS:
+            await self._finish(run_id, stored.events[-1], stored, meta, inbox, consumed)
+            return
+        started = stored.events[0].started
+        workflow = self._workflows.get(started.workflow)
+        if workflow is None:
+            error = UnknownWorkflow(started.workflow, list(self._workflows), run_id)
+            await self._park(run_id, stored, meta, error, consumed)
+            return
+
+        execution = Execution(run_id, workflow)
+        seq = stored.last_seq
+
+        async def commit() -> None:
+            nonlocal seq
+            events = execution.take_new_events()
+            if not events:
+                return
+            if holder.lost:
+                raise LeaseLost(run_id, "lease expired before commit")
+            if not await self.store.append(run_id, seq + 1, events):
+                raise LeaseLost(run_id, f"segment {seq + 1} was written by another agent")
+            seq += 1
+
+        try:
+            try:
+                execution.replay(stored.events)
+                now = now_ms()
+                execution.go_live(now)
+                execution.merge((entry for _, entry in inbox), now)
+                execution.fire_due_timers(now)
+            except (NonDeterminismError, CodecError) as exc:
+                await self._park(run_id, stored, meta, exc, consumed)
+                return
+            await commit()
+            await self._drive(execution, commit)
+            wake = execution.next_wake_ms() if execution.outcome is None else None
+            waiting = execution.waiting_for_events()
+        finally:
+            execution.close()
+
+        merged = [key for key, entry in inbox if entry.id in execution.event_ids]
+        if execution.outcome is not None:
+            merged = [key for key, _ in inbox]  # a finished run drops events still unmerged
+        await self.store.delete(merged)
+        await self._record_state(run_id, execution.outcome, wake, waiting, seq, meta)
+        if wake is not None:
+            await self.store.schedule(run_id, wake)
+        await self.store.delete(consumed)
+
+    async def _drive(self, execution: Execution, commit: Callable[[], Any]) -> None:
+        """Execute steps and fire timers until the run ends or waits on the outside world."""
+        send, receive = anyio.create_memory_object_stream[_StepOutcome](math.inf)
+        running: set[int] = set()
+        async with send, receive, anyio.create_task_group() as tg:
+            while execution.outcome is None:
+                now = now_ms()
+                execution.fire_due_timers(now)
+                await commit()
+                if execution.outcome is not None:
+                    break
+                for command in execution.runnable_steps(now):
+                    if command.position not in running:
+                        running.add(command.position)
+                        tg.start_soon(self._execute_step, command, send.clone())
+                if not running:
+                    break
+                wake = execution.next_wake_ms()
+                timeout = math.inf if wake is None else max(0, wake - now) / 1000
+                with anyio.move_on_after(timeout):
+                    outcome = await receive.receive()
+                    while True:
+                        running.discard(outcome.command.position)
+                        self._apply_outcome(execution, outcome)
+                        try:
+                            outcome = receive.receive_nowait()
+                        except anyio.WouldBlock:
+                            break
+            tg.cancel_scope.cancel()
+        await commit()
+
+    @staticmethod
+    def _apply_outcome(execution: Execution, outcome: _StepOutcome) -> None:
+        if outcome.result is not None:
+            execution.step_succeeded(outcome.command, outcome.result, now_ms())
+        else:
+            assert outcome.failure is not None
+            execution.step_failed(outcome.command, outcome.failure, outcome.retry_at_ms, now_ms())
+
+    async def _execute_step(
+        self, command: SaveCommand, send: MemoryObjectSendStream[_StepOutcome]
+    ) -> None:
+        attempt = command.attempts + 1
+        async with send:
+            try:
+                with anyio.fail_after(command.timeout) if command.timeout else nullcontext():
+                    value = await _call(command.fn)
+                payload = encode_payload(value)
+            except CodecError as exc:
+                failure = failure_from_exception(exc, non_retryable=True)
+                await send.send(_StepOutcome(command, None, failure, None))
+            except Exception as exc:
+                retry_at = None
+                policy = command.retry
+                if policy is not None and policy.retries(exc, attempt):
+                    retry_at = now_ms() + round(policy.delay_after(attempt) * 1000)
+                failure = failure_from_exception(exc, non_retryable=retry_at is None)
+                await send.send(_StepOutcome(command, None, failure, retry_at))
+            else:
+                await send.send(_StepOutcome(command, payload, None, None))
+
+    # ---- bookkeeping after a wake-up ----
+
+    async def _record_state(
+        self,
+        run_id: str,
+        outcome: pb.Event | None,
+        wake: int | None,
+        waiting: bool,
+        seq: int,
+        meta: pb.RunMeta | None,
+    ) -> None:
+        if outcome is not None:
+            kind = outcome.WhichOneof("kind")
+            status = {
+                "completed": RunStatus.COMPLETED,
+                "failed": RunStatus.FAILED,
+                "cancelled": RunStatus.CANCELLED,
+            }[kind or ""]
+            await self._write_meta(
+                run_id, meta, seq, status,
+                result=outcome.completed.result if kind == "completed" else None,
+                failure=outcome.failed.failure if kind == "failed" else None,
+            )  # fmt: skip
+            log.info("run %s %s", run_id, status.value)
+            return
+        if wake is not None:
+            status = RunStatus.SLEEPING
+        elif waiting:
+            status = RunStatus.WAITING
+        else:
+            status = RunStatus.RUNNING
+        if (
+            meta is not None
+            and meta.status == STATUS_TO_PB[status]
+            and meta.wake_at_ms == (wake or 0)
+        ):
+            return
+        await self._write_meta(run_id, meta, seq, status, wake_at_ms=wake)
+
+    async def _write_meta(
+        self,
+        run_id: str,
+        meta: pb.RunMeta | None,
+        seq: int,
+        status: RunStatus,
+        *,
+        result: pb.Payload | None = None,
+        failure: pb.Failure | None = None,
+        wake_at_ms: int | None = None,
+        parked_reason: str = "",
+        stored: StoredLog | None = None,
+    ) -> None:
+        updated = pb.RunMeta()
+        if meta is not None:
+            updated.CopyFrom(meta)
+        elif stored is not None and stored.events:
+            first = stored.events[0]
+            updated.workflow = first.started.workflow
+            updated.args.CopyFrom(first.started.args)
+            updated.created_ms = first.at_ms
+        updated.run_id = run_id
+        updated.status = STATUS_TO_PB[status]
+        updated.updated_ms = now_ms()
+        updated.log_seq = max(seq, 0)
+        updated.wake_at_ms = wake_at_ms or 0
+        updated.parked_reason = parked_reason
+        if result is not None:
+            updated.result.CopyFrom(result)
+        if failure is not None:
+            updated.failure.CopyFrom(failure)
+        await self.store.write_meta(updated)
+
+    async def _finish(
+        self,
+        run_id: str,
+        last: pb.Event,
+        stored: StoredLog,
+        meta: pb.RunMeta | None,
+        inbox: list[tuple[str, pb.InboxEntry]],
+        consumed: list[str],
+    ) -> None:
+        """A run whose log already ends: make sure its summary says so, drop leftovers."""
+        kind = last.WhichOneof("kind")
+        status = {"completed": RunStatus.COMPLETED, "failed": RunStatus.FAILED}.get(
+            kind or "", RunStatus.CANCELLED
+        )
+        if meta is None or meta.status != STATUS_TO_PB[status]:
+            await self._write_meta(
+                run_id, meta, stored.last_seq, status, stored=stored,
+                result=last.completed.result if kind == "completed" else None,
+                failure=last.failed.failure if kind == "failed" else None,
+            )  # fmt: skip
+        await self.store.delete([key for key, _ in inbox] + consumed)
+
+    async def _park(
+        self,
+        run_id: str,
+        stored: StoredLog,
+        meta: pb.RunMeta | None,
+        error: Exception,
+        consumed: list[str],
+    ) -> None:
+        log.error("run %s parked, retrying in %gs: %s", run_id, self.park_retry, error)
+        await self._write_meta(
+            run_id, meta, stored.last_seq, RunStatus.PARKED, parked_reason=str(error), stored=stored
+        )
+        await self.store.schedule(run_id, now_ms() + round(self.park_retry * 1000), "p")
+        await self.store.delete(consumed)
+
+    async def _orphan(self, run_id: str, entries: list[ScheduleEntry]) -> None:
+        """Schedule entries of a run with no log: a start in progress, or one that died."""
+        grace_ms = round(constants.START_GRACE_SECONDS * 1000)
+        stale = [entry.key for entry in entries if entry.due_ms + grace_ms < now_ms()]
+        await self.store.delete(stale)
+        if len(stale) < len(entries):
+            self._hold_off[run_id] = anyio.current_time() + constants.POLL_MIN_SECONDS * 5
+
+
+@dataclass
+class _LeaseHolder:
+    lease: Lease
+    lost: bool = False
+
+
+async def _call(fn: Callable[[], Any]) -> Any:
+    """Call a step function: async ones on the event loop, sync ones in a worker thread."""
+    target = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    if inspect.iscoroutinefunction(target):
+        return await fn()
+    value = await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+async def _gather(*awaitables: Any) -> tuple[Any, ...]:
+    results: list[Any] = [None] * len(awaitables)
+
+    async def one(index: int, awaitable: Any) -> None:
+        results[index] = await awaitable
+
+    async with anyio.create_task_group() as tg:
+        for index, awaitable in enumerate(awaitables):
+            tg.start_soon(one, index, awaitable)
+    return tuple(results)

@@ -1,0 +1,26 @@
+"""Timing defaults, in one place. Key layout lives in :mod:`substantial.runs`."""
+
+from __future__ import annotations
+
+#: How long a lease lasts unless renewed. An agent that dies holds its runs this long.
+LEASE_SECONDS = 10.0
+#: A lease is renewed when this fraction of it has passed.
+LEASE_RENEW_FRACTION = 1 / 3
+#: Shortest and longest wait between schedule polls; the wait doubles while idle.
+POLL_MIN_SECONDS = 0.02
+POLL_MAX_SECONDS = 1.0
+#: How many runs one agent works on at once.
+CONCURRENCY = 64
+#: How long a parked run (one that no longer replays) waits before agents try it again.
+PARK_RETRY_SECONDS = 60.0
+#: A schedule entry whose run has no log yet is kept this long (its `start` may still be
+#: writing) before it is dropped as the trace of a `start` that died half-way.
+START_GRACE_SECONDS = 60.0
+#: How often `Handle.result()` re-reads a run's status when no local agent can notify it.
+RESULT_POLL_MIN_SECONDS = 0.02
+RESULT_POLL_MAX_SECONDS = 1.0
+#: Backoff for a run whose wake-up hit a storage outage.
+OUTAGE_RETRY_MIN_SECONDS = 0.05
+OUTAGE_RETRY_MAX_SECONDS = 5.0
+#: How long cancelling an agent waits for in-flight steps before abandoning them.
+SHUTDOWN_GRACE_SECONDS = 10.0

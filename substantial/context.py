@@ -1,0 +1,205 @@
+"""
+``Context``: the primitives a workflow calls.
+
+Every method here is deterministic on replay: results recorded in the run's log are
+returned as recorded, and anything new is recorded before the workflow moves past it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+if TYPE_CHECKING:
+    from substantial.replay import Execution
+
+__all__ = ["Context", "RetryPolicy"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """
+    How a failing ``save`` step is retried. Waits between attempts are durable: the run
+    is released while it waits, and a crash does not reset the attempt count.
+
+    :ivar max_attempts: attempts in all, the first one included (``1``: no retry)
+    :ivar initial_interval: wait before the second attempt, in seconds
+    :ivar backoff_coefficient: each further wait is this many times the previous one
+    :ivar max_interval: the longest wait, in seconds
+    :ivar non_retryable: exception types (or their names) that end the step at once
+    """
+
+    max_attempts: int = 3
+    initial_interval: float = 1.0
+    backoff_coefficient: float = 2.0
+    max_interval: float = 60.0
+    non_retryable: tuple[type[BaseException] | str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("RetryPolicy.max_attempts must be at least 1")
+        if self.initial_interval < 0 or self.max_interval < 0:
+            raise ValueError("RetryPolicy intervals cannot be negative")
+        if self.backoff_coefficient < 1:
+            raise ValueError("RetryPolicy.backoff_coefficient must be at least 1")
+
+    def delay_after(self, attempt: int) -> float:
+        """The wait in seconds after failed attempt number ``attempt`` (1-based)."""
+        delay = self.initial_interval * self.backoff_coefficient ** (attempt - 1)
+        return float(min(delay, self.max_interval))
+
+    def retries(self, error: BaseException, attempt: int) -> bool:
+        """Whether a step that failed with ``error`` on ``attempt`` gets another attempt."""
+        if attempt >= self.max_attempts:
+            return False
+        for kind in self.non_retryable:
+            if isinstance(kind, str):
+                if kind in (type(error).__name__, type(error).__qualname__):
+                    return False
+            elif isinstance(error, kind):
+                return False
+        return True
+
+
+class _ReplayAwareLogger(logging.LoggerAdapter[logging.Logger]):
+    """A logger that stays silent while the run is replaying events already recorded."""
+
+    def __init__(self, execution: Execution) -> None:
+        super().__init__(logging.getLogger("substantial.workflow"), {})
+        self._execution = execution
+
+    def isEnabledFor(self, level: int) -> bool:
+        return not self._execution.replaying and self.logger.isEnabledFor(level)
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        extra = dict(kwargs.get("extra") or {})
+        extra.setdefault("run_id", self._execution.run_id)
+        extra.setdefault("workflow", self._execution.workflow.name)
+        kwargs["extra"] = extra
+        return f"[{self._execution.run_id}] {msg}", kwargs
+
+
+class Context:
+    """
+    What a workflow function receives as its first argument.
+
+    Workflow code must be deterministic: given the same recorded results and events it
+    must call the same primitives in the same order. Side effects (network, files,
+    clocks, randomness) belong inside :meth:`save`, or use :meth:`now`, :meth:`random`
+    and :meth:`uuid4`, which replay their first answers.
+    """
+
+    def __init__(self, execution: Execution) -> None:
+        self._execution = execution
+        self._log = _ReplayAwareLogger(execution)
+
+    @property
+    def run_id(self) -> str:
+        """This run's id."""
+        return self._execution.run_id
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger tagged with the run id, silent while replaying recorded history."""
+        return self._log
+
+    @overload
+    async def save(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        compensate_with: Callable[[], Any] | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | timedelta | None = None,
+    ) -> T: ...
+    @overload
+    async def save(
+        self,
+        fn: Callable[[], T],
+        *,
+        compensate_with: Callable[[], Any] | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | timedelta | None = None,
+    ) -> T: ...
+    async def save(
+        self,
+        fn: Callable[[], Any],
+        *,
+        compensate_with: Callable[[], Any] | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | timedelta | None = None,
+    ) -> Any:
+        """
+        Run a step once and record its result; on replay, return the recorded result.
+
+        The step may run more than once if an agent dies before recording it
+        (at-least-once), but its result is recorded once and every replay sees it.
+
+        :param fn: a function of no arguments, sync (run in a worker thread) or async
+        :param compensate_with: the step's inverse, run by ``revert()``
+        :param retry: how to retry a failing step; default: one attempt
+        :param timeout: bound on one attempt, in seconds; an attempt that takes longer
+            fails with ``TimeoutError``
+        :return: the step's result, decoded from the log
+        :raises StepFailed: when the step failed and has no attempts left (the same
+            error on every replay)
+        :raises CodecError: if the step's result cannot be encoded
+        """
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        return await self._execution.save(fn, retry, seconds, compensate_with)
+
+    async def sleep(self, duration: timedelta | float) -> None:
+        """
+        Sleep durably: the run is released and resumes after ``duration``, even if every
+        agent restarts in between.
+
+        :param duration: a ``timedelta`` or seconds
+        """
+        seconds = duration.total_seconds() if isinstance(duration, timedelta) else duration
+        if seconds < 0:
+            raise ValueError(f"cannot sleep for a negative duration ({seconds}s)")
+        await self._execution.sleep(seconds)
+
+    async def receive(self, name: str) -> Any:
+        """
+        Wait for the next event called ``name`` that no earlier ``receive`` took.
+
+        Events are taken in the order they arrived.
+
+        :return: the event's value
+        """
+        return await self._execution.receive(name)
+
+    def handle(self, name: str, callback: Callable[[Any], object]) -> None:
+        """
+        Call ``callback(value)`` for every event called ``name``: those that arrived
+        before this call too, in arrival order, and each new one before the workflow
+        continues past any primitive.
+        """
+        self._execution.add_handler(name, callback)
+
+    async def ensure(self, predicate: Callable[[], bool]) -> bool:
+        """
+        Wait until ``predicate()`` holds; it is checked now and after each event arrives.
+
+        :return: ``True``
+        """
+        return bool(await self._execution.ensure(predicate))
+
+    def now(self) -> datetime:
+        """The run's current time (aware, UTC): the time of the last recorded event."""
+        return datetime.fromtimestamp(self._execution.now_ms / 1000, UTC)
+
+    def random(self) -> float:
+        """A float in [0, 1) from the run's own seeded generator; replays identically."""
+        return self._execution.rng.random()
+
+    def uuid4(self) -> uuid.UUID:
+        """A random UUID from the run's own seeded generator; replays identically."""
+        return uuid.UUID(int=self._execution.rng.getrandbits(128), version=4)

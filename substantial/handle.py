@@ -1,0 +1,239 @@
+"""The client side of a run: send it events, read its status, history and result."""
+
+from __future__ import annotations
+
+import enum
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import anyio
+
+from substantial.codec import decode_payload, encode_payload
+from substantial.constants import RESULT_POLL_MAX_SECONDS, RESULT_POLL_MIN_SECONDS
+from substantial.errors import RunCancelled, RunFailed, RunNotFound
+from substantial.protocol import substantial_pb2 as pb
+from substantial.runs import RunStore, check_run_id, now_ms
+
+__all__ = ["Handle", "HistoryEvent", "Notifier", "RunStatus"]
+
+R = TypeVar("R")
+
+
+class RunStatus(str, enum.Enum):
+    """Where a run is in its life."""
+
+    #: started; no agent has picked it up yet
+    PENDING = "pending"
+    #: an agent is working on it, or it has steps left to run
+    RUNNING = "running"
+    #: waiting for a timer (a sleep or a retry)
+    SLEEPING = "sleeping"
+    #: waiting for an event
+    WAITING = "waiting"
+    #: finished with a result
+    COMPLETED = "completed"
+    #: finished with an error
+    FAILED = "failed"
+    #: cancelled
+    CANCELLED = "cancelled"
+    #: its code no longer replays its log; agents retry it after a pause
+    PARKED = "parked"
+    #: its compensations ran after ``revert()``
+    REVERTED = "reverted"
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED
+
+
+_FINISHED = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.REVERTED}
+
+STATUS_TO_PB = {
+    RunStatus.PENDING: pb.RUN_STATUS_PENDING,
+    RunStatus.RUNNING: pb.RUN_STATUS_RUNNING,
+    RunStatus.SLEEPING: pb.RUN_STATUS_SLEEPING,
+    RunStatus.WAITING: pb.RUN_STATUS_WAITING,
+    RunStatus.COMPLETED: pb.RUN_STATUS_COMPLETED,
+    RunStatus.FAILED: pb.RUN_STATUS_FAILED,
+    RunStatus.CANCELLED: pb.RUN_STATUS_CANCELLED,
+    RunStatus.PARKED: pb.RUN_STATUS_PARKED,
+    RunStatus.REVERTED: pb.RUN_STATUS_REVERTED,
+}
+STATUS_FROM_PB = {value: key for key, value in STATUS_TO_PB.items()}
+
+
+class Notifier:
+    """
+    In-process wake-ups: a local ``start``/``send`` wakes the local agent at once, and a
+    run that changes state wakes local ``result()`` waiters, so nothing in one process
+    waits for a poll interval.
+    """
+
+    def __init__(self) -> None:
+        self._watchers: dict[str, anyio.Event] = {}
+        self._kick = anyio.Event()
+
+    def watch(self, run_id: str) -> anyio.Event:
+        event = self._watchers.get(run_id)
+        if event is None or event.is_set():
+            event = self._watchers[run_id] = anyio.Event()
+        return event
+
+    def changed(self, run_id: str) -> None:
+        event = self._watchers.pop(run_id, None)
+        if event is not None:
+            event.set()
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    async def wait_kick(self, timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            await self._kick.wait()
+        if self._kick.is_set():
+            self._kick = anyio.Event()
+
+
+@dataclass(frozen=True)
+class HistoryEvent:
+    """
+    One event of a run's log, decoded for people and tools.
+
+    :ivar segment: the log segment it was recorded in
+    :ivar at: when it was recorded
+    :ivar kind: ``started``, ``step_completed``, ``timer_fired``, ``event_received``, ...
+    :ivar details: the event's fields, with values decoded
+    """
+
+    segment: int
+    at: datetime
+    kind: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Handle(Generic[R]):
+    """
+    A run, seen from outside. Works in any process that can reach the backend, with or
+    without an agent in it.
+    """
+
+    def __init__(self, store: RunStore, run_id: str, notifier: Notifier | None = None) -> None:
+        self._store = store
+        self._notifier = notifier or Notifier()
+        self.run_id = check_run_id(run_id)
+
+    def __repr__(self) -> str:
+        return f"<Handle run_id={self.run_id!r}>"
+
+    async def send(self, name: str, value: object = None) -> None:
+        """
+        Deliver an event to this run; it sees it at its next ``receive``/``handle``.
+
+        :param name: the name ``c.receive()`` or ``c.handle()`` listens on
+        :raises CodecError: if ``value`` cannot be encoded
+        :raises RunNotFound: if the run does not exist
+        """
+        entry = pb.InboxEntry(name=name, value=encode_payload(value))
+        await self._post(entry)
+
+    async def cancel(self) -> None:
+        """
+        Ask the run to stop: ``asyncio.CancelledError`` is raised in the workflow at its
+        current primitive, so its ``finally`` blocks (and steps in them) run; the run then
+        ends ``CANCELLED``.
+
+        :raises RunNotFound: if the run does not exist
+        """
+        await self._post(pb.InboxEntry(cancel=True))
+
+    async def _post(self, entry: pb.InboxEntry) -> None:
+        await self._require_meta()
+        entry.id = uuid.uuid4().hex
+        entry.sent_at_ms = now_ms()
+        await self._store.post(self.run_id, entry)
+        self._notifier.kick()
+
+    async def status(self) -> RunStatus:
+        """
+        :raises RunNotFound: if the run does not exist
+        """
+        meta = await self._require_meta()
+        return STATUS_FROM_PB.get(meta.status, RunStatus.PENDING)
+
+    async def result(self, timeout: float | None = None) -> R:
+        """
+        Wait for the run to finish and return its result.
+
+        :param timeout: seconds to wait at most; ``None`` waits for ever
+        :raises RunFailed: if the run ended with an error (type name, message, traceback)
+        :raises RunCancelled: if the run was cancelled
+        :raises TimeoutError: if ``timeout`` passed first
+        :raises RunNotFound: if the run does not exist
+        """
+        delay = RESULT_POLL_MIN_SECONDS
+        with anyio.fail_after(math.inf if timeout is None else timeout):
+            while True:
+                changed = self._notifier.watch(self.run_id)
+                meta = await self._require_meta()
+                status = STATUS_FROM_PB.get(meta.status)
+                if status is RunStatus.COMPLETED:
+                    result: R = decode_payload(meta.result)  # type: ignore[assignment]
+                    return result
+                if status is RunStatus.FAILED:
+                    failure = meta.failure
+                    raise RunFailed(self.run_id, failure.type, failure.message, failure.traceback)
+                if status is RunStatus.CANCELLED:
+                    raise RunCancelled(self.run_id)
+                with anyio.move_on_after(delay):
+                    await changed.wait()
+                delay = min(delay * 2, RESULT_POLL_MAX_SECONDS)
+
+    async def history(self) -> list[HistoryEvent]:
+        """
+        The run's stored log, decoded.
+
+        :raises RunNotFound: if the run does not exist
+        :raises CorruptLog: if a segment cannot be read
+        """
+        stored = await self._store.read_log(self.run_id)
+        if not stored.events:
+            raise RunNotFound(self.run_id)
+        history = []
+        segment = 0
+        for index, event in enumerate(stored.events):
+            while index >= stored.segment_ends[segment]:
+                segment += 1
+            history.append(_describe(event, segment))
+        return history
+
+    async def _require_meta(self) -> pb.RunMeta:
+        meta = await self._store.read_meta(self.run_id)
+        if meta is not None:
+            return meta
+        stored = await self._store.read_log(self.run_id)
+        if not stored.events:
+            raise RunNotFound(self.run_id)
+        started = stored.events[0]
+        return pb.RunMeta(
+            run_id=self.run_id,
+            workflow=started.started.workflow,
+            status=pb.RUN_STATUS_PENDING,
+            created_ms=started.at_ms,
+        )
+
+
+def _describe(event: pb.Event, segment: int) -> HistoryEvent:
+    kind = event.WhichOneof("kind") or "unknown"
+    body = getattr(event, kind)
+    details: dict[str, Any] = {}
+    for descriptor, value in body.ListFields():
+        if isinstance(value, pb.Payload):
+            details[descriptor.name] = decode_payload(value)
+        elif isinstance(value, pb.Failure):
+            details[descriptor.name] = {"type": value.type, "message": value.message}
+        else:
+            details[descriptor.name] = value
+    return HistoryEvent(segment, datetime.fromtimestamp(event.at_ms / 1000, UTC), kind, details)

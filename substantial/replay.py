@@ -1,0 +1,601 @@
+"""
+The replay engine: runs a workflow function against its log.
+
+The workflow coroutine runs on a private, deterministic event loop that only ever runs
+ready callbacks: it has no clock and no I/O. Every primitive the workflow calls becomes
+a *command* with a position (its call order) and a future. The engine feeds the log to
+the workflow one event at a time, each event resolving one command (a step result, a
+timer firing) or delivering a sent event, and lets the workflow run until every task is
+blocked again before feeding the next. Because the log is the order in which outcomes
+were first observed, concurrent steps (``asyncio.gather``) replay in the same order as
+they ran live, whatever order their recorded results are read back in.
+
+After the recorded events run out the execution goes *live*: the caller (the agent)
+executes pending steps, fires due timers and merges new events through the same path,
+and every new event is also appended to :attr:`Execution.new_events` for committing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import random
+import traceback
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from substantial.codec import decode_payload, encode_payload
+from substantial.context import Context, RetryPolicy
+from substantial.errors import CodecError, NonDeterminismError, StepFailed
+from substantial.protocol import substantial_pb2 as pb
+from substantial.workflow import Workflow
+
+__all__ = ["Execution", "SaveCommand", "failure_from_exception"]
+
+
+class _Suspend(BaseException):
+    """Unwinds a workflow coroutine the engine is done with. Never reaches user code's
+    ``except Exception``."""
+
+
+class _DeterministicLoop(asyncio.AbstractEventLoop):
+    """An event loop that runs ready callbacks and nothing else: no timers, no I/O."""
+
+    def __init__(self, execution: Execution) -> None:
+        self._execution = execution
+        self._ready: deque[asyncio.Handle] = deque()
+
+    def call_soon(  # type: ignore[override]
+        self,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Handle:
+        handle = asyncio.Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def call_later(self, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:  # type: ignore[override]
+        raise RuntimeError(
+            "workflow code cannot use asyncio timers (asyncio.sleep, wait_for, timeout): "
+            "use Context.sleep() or a step's timeout="
+        )
+
+    call_at = call_later  # type: ignore[assignment]
+
+    def time(self) -> float:
+        return self._execution.now_ms / 1000
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.Future(loop=self)
+
+    def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        return asyncio.Task(coro, loop=self, **kwargs)
+
+    def get_debug(self) -> bool:
+        return False
+
+    def is_running(self) -> bool:
+        return True
+
+    def is_closed(self) -> bool:
+        return False
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        # "Task was destroyed but it is pending" and friends, from torn-down workflow
+        # tasks: expected when a suspended run is dropped.
+        pass
+
+    def run_ready(self) -> None:
+        """Run callbacks until every workflow task is blocked on something."""
+        outer = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(self)
+        try:
+            ready = self._ready
+            while ready:
+                handle = ready.popleft()
+                if not handle.cancelled():
+                    handle._run()
+        finally:
+            asyncio.events._set_running_loop(outer)
+
+
+@dataclass(eq=False)
+class _Command:
+    position: int
+    future: asyncio.Future[Any]
+
+    kind = "primitive"
+
+    def describe(self) -> str:
+        return self.kind
+
+
+_C = TypeVar("_C", bound=_Command)
+
+
+@dataclass(eq=False)
+class SaveCommand(_Command):
+    """A ``save`` step that has no final result recorded yet."""
+
+    fn: Callable[[], Any]
+    name: str
+    retry: RetryPolicy | None
+    timeout: float | None
+    compensate_with: Callable[[], Any] | None
+    attempts: int = 0
+    retry_at_ms: int | None = None
+
+    kind = "save"
+
+    def describe(self) -> str:
+        return f"save({self.name})"
+
+
+@dataclass(eq=False)
+class _SleepCommand(_Command):
+    seconds: float
+    fire_at_ms: int | None = None
+
+    kind = "sleep"
+
+    def describe(self) -> str:
+        return f"sleep({self.seconds:g}s)"
+
+
+@dataclass(eq=False)
+class _ReceiveCommand(_Command):
+    name: str
+
+    kind = "receive"
+
+    def describe(self) -> str:
+        return f"receive({self.name!r})"
+
+
+@dataclass(eq=False)
+class _EnsureCommand(_Command):
+    predicate: Callable[[], bool]
+
+    kind = "ensure"
+
+    def describe(self) -> str:
+        return "ensure()"
+
+
+def failure_from_exception(error: BaseException, *, non_retryable: bool = False) -> pb.Failure:
+    """Describe an exception in the log's portable form."""
+    kind = type(error)
+    module = kind.__module__
+    type_name = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+    return pb.Failure(
+        type=type_name,
+        message=str(error),
+        traceback="".join(traceback.format_exception(error)),
+        non_retryable=non_retryable,
+    )
+
+
+def _error_from_failure(failure: pb.Failure) -> Exception:
+    if failure.type == "substantial.errors.CodecError":
+        return CodecError(failure.message)
+    return StepFailed(failure.type, failure.message, failure.traceback)
+
+
+def _callable_name(fn: Callable[..., Any]) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else type(fn).__qualname__
+
+
+_LOGGED = {
+    "started": "the run's start",
+    "step_completed": "a step result",
+    "step_attempt_failed": "a failed step attempt",
+    "timer_started": "a timer start (sleep)",
+    "timer_fired": "a timer firing (sleep)",
+    "event_received": "a received event",
+    "cancel_requested": "a cancellation",
+    "completed": "the run's completion",
+    "failed": "the run's failure",
+    "cancelled": "the run's cancellation",
+}
+
+TERMINAL_KINDS = frozenset({"completed", "failed", "cancelled"})
+
+
+class Execution:
+    """One wake-up of one run: the workflow coroutine, its commands and its new events."""
+
+    def __init__(self, run_id: str, workflow: Workflow[Any]) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self.context = Context(self)
+        self.replaying = True
+        #: The run's logical time: that of the last event applied.
+        self.now_ms = 0
+        #: Events recorded by this wake-up that are not yet taken for committing.
+        self.new_events: list[pb.Event] = []
+        #: The terminal event (completed, failed, cancelled) once the run has ended.
+        self.outcome: pb.Event | None = None
+        self.rng = random.Random()
+        self.event_ids: set[str] = set()
+
+        self._loop = _DeterministicLoop(self)  # type: ignore[abstract]
+        self._main: asyncio.Task[Any] | None = None
+        self._pending: dict[int, _Command] = {}
+        self._next_position = 0
+        self._clock_ms = 0
+        self._queues: defaultdict[str, deque[Any]] = defaultdict(deque)
+        self._delivered: defaultdict[str, list[Any]] = defaultdict(list)
+        self._handlers: defaultdict[str, list[Callable[[Any], object]]] = defaultdict(list)
+        self._fatal: BaseException | None = None
+        self._cancel_requested = False
+        self._closing = False
+
+    # ---- the primitives, called from workflow code through Context ----
+
+    def _command_future(self) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self._loop.create_future()
+        if self._closing:
+            future.set_exception(_Suspend())
+        return future
+
+    def _register(self, command: _Command) -> asyncio.Future[Any]:
+        if not command.future.done():
+            self._pending[command.position] = command
+        return command.future
+
+    def _position(self) -> int:
+        position = self._next_position
+        self._next_position += 1
+        return position
+
+    def save(
+        self,
+        fn: Callable[[], Any],
+        retry: RetryPolicy | None,
+        timeout: float | None,
+        compensate_with: Callable[[], Any] | None,
+    ) -> asyncio.Future[Any]:
+        command = SaveCommand(
+            self._position(),
+            self._command_future(),
+            fn=fn,
+            name=_callable_name(fn),
+            retry=retry,
+            timeout=timeout,
+            compensate_with=compensate_with,
+        )
+        return self._register(command)
+
+    def sleep(self, seconds: float) -> asyncio.Future[Any]:
+        return self._register(_SleepCommand(self._position(), self._command_future(), seconds))
+
+    def receive(self, name: str) -> asyncio.Future[Any]:
+        command = _ReceiveCommand(self._position(), self._command_future(), name)
+        queue = self._queues[name]
+        if queue and not command.future.done():
+            command.future.set_result(queue.popleft())
+        return self._register(command)
+
+    def ensure(self, predicate: Callable[[], bool]) -> asyncio.Future[Any]:
+        command = _EnsureCommand(self._position(), self._command_future(), predicate)
+        if not command.future.done() and self._check(predicate):
+            command.future.set_result(True)
+        return self._register(command)
+
+    def add_handler(self, name: str, callback: Callable[[Any], object]) -> None:
+        self._handlers[name].append(callback)
+        for value in list(self._delivered[name]):
+            self._call_user(callback, value)
+
+    # ---- driving: replay ----
+
+    def replay(self, events: Iterable[pb.Event]) -> None:
+        """
+        Apply the stored log. Afterwards the workflow is blocked at the point the log
+        reaches, and the execution is still in replay mode; call :meth:`go_live` next.
+
+        :raises NonDeterminismError: if the code and the log disagree
+        """
+        for event in events:
+            if self._ended():
+                raise NonDeterminismError(
+                    self.run_id, None, _LOGGED.get(event.WhichOneof("kind") or "", "?"),
+                    "nothing more: the workflow had already returned",
+                )  # fmt: skip
+            self._apply(event)
+
+    def go_live(self, now_ms: int) -> None:
+        """Leave replay mode: from now on new work is recorded in :attr:`new_events`."""
+        self.replaying = False
+        self._clock_ms = now_ms
+        self._settle()
+
+    # ---- driving: live ----
+
+    def merge(self, entries: Iterable[pb.InboxEntry], now_ms: int) -> list[str]:
+        """
+        Record inbox entries not yet in the log, in the given (arrival) order.
+
+        :return: the ids of the entries this call recorded
+        """
+        self._clock_ms = now_ms
+        merged = []
+        for entry in entries:
+            if entry.id in self.event_ids or self.outcome is not None:
+                continue
+            if entry.cancel:
+                event = pb.Event(cancel_requested=pb.CancelRequested(id=entry.id))
+            else:
+                event = pb.Event(
+                    event_received=pb.EventReceived(
+                        id=entry.id, name=entry.name, value=entry.value, sent_at_ms=entry.sent_at_ms
+                    )
+                )
+            self._record(event)
+            merged.append(entry.id)
+        return merged
+
+    def fire_due_timers(self, now_ms: int) -> None:
+        """Record the firing of every timer due at ``now_ms``, earliest first."""
+        self._clock_ms = now_ms
+        while self.outcome is None:
+            due = [
+                command
+                for command in self._pending.values()
+                if isinstance(command, _SleepCommand)
+                and command.fire_at_ms is not None
+                and command.fire_at_ms <= now_ms
+                and not command.future.done()
+            ]
+            if not due:
+                return
+            first = min(due, key=lambda command: (command.fire_at_ms, command.position))
+            self._record(pb.Event(timer_fired=pb.TimerFired(position=first.position)))
+
+    def runnable_steps(self, now_ms: int) -> list[SaveCommand]:
+        """Steps to execute now: issued, unfinished, and not waiting for a retry."""
+        if self.outcome is not None:
+            return []
+        return [
+            command
+            for command in self._pending.values()
+            if isinstance(command, SaveCommand)
+            and not command.future.done()
+            and (command.retry_at_ms is None or command.retry_at_ms <= now_ms)
+        ]
+
+    def step_succeeded(self, command: SaveCommand, result: pb.Payload, now_ms: int) -> None:
+        self._clock_ms = now_ms
+        if self._pending.get(command.position) is not command or self.outcome is not None:
+            return
+        self._record(
+            pb.Event(
+                step_completed=pb.StepCompleted(
+                    position=command.position,
+                    result=result,
+                    attempts=command.attempts + 1,
+                    name=command.name,
+                )
+            )
+        )
+
+    def step_failed(
+        self, command: SaveCommand, failure: pb.Failure, retry_at_ms: int | None, now_ms: int
+    ) -> None:
+        """Record a failed attempt: retried at ``retry_at_ms``, or final if that is None."""
+        self._clock_ms = now_ms
+        if self._pending.get(command.position) is not command or self.outcome is not None:
+            return
+        if retry_at_ms is None:
+            event = pb.Event(
+                step_completed=pb.StepCompleted(
+                    position=command.position,
+                    failure=failure,
+                    attempts=command.attempts + 1,
+                    name=command.name,
+                )
+            )
+        else:
+            event = pb.Event(
+                step_attempt_failed=pb.StepAttemptFailed(
+                    position=command.position,
+                    attempt=command.attempts + 1,
+                    failure=failure,
+                    retry_at_ms=retry_at_ms,
+                    name=command.name,
+                )
+            )
+        self._record(event)
+
+    def take_new_events(self) -> list[pb.Event]:
+        events, self.new_events = self.new_events, []
+        return events
+
+    def next_wake_ms(self) -> int | None:
+        """When the run next needs an agent without any event arriving, if ever."""
+        times = []
+        for command in self._pending.values():
+            if command.future.done():
+                continue
+            if isinstance(command, _SleepCommand) and command.fire_at_ms is not None:
+                times.append(command.fire_at_ms)
+            elif isinstance(command, SaveCommand) and command.retry_at_ms is not None:
+                times.append(command.retry_at_ms)
+        return min(times, default=None)
+
+    def waiting_for_events(self) -> bool:
+        return any(
+            isinstance(command, _ReceiveCommand | _EnsureCommand) and not command.future.done()
+            for command in self._pending.values()
+        )
+
+    def close(self) -> None:
+        """Unwind the workflow coroutine, running its ``finally`` blocks but no new work."""
+        self._closing = True
+        for command in list(self._pending.values()):
+            if not command.future.done():
+                command.future.set_exception(_Suspend())
+        self._loop.run_ready()
+        for task in asyncio.all_tasks(self._loop):
+            task.cancel()
+        self._loop.run_ready()
+        self._pending.clear()
+
+    # ---- applying events ----
+
+    def _record(self, event: pb.Event) -> None:
+        event.at_ms = max(self._clock_ms, self.now_ms)
+        self.new_events.append(event)
+        self._apply(event)
+
+    def _apply(self, event: pb.Event) -> None:
+        self.now_ms = max(self.now_ms, event.at_ms)
+        kind = event.WhichOneof("kind")
+        if kind == "started":
+            self._on_started(event.started)
+        elif kind == "step_completed":
+            self._on_step_completed(event.step_completed)
+        elif kind == "step_attempt_failed":
+            self._on_step_attempt_failed(event.step_attempt_failed)
+        elif kind == "timer_started":
+            command = self._expect(event.timer_started.position, _SleepCommand, kind)
+            command.fire_at_ms = event.timer_started.fire_at_ms
+        elif kind == "timer_fired":
+            command = self._expect(event.timer_fired.position, _SleepCommand, kind)
+            self._resolve(command, None)
+        elif kind == "event_received":
+            received = event.event_received
+            if received.id in self.event_ids:
+                return
+            self.event_ids.add(received.id)
+            self._deliver(received.name, decode_payload(received.value))
+        elif kind == "cancel_requested":
+            self.event_ids.add(event.cancel_requested.id)
+            if not self._cancel_requested and self._main is not None:
+                self._cancel_requested = True
+                self._main.cancel()
+        elif kind in TERMINAL_KINDS:
+            self.outcome = event
+        else:
+            raise NonDeterminismError(
+                self.run_id, None, f"an event this version cannot read ({kind})", "a known event"
+            )
+        self._settle()
+
+    def _on_started(self, started: pb.Started) -> None:
+        if self._main is not None:
+            raise NonDeterminismError(self.run_id, None, "a second start", "one start")
+        arguments: Any = decode_payload(started.args)
+        args, kwargs = arguments
+        self.rng.seed(started.seed)
+        coroutine = self.workflow.fn(self.context, *args, **kwargs)
+        self._main = self._loop.create_task(coroutine)
+
+    def _on_step_completed(self, step: pb.StepCompleted) -> None:
+        command = self._expect(step.position, SaveCommand, "step_completed", step.name)
+        if step.WhichOneof("outcome") == "failure":
+            self._pending.pop(command.position, None)
+            if not command.future.done():
+                command.future.set_exception(_error_from_failure(step.failure))
+        else:
+            self._resolve(command, decode_payload(step.result))
+
+    def _on_step_attempt_failed(self, attempt: pb.StepAttemptFailed) -> None:
+        command = self._expect(attempt.position, SaveCommand, "step_attempt_failed", attempt.name)
+        command.attempts = attempt.attempt
+        command.retry_at_ms = attempt.retry_at_ms
+
+    def _expect(self, position: int, kind: type[_C], logged: str, name: str = "") -> _C:
+        command = self._pending.get(position)
+        if (
+            isinstance(command, kind)
+            and not command.future.done()
+            and (not name or not isinstance(command, SaveCommand) or command.name == name)
+        ):
+            return command
+        what = _LOGGED.get(logged, logged)
+        if name:
+            what += f" of step {name!r}"
+        if command is not None and not command.future.done():
+            code = command.describe()
+        elif self._ended():
+            code = "nothing more: the workflow had already returned"
+        elif position >= self._next_position:
+            waiting = [c.describe() for c in self._pending.values() if not c.future.done()]
+            code = "nothing at that position yet; it is waiting on " + (
+                ", ".join(waiting) or "nothing recorded"
+            )
+        else:
+            code = "a different primitive there"
+        raise NonDeterminismError(self.run_id, position, what, code)
+
+    def _resolve(self, command: _Command, value: Any) -> None:
+        self._pending.pop(command.position, None)
+        if not command.future.done():
+            command.future.set_result(value)
+
+    def _deliver(self, name: str, value: Any) -> None:
+        self._delivered[name].append(value)
+        for callback in list(self._handlers[name]):
+            self._call_user(callback, value)
+        queue = self._queues[name]
+        queue.append(value)
+        for command in sorted(self._pending.values(), key=lambda c: c.position):
+            if command.future.done():
+                continue
+            if isinstance(command, _ReceiveCommand) and command.name == name and queue:
+                self._resolve(command, queue.popleft())
+            elif isinstance(command, _EnsureCommand) and self._check(command.predicate):
+                self._resolve(command, True)
+
+    def _check(self, predicate: Callable[[], bool]) -> bool:
+        try:
+            return bool(predicate())
+        except Exception as exc:
+            self._fatal = self._fatal or exc
+            return False
+
+    def _call_user(self, callback: Callable[[Any], object], value: Any) -> None:
+        try:
+            callback(value)
+        except Exception as exc:
+            self._fatal = self._fatal or exc
+
+    def _ended(self) -> bool:
+        return self._fatal is not None or (self._main is not None and self._main.done())
+
+    def _settle(self) -> None:
+        """Run the workflow until it blocks; when live, record what that produced."""
+        self._loop.run_ready()
+        if self.replaying or self.outcome is not None:
+            return
+        if self._ended():
+            self._record(self._terminal_event())
+            return
+        for command in sorted(self._pending.values(), key=lambda c: c.position):
+            if isinstance(command, _SleepCommand) and command.fire_at_ms is None:
+                fire_at = self._clock_ms + round(command.seconds * 1000)
+                started = pb.TimerStarted(position=command.position, fire_at_ms=fire_at)
+                self._record(pb.Event(timer_started=started))
+
+    def _terminal_event(self) -> pb.Event:
+        assert self._main is not None
+        error = self._fatal
+        if error is None and self._main.cancelled():
+            return pb.Event(cancelled=pb.Cancelled())
+        if error is None:
+            error = self._main.exception()
+        if isinstance(error, asyncio.CancelledError):
+            return pb.Event(cancelled=pb.Cancelled())
+        if error is None:
+            try:
+                result = encode_payload(self._main.result())
+            except CodecError as exc:
+                error = exc
+            else:
+                return pb.Event(completed=pb.Completed(result=result))
+        return pb.Event(failed=pb.Failed(failure=failure_from_exception(error)))

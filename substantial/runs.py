@@ -1,0 +1,313 @@
+"""
+The run layout on top of a :class:`~substantial.backends.Backend`.
+
+Key layout::
+
+    runs/{run}/meta                     RunMeta: a summary, rebuilt from the log if lost
+    runs/{run}/log/{seq:012d}           Segment: immutable, written with create (fencing)
+    runs/{run}/inbox/{ms:015d}-{id}     InboxEntry: sent, not yet merged into the log
+    schedule/{due_ms:015d}-{run}~{tag}  ScheduleEntry: look at this run at that time
+    leases/{run}                        Lease: who works on the run, until when
+
+A schedule key carries a tag after ``~``: ``t`` for the run's own next wake-up (written
+with create, so repeating it is harmless), ``s`` for a start, and a random tag for each
+send, so a send never reuses a key an agent is about to delete.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import anyio
+from google.protobuf.message import DecodeError
+
+from substantial.backends.base import Backend
+from substantial.errors import CorruptLog
+from substantial.protocol import substantial_pb2 as pb
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Lease",
+    "RunStore",
+    "ScheduleEntry",
+    "StoredLog",
+    "check_run_id",
+    "now_ms",
+]
+
+#: The segment format this code writes; segments from a newer format are refused.
+FORMAT_VERSION = 1
+
+SCHEDULE_PREFIX = "schedule/"
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=,-]{0,199}")
+
+
+def now_ms() -> int:
+    """Wall-clock time in milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+def check_run_id(run_id: str) -> str:
+    """
+    :raises ValueError: unless ``run_id`` is 1-200 characters of letters, digits and
+        ``._:@+=,-``, starting with a letter or digit
+    """
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        raise ValueError(
+            f"invalid run id {run_id!r}: use 1-200 letters, digits or ._:@+=,- "
+            "starting with a letter or digit"
+        )
+    return run_id
+
+
+def meta_key(run_id: str) -> str:
+    return f"runs/{run_id}/meta"
+
+
+def log_prefix(run_id: str) -> str:
+    return f"runs/{run_id}/log/"
+
+
+def segment_key(run_id: str, seq: int) -> str:
+    return f"runs/{run_id}/log/{seq:012d}"
+
+
+def inbox_prefix(run_id: str) -> str:
+    return f"runs/{run_id}/inbox/"
+
+
+def lease_key(run_id: str) -> str:
+    return f"leases/{run_id}"
+
+
+def schedule_key(due_ms: int, run_id: str, tag: str) -> str:
+    return f"{SCHEDULE_PREFIX}{max(due_ms, 0):015d}-{run_id}~{tag}"
+
+
+@dataclass(frozen=True)
+class ScheduleEntry:
+    """One ``schedule/`` key: run ``run_id`` wants an agent at ``due_ms``."""
+
+    key: str
+    run_id: str
+    due_ms: int
+
+    @classmethod
+    def parse(cls, key: str) -> ScheduleEntry | None:
+        body = key[len(SCHEDULE_PREFIX) :]
+        due, dash, rest = body[:15], body[15:16], body[16:]
+        run_id, tilde, _tag = rest.rpartition("~")
+        if not (due.isdigit() and dash == "-" and tilde and run_id):
+            return None
+        return cls(key, run_id, int(due))
+
+
+@dataclass(frozen=True)
+class StoredLog:
+    """
+    A run's log as read: its events in order, the number of its last segment, and for
+    each segment the index just past its last event.
+    """
+
+    events: list[pb.Event]
+    last_seq: int
+    segment_ends: list[int]
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease this agent holds on a run."""
+
+    run_id: str
+    owner: str
+    version: str
+    expires_ms: int
+
+
+class RunStore:
+    """Reads and writes runs in the key layout above. Holds no state of its own."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    # ---- log ----
+
+    async def append(self, run_id: str, seq: int, events: Sequence[pb.Event]) -> bool:
+        """
+        Write segment ``seq``. This is the fencing point: of two agents that both read
+        the log up to ``seq - 1``, only one can write ``seq``.
+
+        :return: False if segment ``seq`` already exists
+        """
+        segment = pb.Segment(format=FORMAT_VERSION, run_id=run_id, seq=seq, events=events)
+        version = await self.backend.create(segment_key(run_id, seq), segment.SerializeToString())
+        return version is not None
+
+    async def read_log(self, run_id: str) -> StoredLog:
+        """
+        :raises CorruptLog: if a segment does not parse, belongs to another run, comes
+            from a newer format, or a segment number is missing
+        """
+        keys = await self.backend.list_all(log_prefix(run_id))
+        entries = await self.backend.get_many(keys)
+        events: list[pb.Event] = []
+        ends: list[int] = []
+        seq = -1
+        for key, entry in zip(keys, entries, strict=True):
+            if entry is None:  # deleted under us: only a gc of a finished run does that
+                raise CorruptLog(run_id, key, "segment vanished while the log was read")
+            seq += 1
+            segment = _parse(pb.Segment, entry[0], run_id, key)
+            if key != segment_key(run_id, seq):
+                raise CorruptLog(run_id, key, f"segment {seq} is missing before it")
+            if segment.format > FORMAT_VERSION:
+                raise CorruptLog(
+                    run_id, key, f"written in format {segment.format}, this code reads up to "
+                    f"{FORMAT_VERSION}: upgrade substantial",
+                )  # fmt: skip
+            if segment.run_id != run_id or segment.seq != seq:
+                raise CorruptLog(
+                    run_id, key, f"foreign segment: it says run {segment.run_id!r} "
+                    f"segment {segment.seq}",
+                )  # fmt: skip
+            events.extend(segment.events)
+            ends.append(len(events))
+        if events and events[0].WhichOneof("kind") != "started":
+            raise CorruptLog(run_id, segment_key(run_id, 0), "the log does not begin with a start")
+        return StoredLog(events, seq, ends)
+
+    # ---- inbox ----
+
+    async def post(self, run_id: str, entry: pb.InboxEntry) -> None:
+        """Put an event in the run's inbox, then ask for an agent at once."""
+        key = f"{inbox_prefix(run_id)}{entry.sent_at_ms:015d}-{entry.id}"
+        await self.backend.create(key, entry.SerializeToString())
+        await self.schedule(run_id, entry.sent_at_ms, uuid.uuid4().hex[:12])
+
+    async def read_inbox(self, run_id: str) -> list[tuple[str, pb.InboxEntry]]:
+        """The run's unmerged events in arrival order, with their keys."""
+        keys = await self.backend.list_all(inbox_prefix(run_id))
+        entries = await self.backend.get_many(keys)
+        return [
+            (key, _parse(pb.InboxEntry, entry[0], run_id, key))
+            for key, entry in zip(keys, entries, strict=True)
+            if entry is not None
+        ]
+
+    # ---- meta ----
+
+    async def read_meta(self, run_id: str) -> pb.RunMeta | None:
+        entry = await self.backend.get(meta_key(run_id))
+        return None if entry is None else _parse(pb.RunMeta, entry[0], run_id, meta_key(run_id))
+
+    async def write_meta(self, meta: pb.RunMeta) -> None:
+        """Write a run's summary unless a summary of a later segment is already there."""
+        key = meta_key(meta.run_id)
+        data = meta.SerializeToString()
+        for _ in range(10):
+            current = await self.backend.get(key)
+            if current is None:
+                if await self.backend.create(key, data) is not None:
+                    return
+                continue
+            stored = _parse(pb.RunMeta, current[0], meta.run_id, key)
+            if stored.log_seq > meta.log_seq:
+                return
+            if await self.backend.replace(key, data, current[1]) is not None:
+                return
+
+    # ---- schedule ----
+
+    async def schedule(self, run_id: str, due_ms: int, tag: str = "t") -> None:
+        """Ask for an agent to look at ``run_id`` at ``due_ms``."""
+        data = pb.ScheduleEntry(nonce=uuid.uuid4().hex).SerializeToString()
+        key = schedule_key(due_ms, run_id, tag)
+        if tag == "t":
+            await self.backend.create(key, data)
+        else:
+            await self.backend.put(key, data)
+
+    async def due(
+        self, now: int, *, after: str | None = None, limit: int = 64
+    ) -> tuple[list[ScheduleEntry], int | None, bool]:
+        """
+        Schedule entries due at ``now``, earliest first, reading at most ``limit`` keys.
+
+        :return: the due entries; the due time of the first entry not yet due, if one
+            was read; and whether more due entries may follow
+        """
+        keys = await self.backend.list(SCHEDULE_PREFIX, after=after, limit=limit)
+        due: list[ScheduleEntry] = []
+        for key in keys:
+            entry = ScheduleEntry.parse(key)
+            if entry is None:
+                continue
+            if entry.due_ms > now:
+                return due, entry.due_ms, False
+            due.append(entry)
+        return due, None, len(keys) == limit
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        async with anyio.create_task_group() as tg:
+            for key in keys:
+                tg.start_soon(self.backend.delete, key)
+
+    # ---- leases ----
+
+    async def acquire(self, run_id: str, owner: str, ttl_ms: int) -> Lease | None:
+        """
+        Take the run's lease if it is free or expired.
+
+        :return: the lease, or None if another agent holds it
+        """
+        key = lease_key(run_id)
+        expires = now_ms() + ttl_ms
+        data = _lease_bytes(owner, expires)
+        version = await self.backend.create(key, data)
+        if version is None:
+            current = await self.backend.get(key)
+            if current is None:
+                version = await self.backend.create(key, data)
+            else:
+                held = _parse(pb.Lease, current[0], run_id, key)
+                if held.expires_ms > now_ms():
+                    return None
+                version = await self.backend.replace(key, data, current[1])
+        return None if version is None else Lease(run_id, owner, version, expires)
+
+    async def renew(self, lease: Lease, ttl_ms: int) -> Lease | None:
+        """:return: the renewed lease, or None if it was lost"""
+        expires = now_ms() + ttl_ms
+        version = await self.backend.replace(
+            lease_key(lease.run_id), _lease_bytes(lease.owner, expires), lease.version
+        )
+        return None if version is None else Lease(lease.run_id, lease.owner, version, expires)
+
+    async def release(self, lease: Lease) -> None:
+        await self.backend.delete(lease_key(lease.run_id), lease.version)
+
+    async def lease_holder(self, run_id: str) -> pb.Lease | None:
+        entry = await self.backend.get(lease_key(run_id))
+        if entry is None:
+            return None
+        return _parse(pb.Lease, entry[0], run_id, lease_key(run_id))
+
+
+def _lease_bytes(owner: str, expires_ms: int) -> bytes:
+    lease = pb.Lease(owner=owner, expires_ms=expires_ms, token=uuid.uuid4().hex)
+    return lease.SerializeToString()
+
+
+_M = TypeVar("_M", pb.Segment, pb.InboxEntry, pb.RunMeta, pb.Lease)
+
+
+def _parse(kind: type[_M], data: bytes, run_id: str, key: str) -> _M:
+    try:
+        return kind.FromString(data)
+    except DecodeError as exc:
+        raise CorruptLog(run_id, key, f"not a {kind.__name__} record ({exc})") from None

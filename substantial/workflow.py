@@ -1,0 +1,79 @@
+"""The ``@workflow`` decorator: a name, a signature check, nothing else."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+from substantial.errors import InvalidArguments
+
+if TYPE_CHECKING:
+    from substantial.context import Context
+
+__all__ = ["Workflow", "workflow"]
+
+R = TypeVar("R")
+WorkflowFunction = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True, eq=False)
+class Workflow(Generic[R]):
+    """
+    A registered workflow: an ``async def`` that takes a :class:`Context` first.
+
+    :ivar fn: the workflow function
+    :ivar name: the name stored in every run's log; code is found by this name on replay
+    """
+
+    fn: Callable[..., Awaitable[R]]
+    name: str
+    signature: inspect.Signature = field(repr=False)
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """
+        :raises InvalidArguments: if ``args``/``kwargs`` do not fit the function's signature
+        """
+        try:
+            self.signature.bind(None, *args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArguments(self.name, str(exc)) from None
+
+    async def __call__(self, context: Context, *args: Any, **kwargs: Any) -> R:
+        return await self.fn(context, *args, **kwargs)
+
+
+@overload
+def workflow(fn: Callable[..., Awaitable[R]], /) -> Workflow[R]: ...
+@overload
+def workflow(
+    *, name: str | None = None
+) -> Callable[[Callable[..., Awaitable[R]]], Workflow[R]]: ...
+
+
+def workflow(
+    fn: Callable[..., Awaitable[R]] | None = None, /, *, name: str | None = None
+) -> Workflow[R] | Callable[[Callable[..., Awaitable[R]]], Workflow[R]]:
+    """
+    Declare an ``async def`` as a durable workflow.
+
+    Usable as ``@workflow()``, ``@workflow(name="orders.v1")`` or bare ``@workflow``.
+    The name defaults to ``module.qualname``; give a stable name if you may move the code.
+
+    :param name: the name stored in each run's log
+    :raises TypeError: if the function is not ``async def`` or takes no ``Context``
+    """
+
+    def decorate(f: Callable[..., Awaitable[R]]) -> Workflow[R]:
+        if not inspect.iscoroutinefunction(f):
+            raise TypeError(f"@workflow needs an async def, got {f!r}")
+        signature = inspect.signature(f)
+        if not signature.parameters:
+            raise TypeError(f"workflow {f.__qualname__} must take a Context as first parameter")
+        wf_name = name or f"{f.__module__}.{f.__qualname__}"
+        return Workflow(fn=f, name=wf_name, signature=signature)
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate
