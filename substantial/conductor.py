@@ -129,6 +129,11 @@ class Conductor:
                 raise TypeError(f"register() takes @workflow functions, got {wf!r}")
             self._workflows[wf.name] = wf
 
+    @property
+    def workflows(self) -> list[Workflow[Any]]:
+        """The registered workflows."""
+        return list(self._workflows.values())
+
     def _lookup(self, wf: Workflow[Any] | str) -> Workflow[Any]:
         name = wf if isinstance(wf, str) else wf.name
         found = self._workflows.get(name)
