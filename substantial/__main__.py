@@ -1,0 +1,3 @@
+from substantial.cli import main
+
+main()
