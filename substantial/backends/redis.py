@@ -18,9 +18,9 @@ single Redis (or a primary with replicas), not Redis Cluster.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -33,6 +33,8 @@ from substantial.backends.base import Backend, Entry
 from substantial.errors import BackendError, BackendUnavailable
 
 __all__ = ["RedisBackend"]
+
+T = TypeVar("T")
 
 # KEYS[1] = value key (also its index member), KEYS[2] = index; ARGV[1] = data.
 _CREATE = """
@@ -147,6 +149,24 @@ class RedisBackend(Backend):
         except RedisError as exc:
             raise BackendError(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
 
+    async def _read(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
+        """
+        Run a read-only command, once more if its connection turns out to be dead.
+
+        Reads are safe to repeat, and a pooled connection can die while idle (server
+        restart, ``CLIENT KILL``) before the event loop notices. Writes are never
+        repeated: their first attempt may have reached the server.
+        """
+        try:
+            async with self._request(op):
+                return await call()
+        except BackendUnavailable as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, RedisConnectionError) or isinstance(cause, BusyLoadingError):
+                raise
+        async with self._request(op):
+            return await call()
+
     async def get(self, key: str) -> Entry | None:
         """
         Read a key with one ``GET``.
@@ -154,8 +174,9 @@ class RedisBackend(Backend):
         :return: ``(data, version)``, or ``None`` if the key does not exist
         :raises BackendUnavailable: if Redis cannot be reached
         """
-        async with self._request("get"):
-            data = cast("bytes | None", await self._client.get(self._key(key)))
+        data = cast(
+            "bytes | None", await self._read("get", lambda: self._client.get(self._key(key)))
+        )
         return None if data is None else (data, _version(data))
 
     async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
@@ -167,10 +188,10 @@ class RedisBackend(Backend):
         """
         if not keys:
             return []
-        async with self._request("get_many"):
-            values = cast(
-                "list[bytes | None]", await self._client.mget([self._key(k) for k in keys])
-            )
+        names = [self._key(key) for key in keys]
+        values = cast(
+            "list[bytes | None]", await self._read("get_many", lambda: self._client.mget(names))
+        )
         return [None if data is None else (data, _version(data)) for data in values]
 
     async def put(self, key: str, data: bytes) -> str:
@@ -235,11 +256,13 @@ class RedisBackend(Backend):
         start = b"[" + low
         if after is not None and self._key(after) >= low:
             start = b"(" + self._key(after)
-        async with self._request("list"):
-            members = cast(
-                "list[bytes]",
-                await self._client.zrangebylex(self._index, start, high, start=0, num=limit),
-            )
+        members = cast(
+            "list[bytes]",
+            await self._read(
+                "list",
+                lambda: self._client.zrangebylex(self._index, start, high, start=0, num=limit),
+            ),
+        )
         cut = len(self._value_prefix)
         return [member[cut:].decode() for member in members]
 
