@@ -166,7 +166,7 @@ class S3Server:
     def create_bucket(self, name: str) -> None:
         """Create a bucket with a plain (blocking) boto3 client; run it in a thread."""
         if self._admin is None:
-            import boto3
+            import boto3  # type: ignore[import-untyped]
 
             self._admin = boto3.client(
                 "s3", endpoint_url=self.endpoint_url, region_name="us-east-1"
