@@ -21,19 +21,6 @@ BACKENDS = [
 ]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Every `async def` test runs under anyio without a marker on each one.
-    for item in items:
-        if isinstance(item, pytest.Function) and _is_async(item.obj):
-            item.add_marker(pytest.mark.anyio)
-
-
-def _is_async(obj: object) -> bool:
-    import inspect
-
-    return inspect.iscoroutinefunction(obj)
-
-
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
