@@ -1,0 +1,139 @@
+"""
+An agent process for the multi-process tests (chaos, fencing, clocks, shutdown).
+
+    python -m tests.chaos_app BACKEND_URL
+
+Environment:
+
+* ``CHAOS_EFFECTS``: folder where every step execution appends one line to
+  ``{run_id}`` with ``os.open(O_APPEND)``, so the record survives ``kill -9``
+* ``CHAOS_LEASE`` (seconds, default 1.5), ``CHAOS_CONCURRENCY`` (default 16),
+  ``CHAOS_POLL`` (seconds, default 0.2), ``CHAOS_GRACE`` (seconds, default 5)
+* ``CHAOS_CLOCK_OFFSET_MS``: shift this agent's wall clock (a test of clock skew; the
+  library has no hook for it, this app rebinds ``now_ms`` where it was imported)
+* ``CHAOS_STEP_SECONDS``: upper bound of a random pause inside each step, which widens
+  the window in which a kill lands mid-step (default 0.05)
+
+SIGTERM and SIGINT cancel the agent: in-flight steps get the grace period, leases are
+released, and the process exits 0. It prints ``ready`` on stdout once it serves.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import anyio
+
+import substantial.conductor
+import substantial.handle
+import substantial.runs
+from substantial import Conductor, Context, workflow
+
+_offset = int(os.environ.get("CHAOS_CLOCK_OFFSET_MS", "0"))
+if _offset:
+    _real_now_ms = substantial.runs.now_ms
+
+    def _skewed_now_ms() -> int:
+        return _real_now_ms() + _offset
+
+    for _module in (substantial.runs, substantial.conductor, substantial.handle):
+        _module.now_ms = _skewed_now_ms  # type: ignore[attr-defined]
+
+EFFECTS = Path(os.environ.get("CHAOS_EFFECTS", "./chaos-effects"))
+STEP_SECONDS = float(os.environ.get("CHAOS_STEP_SECONDS", "0.05"))
+
+
+def effect(run_id: str, label: str, value: int) -> int:
+    """A step's side effect: one line per execution, durable across kill -9."""
+    fd = os.open(EFFECTS / run_id, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{label} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    if STEP_SECONDS:
+        time.sleep(random.uniform(0, STEP_SECONDS))
+    return value * 10
+
+
+@workflow(name="chaos.mix")
+async def mix(c: Context, handled: int) -> dict[str, object]:
+    """save, sleep, receive, handle and ensure, with a side effect per step."""
+    seen: list[int] = []
+    c.handle("h", seen.append)
+    a = await c.save(lambda: effect(c.run_id, "a", 1))
+    await c.sleep(0.3)
+    x = await c.receive("x")
+    b = await c.save(lambda: effect(c.run_id, "b", x))
+    await c.ensure(lambda: len(seen) >= handled)
+    total = sum(seen)
+    d = await c.save(lambda: effect(c.run_id, "d", total))
+    return {"a": a, "x": x, "b": b, "h": sorted(seen), "d": d}
+
+
+@workflow(name="chaos.steps")
+async def steps(c: Context, count: int) -> list[int]:
+    """A chain of steps with a short sleep in the middle."""
+    results = []
+    for i in range(count):
+        results.append(await c.save(lambda i=i: effect(c.run_id, f"s{i}", i)))  # type: ignore[misc]
+        if i == count // 2:
+            await c.sleep(0.2)
+    return results
+
+
+@workflow(name="chaos.gate")
+async def gate(c: Context) -> int:
+    """One step that waits until the file ``{EFFECTS}/open`` exists (fencing test)."""
+
+    def blocked() -> int:
+        effect(c.run_id, "enter", 0)
+        while not (EFFECTS / "open").exists():
+            time.sleep(0.01)
+        return 7
+
+    return await c.save(blocked)
+
+
+def build(url: str) -> Conductor:
+    conductor = Conductor(
+        url,
+        lease=float(os.environ.get("CHAOS_LEASE", "1.5")),
+        concurrency=int(os.environ.get("CHAOS_CONCURRENCY", "16")),
+        poll_interval=float(os.environ.get("CHAOS_POLL", "0.2")),
+        shutdown_grace=float(os.environ.get("CHAOS_GRACE", "5")),
+    )
+    conductor.register(mix, steps, gate)
+    return conductor
+
+
+async def main(url: str) -> None:
+    conductor = build(url)
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(stop_on_signal)
+            await tg.start(conductor.serve)
+            print("ready", flush=True)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await conductor.aclose()
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
+    )
+    anyio.run(main, sys.argv[1])

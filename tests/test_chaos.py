@@ -1,0 +1,132 @@
+"""
+The chaos test: three agent processes share 100+ runs while a killer sends SIGKILL to a
+random one every 0.2-0.5 s and starts it again, until every run is done. Then every log
+is decoded and checked: results right, each step recorded once (executed at least once),
+each event merged once, segments contiguous.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from substantial import Conductor
+from substantial.backends import from_url
+from substantial.handle import RunStatus
+from tests import chaos_app
+from tests.agents import Agent, backend_url, check_log, effect_lines, wait_for
+from tests.conftest import BACKENDS
+
+pytestmark = pytest.mark.slow
+
+MIX_RUNS = 70
+STEP_RUNS = 40
+STEP_COUNT = 5
+HANDLED = 3
+AGENTS = 3
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_chaos(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    url = await backend_url(kind, request, tmp_path)
+    effects = tmp_path / "effects"
+    effects.mkdir()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    rng = random.Random(20240917)
+    backend = from_url(url)
+    client = Conductor(backend)
+    client.register(chaos_app.mix, chaos_app.steps)
+    env = {"CHAOS_LEASE": "1.5", "CHAOS_CONCURRENCY": "16", "CHAOS_POLL": "0.2"}
+    agents = [Agent(url, effects, logs, env) for _ in range(AGENTS)]
+    began = time.monotonic()
+    kills = 0
+    expected: dict[str, object] = {}
+    sent: dict[str, set[str]] = {}
+    try:
+        for agent in agents:
+            agent.spawn()
+        mix_ids = [f"mix-{i}" for i in range(MIX_RUNS)]
+        for run_id in mix_ids:
+            await client.start(chaos_app.mix, HANDLED, run_id=run_id)
+        for i in range(STEP_RUNS):
+            await client.start(chaos_app.steps, STEP_COUNT, run_id=f"steps-{i}")
+            expected[f"steps-{i}"] = [10 * n for n in range(STEP_COUNT)]
+
+        async def send_events() -> None:
+            # Half the runs get their events at once, the rest while agents die.
+            for index, run_id in enumerate(mix_ids):
+                if index == MIX_RUNS // 2:
+                    await anyio.sleep(1)
+                x = rng.randrange(1, 1000)
+                values = [rng.randrange(1, 1000) for _ in range(HANDLED)]
+                handle = client.handle(run_id)
+                for value in values:
+                    await handle.send("h", value)
+                await handle.send("x", x)
+                total = sum(values)
+                expected[run_id] = {
+                    "a": 10, "x": x, "b": 10 * x, "h": sorted(values), "d": 10 * total
+                }  # fmt: skip
+
+        unfinished = set(mix_ids) | {f"steps-{i}" for i in range(STEP_RUNS)}
+
+        async def all_done() -> bool:
+            for run_id in sorted(unfinished):
+                status = await client.handle(run_id).status()
+                if status.finished:
+                    unfinished.discard(run_id)
+            return not unfinished
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send_events)
+
+            async def killer() -> None:
+                nonlocal kills
+                while True:
+                    await anyio.sleep(rng.uniform(0.2, 0.5))
+                    victim = rng.choice(agents)
+                    victim.kill()
+                    kills += 1
+                    victim.spawn()
+
+            tg.start_soon(killer)
+            await wait_for(all_done, 200, f"all runs to finish ({kind})", every=0.5)
+            tg.cancel_scope.cancel()
+        wall = time.monotonic() - began
+
+        # Stale schedule entries of finished runs are cleaned up by the live agents.
+        async def schedule_empty() -> bool:
+            return not await backend.list("schedule/", limit=1)
+
+        await wait_for(schedule_empty, 30, "the schedule to empty")
+
+        reexecuted = 0
+        step_total = 0
+        for run_id, want in sorted(expected.items()):
+            handle = client.handle(run_id)
+            assert await handle.status() is RunStatus.COMPLETED, run_id
+            assert await handle.result() == want, run_id
+            checked = await check_log(backend, run_id)
+            assert checked.result == want
+            lines = effect_lines(effects, run_id)
+            labels = set(lines)
+            # every step ran at least once, and each recorded once (check_log)
+            assert len(labels) == len(checked.steps), (run_id, lines, checked.steps)
+            step_total += len(labels)
+            reexecuted += len(lines) - len(labels)
+            if run_id.startswith("mix-"):
+                assert len(checked.events) == HANDLED + 1  # each sent event merged once
+        print(
+            f"\nchaos[{kind}]: {len(expected)} runs, {step_total} steps, {kills} kills, "
+            f"{reexecuted} steps re-executed, {wall:.1f}s"
+        )
+    finally:
+        for agent in agents:
+            agent.kill()
+        await backend.aclose()
