@@ -324,12 +324,17 @@ class Conductor:
         try:
             with anyio.CancelScope(shield=True) as scope:
                 self._run_scopes[run_id] = scope
+                error: Exception | None = None
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._renew, holder, tg.cancel_scope)
                     try:
                         await self._wake(holder, entries)
+                    except Exception as exc:  # raised below, not wrapped in an ExceptionGroup
+                        error = exc
                     finally:
                         tg.cancel_scope.cancel()
+                if error is not None:
+                    raise error
                 if holder.lost:
                     raise LeaseLost(run_id, "renewal failed: another agent took the run")
         except LeaseLost as exc:

@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from substantial.backends import Backend, from_url
+from substantial.backends import Backend
 from substantial.protocol import substantial_pb2 as pb
 from substantial.runs import RunStore, StoredLog, segment_key
 
@@ -67,7 +67,8 @@ class Agent:
 
     def wait_ready(self, timeout: float = 30) -> None:
         """Block until the agent printed ``ready`` (it serves from then on)."""
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
+        assert self.process.stdout is not None
         line = self.process.stdout.readline()
         assert line.strip() == b"ready", f"agent did not start: {line!r}"
 

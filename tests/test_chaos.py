@@ -47,7 +47,6 @@ async def test_chaos(kind: str, request: pytest.FixtureRequest, tmp_path: Path) 
     began = time.monotonic()
     kills = 0
     expected: dict[str, object] = {}
-    sent: dict[str, set[str]] = {}
     try:
         for agent in agents:
             agent.spawn()
