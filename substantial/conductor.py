@@ -283,9 +283,9 @@ class Conductor:
             free = self.concurrency - len(self._active) - len(wanted)
             if free <= 0:
                 break
-            entries, next_due, more = await self.store.due(
-                now, after=after, limit=max(2 * free, 32)
-            )
+            # The first page is small: an idle poll reads one page whatever sleeps.
+            page = constants.POLL_FIRST_PAGE if after is None else max(2 * free, 32)
+            entries, next_due, more = await self.store.due(now, after=after, limit=page)
             for entry in entries:
                 if entry.run_id in skip:
                     continue

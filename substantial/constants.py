@@ -9,6 +9,8 @@ LEASE_RENEW_FRACTION = 1 / 3
 #: Shortest and longest wait between schedule polls; the wait doubles while idle.
 POLL_MIN_SECONDS = 0.02
 POLL_MAX_SECONDS = 1.0
+#: Schedule keys a poll reads first; it reads further pages only while all are due.
+POLL_FIRST_PAGE = 16
 #: How many runs one agent works on at once.
 CONCURRENCY = 64
 #: How long a parked run (one that no longer replays) waits before agents try it again.
@@ -19,6 +21,8 @@ START_GRACE_SECONDS = 60.0
 #: How often `Handle.result()` re-reads a run's status when no local agent can notify it.
 RESULT_POLL_MIN_SECONDS = 0.02
 RESULT_POLL_MAX_SECONDS = 1.0
+#: Schedule keys a poll reads first; it reads further pages only while all are due.
+POLL_FIRST_PAGE = 16
 #: Backoff for a run whose wake-up hit a storage outage.
 OUTAGE_RETRY_MIN_SECONDS = 0.05
 OUTAGE_RETRY_MAX_SECONDS = 5.0
