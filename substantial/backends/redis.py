@@ -82,6 +82,9 @@ _CLIENT_DEFAULTS: dict[str, Any] = {
     # No silent retries: a retried create/replace/delete whose first attempt reached the
     # server would report the wrong outcome. The agent above retries with backoff.
     "retry": Retry(NoBackoff(), 0),
+    # Connections in the pool, and how long a caller waits for one when all are busy.
+    "max_connections": 100,
+    "timeout": 10.0,
 }
 
 
@@ -105,8 +108,10 @@ class RedisBackend(Backend):
         options go in the URL as redis-py's ``from_url`` understands them
     :param prefix: the namespace: keys are stored at ``{prefix}:k:{key}``, the index at
         ``{prefix}:keys``
-    :param client_options: passed to :meth:`redis.asyncio.Redis.from_url`, overriding
-        this backend's defaults (10 s socket timeout, 5 s connect timeout, no retries)
+    :param client_options: passed to
+        :meth:`redis.asyncio.BlockingConnectionPool.from_url`, overriding this backend's
+        defaults (10 s socket timeout, 5 s connect timeout, no retries, 100 connections,
+        10 s wait for a free one)
     """
 
     name = "redis"
@@ -123,7 +128,11 @@ class RedisBackend(Backend):
         self.prefix = prefix
         options = {**_CLIENT_DEFAULTS, **client_options}
         options["decode_responses"] = False
-        self._client: aioredis.Redis = aioredis.Redis.from_url(url, **options)
+        # A blocking pool: past `max_connections` callers wait for a free connection
+        # (up to `timeout`) instead of failing at once with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(url, **options)
+        self._client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self._client.auto_close_connection_pool = True
         self._value_prefix = f"{prefix}:k:".encode()
         self._index = f"{prefix}:keys".encode()
         self._closed = False
