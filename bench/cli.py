@@ -38,22 +38,29 @@ async def _run_target(
 ) -> None:
     bench = measure.Bench(target, scale, log=_say)
     kind = target.kind
-    plan: list[tuple[str, object]] = [
-        ("floor", lambda: measure.floor(bench)),
-        ("step", lambda: measure.step(bench)),
-        ("latency", lambda: measure.latency(bench)),
+    plan: list[tuple[str, str, object]] = [
+        ("floor", "floor", lambda: measure.floor(bench)),
+        ("step", "step", lambda: measure.step(bench)),
+        ("latency", "latency", lambda: measure.latency(bench)),
     ]
     for runs, repeats in scale.throughput[kind]:
-        plan.append(("throughput", lambda r=runs, n=repeats: measure.throughput(bench, r, n)))
-    plan.append(("resume", lambda: measure.resume(bench)))
+        make = lambda r=runs, n=repeats: measure.throughput(bench, r, n)  # noqa: E731
+        plan.append(("throughput", f"throughput {runs}", make))
+    plan.append(("resume", "resume", lambda: measure.resume(bench)))
     if kind != "memory":
-        plan.append(("scale-out", lambda: measure.scale_out(bench)))
-    plan.append(("idle", lambda: measure.idle(bench)))
-    for name, make in plan:
+        plan.append(("scale-out", "scale-out", lambda: measure.scale_out(bench)))
+    plan.append(("idle", "idle", lambda: measure.idle(bench)))
+    for name, label, make in plan:
         if only and name not in only:
             continue
         started = time.perf_counter()
-        produced = await make()  # type: ignore[operator]
+        try:
+            produced = await make()  # type: ignore[operator]
+        except Exception as exc:  # a row that breaks is reported, and the others still run
+            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) >= 1:
+                exc = exc.exceptions[0]
+            error = f"{type(exc).__name__}: {exc}"
+            produced = measure.Result(label, kind, {"error": error}, "FAILED (see notes)", error)
         batch = produced if isinstance(produced, list) else [produced]
         results.extend(batch)
         for result in batch:
