@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from collections.abc import Sequence
 
 import anyio.lowlevel
 
@@ -46,6 +47,12 @@ class MemoryBackend(Backend):
         self.requests["get"] += 1
         await anyio.lowlevel.checkpoint()
         return self._data.get(key)
+
+    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        """Read several keys with one yield, not a task per key; see :meth:`Backend.get_many`."""
+        self.requests["get"] += len(keys)
+        await anyio.lowlevel.checkpoint()
+        return [self._data.get(key) for key in keys]
 
     async def put(self, key: str, data: bytes) -> str:
         """Write a key unconditionally; see :meth:`Backend.put`."""
