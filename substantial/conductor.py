@@ -1,6 +1,17 @@
 """
 The agent: poll the schedule, lease a due run, replay it, execute new work, commit,
 schedule its next wake-up, release. Any number of agents share one backend.
+
+Clocks. Agents read their own wall clock (:func:`substantial.runs.now_ms`) for two
+things only: whether a lease has expired, and whether a timer or schedule entry is due.
+An agent whose clock is ``s`` ahead of another's sees that agent's leases expire ``s``
+early and takes its runs over, so a step in flight may run again (at-least-once, as
+after a crash); it also fires timers up to ``s`` early. An agent ``s`` behind sees leases
+and timers ``s`` late, so work waits up to ``s`` longer, and its own leases look
+expired to the others ``s`` early. Neither can corrupt a log or lose a run: every log
+write is create-if-absent of the next segment number, which no clock decides, so a stale
+agent's commit fails and it drops the run (``tests/test_agents.py`` runs agents at
+-3, 0 and +3 lease lengths). Keep skew well under the lease length to avoid the repeats.
 """
 
 from __future__ import annotations
