@@ -474,7 +474,8 @@ class Conductor:
                 if not running:
                     break
                 wake = execution.next_wake_ms()
-                timeout = math.inf if wake is None else max(0, wake - now) / 1000
+                # a wake time not in the future is a due retry that is already running
+                timeout = math.inf if wake is None or wake <= now else (wake - now) / 1000
                 with anyio.move_on_after(timeout):
                     outcome = await receive.receive()
                     while True:

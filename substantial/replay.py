@@ -301,11 +301,12 @@ class Execution:
         :raises NonDeterminismError: if the code and the log disagree
         """
         for event in events:
-            if self._ended():
-                raise NonDeterminismError(
-                    self.run_id, None, _LOGGED.get(event.WhichOneof("kind") or "", "?"),
-                    "nothing more: the workflow had already returned",
-                )  # fmt: skip
+            kind = event.WhichOneof("kind") or "?"
+            if self._ended() and self.outcome is None:
+                ended = self._terminal_event().WhichOneof("kind")
+                if kind != ended:
+                    code = "nothing more: the workflow had already " + (ended or "ended")
+                    raise NonDeterminismError(self.run_id, None, _LOGGED.get(kind, kind), code)
             self._apply(event)
 
     def go_live(self, now_ms: int) -> None:
