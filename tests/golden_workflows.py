@@ -7,12 +7,21 @@ are frozen: changing them must be a deliberate act (re-record with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from substantial import Conductor, Context, Handle, RetryPolicy, StepFailed, workflow
+from substantial import (
+    Conductor,
+    Context,
+    Handle,
+    RetryPolicy,
+    RunCancelled,
+    StepFailed,
+    workflow,
+)
 from substantial.backends import MemoryBackend
 
 GOLDEN = Path(__file__).with_name("golden")
@@ -74,10 +83,8 @@ async def _record_one(
 ) -> None:  # fmt: skip
     handle = await start()
     await drive(handle)
-    try:
+    with contextlib.suppress(RunCancelled):  # the cancel log ends cancelled
         await handle.result(timeout=10)
-    except Exception:
-        pass
     stored = await conductor.store.read_log(handle.run_id)
     folder = GOLDEN / name
     shutil.rmtree(folder, ignore_errors=True)
