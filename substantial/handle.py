@@ -229,6 +229,8 @@ def _describe(event: pb.Event, segment: int) -> HistoryEvent:
     kind = event.WhichOneof("kind") or "unknown"
     body = getattr(event, kind)
     details: dict[str, Any] = {}
+    if "position" in body.DESCRIPTOR.fields_by_name:  # 0 is a position, not "unset"
+        details["position"] = body.position
     for descriptor, value in body.ListFields():
         if isinstance(value, pb.Payload):
             details[descriptor.name] = decode_payload(value)
