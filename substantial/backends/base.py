@@ -14,6 +14,7 @@ import builtins
 from collections import Counter
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Self
 
 import anyio
 
@@ -129,7 +130,7 @@ class Backend(abc.ABC):
     async def aclose(self) -> None:  # noqa: B027 - deliberately a no-op by default
         """Release connections and other resources. Safe to call twice."""
 
-    async def __aenter__(self) -> Backend:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
