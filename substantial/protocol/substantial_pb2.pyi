@@ -37,6 +37,7 @@ class _RunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStatus.V
     RUN_STATUS_CANCELLED: _RunStatus.ValueType  # 7
     RUN_STATUS_PARKED: _RunStatus.ValueType  # 8
     RUN_STATUS_REVERTED: _RunStatus.ValueType  # 9
+    RUN_STATUS_CONTINUED: _RunStatus.ValueType  # 10
 
 class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper): ...
 
@@ -50,6 +51,7 @@ RUN_STATUS_FAILED: RunStatus.ValueType  # 6
 RUN_STATUS_CANCELLED: RunStatus.ValueType  # 7
 RUN_STATUS_PARKED: RunStatus.ValueType  # 8
 RUN_STATUS_REVERTED: RunStatus.ValueType  # 9
+RUN_STATUS_CONTINUED: RunStatus.ValueType  # 10
 Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
 
 @_typing.final
@@ -125,10 +127,25 @@ class Started(_message.Message):
     WORKFLOW_FIELD_NUMBER: _builtins.int
     ARGS_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
+    CONTINUED_FROM_FIELD_NUMBER: _builtins.int
+    CHAIN_ROOT_FIELD_NUMBER: _builtins.int
+    CHAIN_INDEX_FIELD_NUMBER: _builtins.int
+    DETACHED_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     workflow: _builtins.str
     seed: _builtins.bytes
     """seeds Context.random() and Context.uuid4()"""
+    parent_run_id: _builtins.str
+    """set on a child run: whom to tell when it ends"""
+    continued_from: _builtins.str
+    """set on a run started by continue_using()"""
+    chain_root: _builtins.str
+    """the first run of a continue_using() chain"""
+    chain_index: _builtins.int
+    """0 for the first run of a chain"""
+    detached: _builtins.bool
+    """a child that outlives its parent"""
     @_builtins.property
     def args(self) -> Global___Payload:
         """[positional args, keyword args]"""
@@ -140,10 +157,15 @@ class Started(_message.Message):
         workflow: _builtins.str = ...,
         args: Global___Payload | None = ...,
         seed: _builtins.bytes = ...,
+        parent_run_id: _builtins.str = ...,
+        continued_from: _builtins.str = ...,
+        chain_root: _builtins.str = ...,
+        chain_index: _builtins.int = ...,
+        detached: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "run_id", b"run_id", "seed", b"seed", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "chain_index", b"chain_index", "chain_root", b"chain_root", "continued_from", b"continued_from", "detached", b"detached", "parent_run_id", b"parent_run_id", "run_id", b"run_id", "seed", b"seed", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -371,6 +393,143 @@ class Cancelled(_message.Message):
 Global___Cancelled: _TypeAlias = Cancelled  # noqa: Y015
 
 @_typing.final
+class Reverted(_message.Message):
+    """The run's compensations ran after revert(); terminal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reverted: _TypeAlias = Reverted  # noqa: Y015
+
+@_typing.final
+class VersionMarked(_message.Message):
+    """c.version(change_id) returned True here: the run took the new code path."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_ID_FIELD_NUMBER: _builtins.int
+    change_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        change_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_id", b"change_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionMarked: _TypeAlias = VersionMarked  # noqa: Y015
+
+@_typing.final
+class ContinuedAs(_message.Message):
+    """The run ended by continuing as a new run with a fresh log; terminal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    workflow: _builtins.str
+    @_builtins.property
+    def args(self) -> Global___Payload: ...
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        workflow: _builtins.str = ...,
+        args: Global___Payload | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "run_id", b"run_id", "workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContinuedAs: _TypeAlias = ContinuedAs  # noqa: Y015
+
+@_typing.final
+class ChildStarted(_message.Message):
+    """A child run was started (idempotently, by its run id) for the primitive at position."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    DETACHED_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    run_id: _builtins.str
+    workflow: _builtins.str
+    detached: _builtins.bool
+    @_builtins.property
+    def args(self) -> Global___Payload: ...
+    def __init__(
+        self,
+        *,
+        position: _builtins.int = ...,
+        run_id: _builtins.str = ...,
+        workflow: _builtins.str = ...,
+        args: Global___Payload | None = ...,
+        detached: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "detached", b"detached", "position", b"position", "run_id", b"run_id", "workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChildStarted: _TypeAlias = ChildStarted  # noqa: Y015
+
+@_typing.final
+class ChildEnded(_message.Message):
+    """A child run ended; merged from the parent's inbox."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    run_id: _builtins.str
+    cancelled: _builtins.bool
+    @_builtins.property
+    def result(self) -> Global___Payload: ...
+    @_builtins.property
+    def failure(self) -> Global___Failure: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        result: Global___Payload | None = ...,
+        failure: Global___Failure | None = ...,
+        cancelled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "failure", b"failure", "id", b"id", "outcome", b"outcome", "result", b"result", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["result", "failure"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___ChildEnded: _TypeAlias = ChildEnded  # noqa: Y015
+
+@_typing.final
 class Event(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -385,6 +544,11 @@ class Event(_message.Message):
     COMPLETED_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
     CANCELLED_FIELD_NUMBER: _builtins.int
+    REVERTED_FIELD_NUMBER: _builtins.int
+    VERSION_MARKED_FIELD_NUMBER: _builtins.int
+    CONTINUED_AS_FIELD_NUMBER: _builtins.int
+    CHILD_STARTED_FIELD_NUMBER: _builtins.int
+    CHILD_ENDED_FIELD_NUMBER: _builtins.int
     at_ms: _builtins.int
     """wall-clock time at which the event was recorded"""
     @_builtins.property
@@ -407,6 +571,16 @@ class Event(_message.Message):
     def failed(self) -> Global___Failed: ...
     @_builtins.property
     def cancelled(self) -> Global___Cancelled: ...
+    @_builtins.property
+    def reverted(self) -> Global___Reverted: ...
+    @_builtins.property
+    def version_marked(self) -> Global___VersionMarked: ...
+    @_builtins.property
+    def continued_as(self) -> Global___ContinuedAs: ...
+    @_builtins.property
+    def child_started(self) -> Global___ChildStarted: ...
+    @_builtins.property
+    def child_ended(self) -> Global___ChildEnded: ...
     def __init__(
         self,
         *,
@@ -421,12 +595,17 @@ class Event(_message.Message):
         completed: Global___Completed | None = ...,
         failed: Global___Failed | None = ...,
         cancelled: Global___Cancelled | None = ...,
+        reverted: Global___Reverted | None = ...,
+        version_marked: Global___VersionMarked | None = ...,
+        continued_as: Global___ContinuedAs | None = ...,
+        child_started: Global___ChildStarted | None = ...,
+        child_ended: Global___ChildEnded | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "cancelled", b"cancelled", "completed", b"completed", "event_received", b"event_received", "failed", b"failed", "kind", b"kind", "started", b"started", "step_attempt_failed", b"step_attempt_failed", "step_completed", b"step_completed", "timer_fired", b"timer_fired", "timer_started", b"timer_started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "cancelled", b"cancelled", "child_ended", b"child_ended", "child_started", b"child_started", "completed", b"completed", "continued_as", b"continued_as", "event_received", b"event_received", "failed", b"failed", "kind", b"kind", "reverted", b"reverted", "started", b"started", "step_attempt_failed", b"step_attempt_failed", "step_completed", b"step_completed", "timer_fired", b"timer_fired", "timer_started", b"timer_started", "version_marked", b"version_marked"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "cancel_requested", b"cancel_requested", "cancelled", b"cancelled", "completed", b"completed", "event_received", b"event_received", "failed", b"failed", "kind", b"kind", "started", b"started", "step_attempt_failed", b"step_attempt_failed", "step_completed", b"step_completed", "timer_fired", b"timer_fired", "timer_started", b"timer_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "cancel_requested", b"cancel_requested", "cancelled", b"cancelled", "child_ended", b"child_ended", "child_started", b"child_started", "completed", b"completed", "continued_as", b"continued_as", "event_received", b"event_received", "failed", b"failed", "kind", b"kind", "reverted", b"reverted", "started", b"started", "step_attempt_failed", b"step_attempt_failed", "step_completed", b"step_completed", "timer_fired", b"timer_fired", "timer_started", b"timer_started", "version_marked", b"version_marked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "step_completed", "step_attempt_failed", "timer_started", "timer_fired", "event_received", "cancel_requested", "completed", "failed", "cancelled"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "step_completed", "step_attempt_failed", "timer_started", "timer_fired", "event_received", "cancel_requested", "completed", "failed", "cancelled", "reverted", "version_marked", "continued_as", "child_started", "child_ended"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -480,6 +659,7 @@ class InboxEntry(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     SENT_AT_MS_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    CHILD_ENDED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     sent_at_ms: _builtins.int
@@ -487,6 +667,10 @@ class InboxEntry(_message.Message):
     """a cancellation request rather than a named event"""
     @_builtins.property
     def value(self) -> Global___Payload: ...
+    @_builtins.property
+    def child_ended(self) -> Global___ChildEnded:
+        """a child run's outcome rather than a named event"""
+
     def __init__(
         self,
         *,
@@ -495,10 +679,11 @@ class InboxEntry(_message.Message):
         value: Global___Payload | None = ...,
         sent_at_ms: _builtins.int = ...,
         cancel: _builtins.bool = ...,
+        child_ended: Global___ChildEnded | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["child_ended", b"child_ended", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "id", b"id", "name", b"name", "sent_at_ms", b"sent_at_ms", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "child_ended", b"child_ended", "id", b"id", "name", b"name", "sent_at_ms", b"sent_at_ms", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -521,6 +706,10 @@ class RunMeta(_message.Message):
     LOG_SEQ_FIELD_NUMBER: _builtins.int
     PARKED_REASON_FIELD_NUMBER: _builtins.int
     WAKE_AT_MS_FIELD_NUMBER: _builtins.int
+    CUSTOM_STATUS_FIELD_NUMBER: _builtins.int
+    PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
+    CONTINUED_AS_FIELD_NUMBER: _builtins.int
+    CHAIN_ROOT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     workflow: _builtins.str
     created_ms: _builtins.int
@@ -530,12 +719,20 @@ class RunMeta(_message.Message):
     """the last segment this summary reflects; a newer summary wins"""
     parked_reason: _builtins.str
     wake_at_ms: _builtins.int
+    parent_run_id: _builtins.str
+    continued_as: _builtins.str
+    """the run this one continued as"""
+    chain_root: _builtins.str
     @_builtins.property
     def args(self) -> Global___Payload: ...
     @_builtins.property
     def result(self) -> Global___Payload: ...
     @_builtins.property
     def failure(self) -> Global___Failure: ...
+    @_builtins.property
+    def custom_status(self) -> Global___Payload:
+        """the last value the workflow gave Context.set_status()"""
+
     def __init__(
         self,
         *,
@@ -550,10 +747,14 @@ class RunMeta(_message.Message):
         log_seq: _builtins.int = ...,
         parked_reason: _builtins.str = ...,
         wake_at_ms: _builtins.int = ...,
+        custom_status: Global___Payload | None = ...,
+        parent_run_id: _builtins.str = ...,
+        continued_as: _builtins.str = ...,
+        chain_root: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "failure", b"failure", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "custom_status", b"custom_status", "failure", b"failure", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "created_ms", b"created_ms", "failure", b"failure", "log_seq", b"log_seq", "parked_reason", b"parked_reason", "result", b"result", "run_id", b"run_id", "status", b"status", "updated_ms", b"updated_ms", "wake_at_ms", b"wake_at_ms", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "chain_root", b"chain_root", "continued_as", b"continued_as", "created_ms", b"created_ms", "custom_status", b"custom_status", "failure", b"failure", "log_seq", b"log_seq", "parent_run_id", b"parent_run_id", "parked_reason", b"parked_reason", "result", b"result", "run_id", b"run_id", "status", b"status", "updated_ms", b"updated_ms", "wake_at_ms", b"wake_at_ms", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
