@@ -52,9 +52,11 @@ class Agent:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     spawned: int = 0
+    ready: bool = False
 
     def spawn(self) -> None:
         self.spawned += 1
+        self.ready = False
         env = {**os.environ, "CHAOS_EFFECTS": str(self.effects), **self.env}
         stderr = open(self.logs / f"agent-{id(self)}-{self.spawned}.log", "wb")  # noqa: SIM115
         with stderr:
@@ -71,6 +73,16 @@ class Agent:
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         assert line.strip() == b"ready", f"agent did not start: {line!r}"
+
+    def is_ready(self) -> bool:
+        """Whether the agent printed ``ready`` yet (without blocking)."""
+        if self.ready:
+            return True
+        assert self.process is not None
+        assert self.process.stdout is not None
+        os.set_blocking(self.process.stdout.fileno(), False)
+        self.ready = b"ready" in (self.process.stdout.read() or b"")
+        return self.ready
 
     @property
     def pid(self) -> int:

@@ -89,7 +89,11 @@ async def test_chaos(kind: str, request: pytest.FixtureRequest, tmp_path: Path) 
                 nonlocal kills
                 while True:
                     await anyio.sleep(rng.uniform(0.2, 0.5))
-                    victim = rng.choice(agents)
+                    # Only agents that serve already: a loaded machine still progresses.
+                    serving = [agent for agent in agents if agent.is_ready()]
+                    if not serving:
+                        continue
+                    victim = rng.choice(serving)
                     victim.kill()
                     kills += 1
                     victim.spawn()

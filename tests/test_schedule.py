@@ -152,7 +152,7 @@ async def test_stale_and_duplicate_schedule_entries_are_harmless_and_cleaned_up(
         async def cleaned() -> bool:
             return [e.key for e in await _schedule(backend)] == [wake[0].key]
 
-        await wait_for(cleaned, 30, "the stale entries to go")
+        await wait_for(cleaned, 60, "the stale entries to go")
         assert await done.status() is RunStatus.COMPLETED
         assert await asleep.status() is RunStatus.SLEEPING
     assert runs_of[done.run_id] == 1
