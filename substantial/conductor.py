@@ -36,7 +36,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-from substantial import constants
+from substantial import constants, logs
 from substantial.backends.base import Backend
 from substantial.codec import encode_payload
 from substantial.errors import (
@@ -331,6 +331,7 @@ class Conductor:
 
     async def _process(self, lease: Lease, entries: list[ScheduleEntry]) -> None:
         run_id = lease.run_id
+        logs.run_id_var.set(run_id)  # this task's log lines name the run (substantial.logs)
         holder = _LeaseHolder(lease)
         try:
             with anyio.CancelScope(shield=True) as scope:
@@ -410,6 +411,7 @@ class Conductor:
             await self._finish(run_id, stored.events[-1], stored, meta, inbox, consumed)
             return
         started = stored.events[0].started
+        logs.workflow_var.set(started.workflow)
         workflow = self._workflows.get(started.workflow)
         if workflow is None:
             error = UnknownWorkflow(started.workflow, list(self._workflows), run_id)
@@ -555,6 +557,8 @@ class Conductor:
             and meta.wake_at_ms == (wake or 0)
         ):
             return
+        if meta is None or meta.status != STATUS_TO_PB[status]:
+            log.info("run %s %s", run_id, status.value)  # one line per state change
         await self._write_meta(run_id, meta, seq, status, wake_at_ms=wake)
 
     async def _write_meta(
