@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -92,17 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     for target in targets:
         versions.update(target.versions)
     results: list[measure.Result] = []
+    load = os.getloadavg()
     try:
         for target in targets:
             _say(f"{target.kind} ({scale.name})")
             anyio.run(_run_target, target, scale, only, results)
         env = report.environment(workdir, versions)
+        env["load average before"] = " ".join(f"{x:.2f}" for x in load)
+        env["load average after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     finally:
         for target in targets:
             target.close()
-        if not args.dir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started  # before the clean-up below
+    if not args.dir:
+        shutil.rmtree(workdir, ignore_errors=True)
     present = [target.kind for target in targets]
     text = report.render(results, present, env, skipped, command.strip(), seconds)
     print(text)

@@ -59,6 +59,7 @@ def environment(workdir: Path, versions: dict[str, str]) -> dict[str, Any]:
         "anyio": anyio.__version__ if hasattr(anyio, "__version__") else _dist("anyio"),
         "protobuf": google.protobuf.__version__,
         "files dir": f"{workdir} ({_fs_type(workdir)})",
+        "load average before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         **versions,
     }
 

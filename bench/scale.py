@@ -31,27 +31,27 @@ class Scale:
 FULL = Scale(
     name="full",
     repeats=3,
-    floor_ops=_per(20_000, 2_000, 5_000, 200),
+    floor_ops=_per(20_000, 1_000, 5_000, 100),
     step_n=_per(1_000, 1_000, 1_000, 200),
-    latency_runs=_per(200, 200, 200, 30),
+    latency_runs=_per(200, 200, 200, 20),
     throughput={
         "memory": [(50, 3), (1_000, 1)],
         "files": [(50, 3), (1_000, 1)],
         "redis": [(50, 3), (1_000, 1)],
-        "s3": [(50, 1)],
+        "s3": [(30, 1)],
     },
     resume_sizes={
         "memory": [10, 100, 1_000, 10_000],
         "files": [10, 100, 1_000, 10_000],
         "redis": [10, 100, 1_000, 10_000],
-        "s3": [10, 100, 1_000],
+        "s3": [10, 100],
     },
-    resume_repeats=_per(3, 3, 3, 2),
-    scale_runs=_per(0, 300, 600, 40),
+    resume_repeats=_per(3, 3, 3, 1),
+    scale_runs=_per(0, 200, 400, 24),
     scale_agents=[1, 2, 4],
     idle_sleeping={k: [0, 10_000] for k in ("memory", "files", "redis")} | {"s3": [0, 1_000]},
     idle_warmup=1.5,
-    idle_window=4.0,
+    idle_window=3.0,
 )
 
 QUICK = Scale(
