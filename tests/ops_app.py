@@ -7,8 +7,9 @@ from substantial import Context, workflow
 
 @workflow(name="ops.greet")
 async def greet(c: Context, name: str) -> str:
-    c.log.info("greeting %s", name)
-    return str(await c.save(lambda: f"hello {name}"))
+    greeting = str(await c.save(lambda: f"hello {name}"))
+    c.log.info("greeted %s", name)
+    return greeting
 
 
 @workflow(name="ops.wait")

@@ -1,0 +1,198 @@
+"""substantial.inspect (the operator commands' logic) and substantial.logs, on every backend."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import pytest
+
+from substantial import Conductor
+from substantial.backends import Backend
+from substantial.handle import Handle, RunStatus
+from substantial.inspect import (
+    check_replay,
+    describe_run,
+    gc,
+    get_run,
+    iter_run_ids,
+    list_runs,
+)
+from substantial.logs import RunContextFilter
+from substantial.protocol import substantial_pb2 as pb
+from substantial.runs import RunStore, schedule_key
+from tests import ops_app, ops_app_v2
+
+
+async def wait_for(handle: Handle[Any], status: RunStatus) -> None:
+    """Poll the run's status until it is ``status`` (bounded; a readiness wait)."""
+    with anyio.fail_after(30):
+        while await handle.status() is not status:  # noqa: ASYNC110 - the state is in storage
+            await anyio.sleep(0.01)
+
+
+@pytest.fixture
+async def runs(backend: Backend) -> Backend:
+    """greet-1 completed, wait-1 waiting for "factor", boom-1 failed; no agent left."""
+    async with Conductor(backend) as conductor:
+        conductor.register(ops_app.greet, ops_app.wait, ops_app.boom)
+        greet = await conductor.start(ops_app.greet, "ada", run_id="greet-1")
+        wait = await conductor.start(ops_app.wait, 21, run_id="wait-1")
+        boom = await conductor.start(ops_app.boom, run_id="boom-1")
+        assert await greet.result(timeout=30) == "hello ada"
+        await wait_for(wait, RunStatus.WAITING)
+        await wait_for(boom, RunStatus.FAILED)
+    return backend
+
+
+async def test_list_runs_reads_every_run_and_filters(runs: Backend) -> None:
+    every = await list_runs(runs)
+    assert {(r.run_id, r.workflow, r.status) for r in every} == {
+        ("greet-1", "ops.greet", RunStatus.COMPLETED),
+        ("wait-1", "ops.wait", RunStatus.WAITING),
+        ("boom-1", "ops.boom", RunStatus.FAILED),
+    }
+    greet = next(r for r in every if r.run_id == "greet-1")
+    assert greet.args == [["ada"], {}]
+    assert greet.result == "hello ada"
+    boom = next(r for r in every if r.run_id == "boom-1")
+    assert boom.error == "ValueError: boom"
+
+    assert [r.run_id for r in await list_runs(runs, workflow="ops.wait")] == ["wait-1"]
+    assert [r.run_id for r in await list_runs(runs, status=RunStatus.FAILED)] == ["boom-1"]
+    finished = await list_runs(runs, status=[RunStatus.COMPLETED, RunStatus.FAILED])
+    assert sorted(r.run_id for r in finished) == ["boom-1", "greet-1"]
+    now = datetime.now(UTC)
+    assert len(await list_runs(runs, started_after=now - timedelta(hours=1))) == 3
+    assert await list_runs(runs, started_after=now + timedelta(hours=1)) == []
+    assert await list_runs(runs, started_before=now - timedelta(hours=1)) == []
+    assert len(await list_runs(runs, started_before=now + timedelta(hours=1))) == 3
+
+
+async def test_iter_run_ids_skips_long_logs_and_orders_like_keys(backend: Backend) -> None:
+    store = RunStore(backend)
+    started = pb.Event(at_ms=1, started=pb.Started(workflow="w"))
+    ids = ["a", "a-1", "a.b", "a0", "b"]
+    for run_id in ids:
+        await store.append(run_id, 0, [started])
+    for seq in range(1, 30):  # run "a" has a long log
+        await store.append("a", seq, [pb.Event(at_ms=2, timer_fired=pb.TimerFired())])
+    before = backend.requests["list"]
+    found = [run_id async for run_id in iter_run_ids(backend, page=4)]
+    assert sorted(found) == sorted(ids)
+    assert len(found) == len(set(found))
+    # pages of 4 over 5 runs: the 29 extra segments of "a" are skipped, not paged through
+    assert backend.requests["list"] - before <= 4
+
+
+async def test_a_run_without_summary_is_listed_from_its_log(backend: Backend) -> None:
+    conductor = Conductor(backend)  # no agent: the run stays pending
+    conductor.register(ops_app.greet)
+    await conductor.start(ops_app.greet, "bo", run_id="lost-meta")
+    await backend.delete("runs/lost-meta/meta")
+    (summary,) = await list_runs(backend)
+    assert (summary.run_id, summary.workflow, summary.status) == (
+        "lost-meta",
+        "ops.greet",
+        RunStatus.PENDING,
+    )
+    assert summary.args == [["bo"], {}]
+
+
+async def test_describe_run_gives_the_timeline(runs: Backend) -> None:
+    details = await describe_run(runs, "greet-1")
+    assert details.summary.status is RunStatus.COMPLETED
+    assert [event.kind for event in details.history] == ["started", "step_completed", "completed"]
+    assert details.history[1].details["result"] == "hello ada"
+    assert details.history[2].details["result"] == "hello ada"
+    assert details.lease_owner == ""
+    await Conductor(runs).handle("wait-1").send("factor", {"n": 3})
+    waiting = await describe_run(runs, "wait-1")
+    assert waiting.inbox == 1
+    assert (await get_run(runs, "wait-1")).status is RunStatus.WAITING
+
+
+async def test_check_replay_finds_runs_the_new_code_breaks(runs: Backend) -> None:
+    same = await check_replay([ops_app.greet, ops_app.wait, ops_app.boom], runs)
+    assert [(c.run_id, c.outcome) for c in same] == [("wait-1", "ok")]  # unfinished only
+
+    new_code = [ops_app_v2.greet, ops_app_v2.wait]
+    changed = await check_replay(new_code, runs, include_finished=True)
+    by_run = {c.run_id: c for c in changed}
+    assert by_run["greet-1"].ok
+    wait = by_run["wait-1"]
+    assert (wait.outcome, wait.position, wait.code) == ("nondeterminism", 0, "sleep(1s)")
+    assert "wait.<locals>.<lambda>" in wait.logged
+    assert by_run["boom-1"].outcome == "unknown workflow"
+
+    chosen = await check_replay([ops_app_v2.greet, ops_app_v2.wait], runs, ["greet-1", "nope"])
+    assert [(c.run_id, c.outcome) for c in chosen] == [("greet-1", "ok"), ("nope", "not found")]
+
+
+async def test_check_replay_writes_nothing(runs: Backend) -> None:
+    before = {key: await runs.get(key) for key in await runs.list_all("")}
+    writes = sum(runs.requests[op] for op in ("put", "create", "replace", "delete"))
+    await check_replay([ops_app_v2.greet, ops_app_v2.wait], runs, include_finished=True)
+    assert sum(runs.requests[op] for op in ("put", "create", "replace", "delete")) == writes
+    assert {key: await runs.get(key) for key in await runs.list_all("")} == before
+
+
+async def test_gc_deletes_old_finished_runs_and_nothing_else(runs: Backend) -> None:
+    store = RunStore(runs)
+    await store.schedule("greet-1", 5, "stray")  # a late send's leftover
+    later = datetime.now(UTC) + timedelta(days=31)
+
+    recent = await gc(runs, timedelta(days=30))
+    assert recent.runs == []
+    dry = await gc(runs, timedelta(days=30), now=later, dry_run=True)
+    assert sorted(dry.runs) == ["boom-1", "greet-1"]
+    assert await runs.list_all("runs/greet-1/") != []
+
+    done = await gc(runs, timedelta(days=30), now=later)
+    assert sorted(done.runs) == ["boom-1", "greet-1"]
+    assert done.keys == dry.keys
+    for run_id in ("greet-1", "boom-1"):
+        assert await runs.list_all(f"runs/{run_id}/") == []
+        assert await runs.get(f"leases/{run_id}") is None
+    assert not [key for key in await runs.list_all("schedule/") if "greet-1" in key]
+    assert [r.run_id for r in await list_runs(runs)] == ["wait-1"]
+    assert (await describe_run(runs, "wait-1")).summary.status is RunStatus.WAITING
+
+
+async def test_gc_leaves_a_run_whose_lease_an_agent_holds(runs: Backend) -> None:
+    store = RunStore(runs)
+    assert await store.acquire("greet-1", "someone-else", 60_000) is not None
+    later = datetime.now(UTC) + timedelta(days=31)
+    outcome = await gc(runs, timedelta(days=30), now=later)
+    assert outcome.busy == ["greet-1"]
+    assert outcome.runs == ["boom-1"]
+    assert await runs.get("runs/greet-1/meta") is not None
+
+
+async def test_gc_removes_schedule_keys_of_its_runs_only(runs: Backend) -> None:
+    store = RunStore(runs)
+    await store.schedule("greet-1", 10, "x")
+    await store.schedule("wait-1", 10, "x")
+    await gc(runs, timedelta(0), now=datetime.now(UTC) + timedelta(seconds=1))
+    assert await runs.list_all("schedule/") == [schedule_key(10, "wait-1", "x")]
+
+
+async def test_log_lines_carry_run_id_and_workflow(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.handler.addFilter(RunContextFilter())
+    with caplog.at_level(logging.INFO):
+        async with Conductor(backend) as conductor:
+            conductor.register(ops_app.greet)
+            handle = await conductor.start(ops_app.greet, "ada", run_id="logged-1")
+            assert await handle.result(timeout=30) == "hello ada"
+        logging.getLogger("elsewhere").info("outside any run")
+    by_message = {record.getMessage(): record for record in caplog.records}
+    greeting = by_message["[logged-1] greeted ada"]
+    assert (greeting.run_id, greeting.workflow) == ("logged-1", "ops.greet")  # type: ignore[attr-defined]
+    done = by_message["run logged-1 completed"]
+    assert (done.run_id, done.workflow) == ("logged-1", "ops.greet")  # type: ignore[attr-defined]
+    outside = by_message["outside any run"]
+    assert (outside.run_id, outside.workflow) == ("-", "-")  # type: ignore[attr-defined]
