@@ -9,11 +9,12 @@ agents share the work through atomic operations on that storage.
 from __future__ import annotations
 
 from substantial.conductor import Conductor
-from substantial.context import Context, RetryPolicy
+from substantial.context import ChildHandle, Context, RetryPolicy
 from substantial.errors import (
     BackendError,
     BackendUnavailable,
     CodecError,
+    CompensationFailed,
     CorruptLog,
     InvalidArguments,
     LeaseLost,
@@ -22,6 +23,7 @@ from substantial.errors import (
     RunError,
     RunFailed,
     RunNotFound,
+    RunReverted,
     StepFailed,
     SubstantialError,
     UnknownWorkflow,
@@ -32,7 +34,9 @@ from substantial.workflow import Workflow, workflow
 __all__ = [
     "BackendError",
     "BackendUnavailable",
+    "ChildHandle",
     "CodecError",
+    "CompensationFailed",
     "Conductor",
     "Context",
     "CorruptLog",
@@ -46,6 +50,7 @@ __all__ = [
     "RunError",
     "RunFailed",
     "RunNotFound",
+    "RunReverted",
     "RunStatus",
     "StepFailed",
     "SubstantialError",
@@ -61,6 +66,7 @@ for _name in (
     "Conductor",
     "Context",
     "RetryPolicy",
+    "ChildHandle",
     "Handle",
     "HistoryEvent",
     "RunStatus",

@@ -39,17 +39,19 @@ from anyio.streams.memory import MemoryObjectSendStream
 from substantial import constants, logs
 from substantial.backends.base import Backend
 from substantial.codec import encode_payload
+from substantial.commands import ChildCommand, SaveCommand, failure_from_exception
 from substantial.errors import (
     BackendUnavailable,
     CodecError,
     CorruptLog,
     LeaseLost,
     NonDeterminismError,
+    RunReverted,
     UnknownWorkflow,
 )
 from substantial.handle import STATUS_TO_PB, Handle, Notifier, RunStatus
 from substantial.protocol import substantial_pb2 as pb
-from substantial.replay import TERMINAL_KINDS, Execution, SaveCommand, failure_from_exception
+from substantial.replay import TERMINAL_KINDS, Execution, open_children
 from substantial.runs import Lease, RunStore, ScheduleEntry, StoredLog, check_run_id, now_ms
 from substantial.workflow import Workflow
 
@@ -169,24 +171,34 @@ class Conductor:
         workflow.check_arguments(args, kwargs)
         payload = encode_payload([list(args), kwargs])
         run_id = check_run_id(run_id) if run_id is not None else uuid.uuid4().hex
+        await self._create_run(pb.Started(run_id=run_id, workflow=workflow.name, args=payload))
+        return Handle(self.store, run_id, self._notifier)
+
+    async def _create_run(self, started: pb.Started) -> bool:
+        """
+        Write a new run (schedule entry, segment 0, summary), or nothing if it exists.
+
+        :return: whether this call created it
+        """
+        run_id = started.run_id
         at = now_ms()
+        started.seed = os.urandom(16)
         self._starting.add(run_id)  # the local agent leaves it alone until it is written
         try:
             # Schedule first: a start that dies after writing segment 0 still gets run.
             await self.store.schedule(run_id, at, "s")
-            started = pb.Started(
-                run_id=run_id, workflow=workflow.name, args=payload, seed=os.urandom(16)
-            )
-            if await self.store.append(run_id, 0, [pb.Event(at_ms=at, started=started)]):
+            created = await self.store.append(run_id, 0, [pb.Event(at_ms=at, started=started)])
+            if created:
                 meta = pb.RunMeta(
-                    run_id=run_id, workflow=workflow.name, args=payload, created_ms=at,
+                    run_id=run_id, workflow=started.workflow, args=started.args, created_ms=at,
                     updated_ms=at, status=pb.RUN_STATUS_PENDING, log_seq=0,
+                    parent_run_id=started.parent_run_id, chain_root=started.chain_root,
                 )  # fmt: skip
                 await self.store.write_meta(meta)
         finally:
             self._starting.discard(run_id)
         self._notifier.kick()
-        return Handle(self.store, run_id, self._notifier)
+        return created
 
     def handle(self, run_id: str) -> Handle[Any]:
         """A handle to an existing run, from any process."""
@@ -431,6 +443,7 @@ class Conductor:
             if not await self.store.append(run_id, seq + 1, events):
                 raise LeaseLost(run_id, f"segment {seq + 1} was written by another agent")
             seq += 1
+            execution.committed.extend(events)
 
         try:
             try:
@@ -452,8 +465,10 @@ class Conductor:
         merged = [key for key, entry in inbox if entry.id in execution.event_ids]
         if execution.outcome is not None:
             merged = [key for key, _ in inbox]  # a finished run drops events still unmerged
+            await self._after_end(run_id, [*stored.events, *execution.committed])
         await self.store.delete(merged)
-        await self._record_state(run_id, execution.outcome, wake, waiting, seq, meta)
+        published = encode_payload(execution.custom_status) if execution.has_custom_status else None
+        await self._record_state(run_id, execution.outcome, wake, waiting, seq, meta, published)
         if wake is not None:
             await self.store.schedule(run_id, wake)
         await self.store.delete(consumed)
@@ -466,9 +481,14 @@ class Conductor:
             while execution.outcome is None:
                 now = now_ms()
                 execution.fire_due_timers(now)
+                for child in execution.children_to_start():
+                    await self._start_child(execution.run_id, child)
+                    execution.child_started(child, now_ms())
                 await commit()
                 if execution.outcome is not None:
                     break
+                if execution.children_to_start():
+                    continue
                 for command in execution.runnable_steps(now):
                     if command.position not in running:
                         running.add(command.position)
@@ -489,6 +509,55 @@ class Conductor:
                             break
             tg.cancel_scope.cancel()
         await commit()
+
+    async def _start_child(self, parent_run_id: str, child: ChildCommand) -> None:
+        started = pb.Started(
+            run_id=child.run_id,
+            workflow=child.workflow,
+            args=child.args,
+            parent_run_id=parent_run_id,
+            detached=child.detached,
+        )
+        await self._create_run(started)
+
+    async def _after_end(self, run_id: str, events: list[pb.Event]) -> None:
+        """
+        What a run's end sets off: its continuation starts, its parent hears of it, and
+        its children that are not detached are cancelled. Each is safe to repeat.
+        """
+        started = events[0].started
+        last = events[-1]
+        kind = last.WhichOneof("kind")
+        now = now_ms()
+        if kind == "continued_as":
+            link = last.continued_as
+            await self._create_run(
+                pb.Started(
+                    run_id=link.run_id,
+                    workflow=link.workflow,
+                    args=link.args,
+                    continued_from=run_id,
+                    chain_root=started.chain_root or run_id,
+                    chain_index=started.chain_index + 1,
+                    parent_run_id=started.parent_run_id,
+                    detached=started.detached,
+                )
+            )
+        elif started.parent_run_id:
+            child_id = started.chain_root or run_id  # the id the parent knows
+            ended = pb.ChildEnded(run_id=child_id, cancelled=kind == "cancelled")
+            if kind == "completed":
+                ended.result.CopyFrom(last.completed.result)
+            elif kind == "failed":
+                ended.failure.CopyFrom(last.failed.failure)
+            elif kind == "reverted":
+                ended.failure.CopyFrom(failure_from_exception(RunReverted(child_id)))
+            entry = pb.InboxEntry(id=f"child-ended-{child_id}", sent_at_ms=now, child_ended=ended)
+            await self.store.post(started.parent_run_id, entry)
+        for child_id in open_children(events):
+            cancel = pb.InboxEntry(id=f"parent-ended-{run_id}", sent_at_ms=now, cancel=True)
+            await self.store.post(child_id, cancel)
+        self._notifier.kick()
 
     @staticmethod
     def _apply_outcome(execution: Execution, outcome: _StepOutcome) -> None:
@@ -530,19 +599,11 @@ class Conductor:
         waiting: bool,
         seq: int,
         meta: pb.RunMeta | None,
+        published: pb.Payload | None = None,
     ) -> None:
         if outcome is not None:
-            kind = outcome.WhichOneof("kind")
-            status = {
-                "completed": RunStatus.COMPLETED,
-                "failed": RunStatus.FAILED,
-                "cancelled": RunStatus.CANCELLED,
-            }[kind or ""]
-            await self._write_meta(
-                run_id, meta, seq, status,
-                result=outcome.completed.result if kind == "completed" else None,
-                failure=outcome.failed.failure if kind == "failed" else None,
-            )  # fmt: skip
+            status = _END_STATUS[outcome.WhichOneof("kind") or ""]
+            await self._write_meta(run_id, meta, seq, status, end=outcome, published=published)
             log.info("run %s %s", run_id, status.value)
             return
         if wake is not None:
@@ -555,11 +616,12 @@ class Conductor:
             meta is not None
             and meta.status == STATUS_TO_PB[status]
             and meta.wake_at_ms == (wake or 0)
+            and (published is None or meta.custom_status == published)
         ):
             return
         if meta is None or meta.status != STATUS_TO_PB[status]:
             log.info("run %s %s", run_id, status.value)  # one line per state change
-        await self._write_meta(run_id, meta, seq, status, wake_at_ms=wake)
+        await self._write_meta(run_id, meta, seq, status, wake_at_ms=wake, published=published)
 
     async def _write_meta(
         self,
@@ -568,9 +630,10 @@ class Conductor:
         seq: int,
         status: RunStatus,
         *,
-        result: pb.Payload | None = None,
+        end: pb.Event | None = None,
         failure: pb.Failure | None = None,
         wake_at_ms: int | None = None,
+        published: pb.Payload | None = None,
         parked_reason: str = "",
         stored: StoredLog | None = None,
     ) -> None:
@@ -588,10 +651,17 @@ class Conductor:
         updated.log_seq = max(seq, 0)
         updated.wake_at_ms = wake_at_ms or 0
         updated.parked_reason = parked_reason
-        if result is not None:
-            updated.result.CopyFrom(result)
+        kind = end.WhichOneof("kind") if end is not None else None
+        if end is not None and kind == "completed":
+            updated.result.CopyFrom(end.completed.result)
+        elif end is not None and kind == "failed":
+            updated.failure.CopyFrom(end.failed.failure)
+        elif end is not None and kind == "continued_as":
+            updated.continued_as = end.continued_as.run_id
         if failure is not None:
             updated.failure.CopyFrom(failure)
+        if published is not None:
+            updated.custom_status.CopyFrom(published)
         await self.store.write_meta(updated)
 
     async def _finish(
@@ -603,17 +673,15 @@ class Conductor:
         inbox: list[tuple[str, pb.InboxEntry]],
         consumed: list[str],
     ) -> None:
-        """A run whose log already ends: make sure its summary says so, drop leftovers."""
-        kind = last.WhichOneof("kind")
-        status = {"completed": RunStatus.COMPLETED, "failed": RunStatus.FAILED}.get(
-            kind or "", RunStatus.CANCELLED
-        )
+        """
+        A run whose log already ends: if its summary does not say so yet, the agent that
+        ended it died before finishing up, so do what its end sets off and fix the summary.
+        Then drop leftovers.
+        """
+        status = _END_STATUS[last.WhichOneof("kind") or ""]
         if meta is None or meta.status != STATUS_TO_PB[status]:
-            await self._write_meta(
-                run_id, meta, stored.last_seq, status, stored=stored,
-                result=last.completed.result if kind == "completed" else None,
-                failure=last.failed.failure if kind == "failed" else None,
-            )  # fmt: skip
+            await self._after_end(run_id, stored.events)
+            await self._write_meta(run_id, meta, stored.last_seq, status, stored=stored, end=last)
         await self.store.delete([key for key, _ in inbox] + consumed)
 
     async def _park(
@@ -638,6 +706,15 @@ class Conductor:
         await self.store.delete(stale)
         if len(stale) < len(entries):
             self._hold_off[run_id] = anyio.current_time() + constants.POLL_MIN_SECONDS * 5
+
+
+_END_STATUS = {
+    "completed": RunStatus.COMPLETED,
+    "failed": RunStatus.FAILED,
+    "cancelled": RunStatus.CANCELLED,
+    "reverted": RunStatus.REVERTED,
+    "continued_as": RunStatus.CONTINUED,
+}
 
 
 @dataclass

@@ -12,14 +12,45 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
+
+from substantial.codec import encode_payload
 
 if TYPE_CHECKING:
-    from substantial.replay import Execution
+    import asyncio
 
-__all__ = ["Context", "RetryPolicy"]
+    from substantial.replay import Execution
+    from substantial.workflow import Workflow
+
+__all__ = ["ChildHandle", "Context", "RetryPolicy"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ChildHandle(Generic[R]):
+    """
+    A child run started with :meth:`Context.start_child`, seen from its parent workflow.
+
+    :ivar run_id: the child's run id
+    """
+
+    def __init__(self, run_id: str, outcome: asyncio.Future[Any]) -> None:
+        self.run_id = run_id
+        self._outcome = outcome
+
+    def __repr__(self) -> str:
+        return f"<ChildHandle run_id={self.run_id!r}>"
+
+    async def result(self) -> R:
+        """
+        Wait for the child to end, durably.
+
+        :raises RunFailed: if the child failed
+        :raises RunCancelled: if the child was cancelled
+        """
+        result: R = await self._outcome
+        return result
 
 
 @dataclass(frozen=True)
@@ -166,15 +197,18 @@ class Context:
             raise ValueError(f"cannot sleep for a negative duration ({seconds}s)")
         await self._execution.sleep(seconds)
 
-    async def receive(self, name: str) -> Any:
+    async def receive(self, name: str, *, timeout: float | timedelta | None = None) -> Any:
         """
         Wait for the next event called ``name`` that no earlier ``receive`` took.
 
         Events are taken in the order they arrived.
 
+        :param timeout: give up after this long (a durable timer), in seconds
         :return: the event's value
+        :raises TimeoutError: if ``timeout`` passed first
         """
-        return await self._execution.receive(name)
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        return await self._execution.receive(name, seconds)
 
     def handle(self, name: str, callback: Callable[[Any], object]) -> None:
         """
@@ -203,3 +237,84 @@ class Context:
     def uuid4(self) -> uuid.UUID:
         """A random UUID from the run's own seeded generator; replays identically."""
         return uuid.UUID(int=self._execution.rng.getrandbits(128), version=4)
+
+    def set_status(self, value: Any) -> None:
+        """
+        Publish a small value (progress, a stage name) that ``Handle.query()`` returns
+        from outside without replaying. Kept after each wake-up of the run.
+
+        :raises CodecError: (at the end of the wake-up) if ``value`` cannot be encoded
+        """
+        encode_payload(value)  # fail here, at the call, not later
+        self._execution.set_status(value)
+
+    def version(self, change_id: str) -> bool:
+        """
+        Branch safely on a code change under live runs.
+
+        ``True`` where a run reaches this point with the new code, ``False`` where the
+        run's log was recorded before the change. The answer is recorded, so it never
+        flips. Once no live run answers ``False``
+        (``substantial versions --app APP CHANGE_ID`` lists them), delete the old branch
+        and the call.
+        """
+        return self._execution.version(change_id)
+
+    async def revert(self) -> NoReturn:
+        """
+        Undo the run: run the ``compensate_with`` of every completed ``save``, newest
+        first, each as a durable step with the step's retry policy, then end the run as
+        *reverted* (``RunReverted`` from ``Handle.result()``).
+
+        :raises CompensationFailed: if a compensation fails for good; the run then
+            ends failed, naming both that error and the one being handled, if any
+        """
+        await self._execution.revert()
+
+    async def continue_using(self, workflow: Workflow[Any], *args: Any, **kwargs: Any) -> NoReturn:
+        """
+        End this run and continue as a new run of ``workflow`` with a fresh log. Handles
+        to this run follow the chain: ``result()`` waits for its end.
+
+        :raises InvalidArguments: if the arguments do not fit ``workflow``
+        :raises CodecError: if an argument cannot be encoded
+        """
+        workflow.check_arguments(args, kwargs)
+        self._execution.continue_using(workflow.name, encode_payload([list(args), kwargs]))
+
+    async def start_child(
+        self,
+        workflow: Workflow[R],
+        *args: Any,
+        run_id: str | None = None,
+        detached: bool = False,
+        **kwargs: Any,
+    ) -> ChildHandle[R]:
+        """
+        Start a child run and return a handle to await later. Children are cancelled
+        when their parent ends, unless ``detached``.
+
+        :param run_id: the child's run id (default: derived from this run and position)
+        :raises InvalidArguments: if the arguments do not fit ``workflow``
+        :raises CodecError: if an argument cannot be encoded
+        """
+        workflow.check_arguments(args, kwargs)
+        payload = encode_payload([list(args), kwargs])
+        return await self._execution.start_child(workflow.name, payload, run_id, detached)
+
+    async def child(
+        self,
+        workflow: Workflow[R],
+        *args: Any,
+        run_id: str | None = None,
+        detached: bool = False,
+        **kwargs: Any,
+    ) -> R:
+        """
+        Run a child workflow and return its result.
+
+        :raises RunFailed: if the child failed
+        :raises RunCancelled: if the child was cancelled
+        """
+        handle = await self.start_child(workflow, *args, run_id=run_id, detached=detached, **kwargs)
+        return await handle.result()

@@ -13,7 +13,8 @@ Every error substantial raises, under one root.
         * NonDeterminismError: the code no longer replays the run's log
         * CorruptLog: a stored record does not parse, or belongs to another run
     * StepFailed: raised inside a workflow at ``save`` once a step has no attempts left
-    * RunFailed, RunCancelled: raised by ``Handle.result()``
+    * CompensationFailed: raised inside a workflow by ``revert()``
+    * RunFailed, RunCancelled, RunReverted: raised by ``Handle.result()``
 
 The control-flow signal that parks a run is a ``BaseException`` inside the replay engine,
 so that ``except Exception`` in workflow code cannot swallow it.
@@ -27,6 +28,7 @@ __all__ = [
     "BackendError",
     "BackendUnavailable",
     "CodecError",
+    "CompensationFailed",
     "CorruptLog",
     "InvalidArguments",
     "LeaseLost",
@@ -35,6 +37,7 @@ __all__ = [
     "RunError",
     "RunFailed",
     "RunNotFound",
+    "RunReverted",
     "StepFailed",
     "SubstantialError",
     "UnknownWorkflow",
@@ -177,3 +180,25 @@ class RunCancelled(RunError):
 
     def __init__(self, run_id: str) -> None:
         super().__init__(run_id, f"run {run_id!r} was cancelled")
+
+
+class RunReverted(RunError):
+    """The run undid its steps with ``revert()``; raised by ``Handle.result()``."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id, f"run {run_id!r} was reverted")
+
+
+class CompensationFailed(SubstantialError):
+    """A compensation run by ``revert()`` failed for good."""
+
+    def __init__(self, step: str, error: StepFailed, original: BaseException | None) -> None:
+        cause = f"; while reverting after {type(original).__name__}: {original}" if original else ""
+        super().__init__(
+            f"compensation of step {step!r} failed with {error.type_name}: "
+            f"{error.error_message}{cause}"
+        )
+        self.step = step
+        self.type_name = error.type_name
+        self.error_message = error.error_message
+        self.original = repr(original) if original else ""

@@ -13,7 +13,7 @@ import anyio
 
 from substantial.codec import decode_payload, encode_payload
 from substantial.constants import RESULT_POLL_MAX_SECONDS, RESULT_POLL_MIN_SECONDS
-from substantial.errors import RunCancelled, RunFailed, RunNotFound
+from substantial.errors import RunCancelled, RunFailed, RunNotFound, RunReverted
 from substantial.protocol import substantial_pb2 as pb
 from substantial.runs import RunStore, check_run_id, now_ms
 
@@ -43,13 +43,21 @@ class RunStatus(str, enum.Enum):
     PARKED = "parked"
     #: its compensations ran after ``revert()``
     REVERTED = "reverted"
+    #: it continued as a new run (``continue_using``); handles follow the chain
+    CONTINUED = "continued"
 
     @property
     def finished(self) -> bool:
         return self in _FINISHED
 
 
-_FINISHED = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.REVERTED}
+_FINISHED = {
+    RunStatus.COMPLETED,
+    RunStatus.FAILED,
+    RunStatus.CANCELLED,
+    RunStatus.REVERTED,
+    RunStatus.CONTINUED,
+}
 
 STATUS_TO_PB = {
     RunStatus.PENDING: pb.RUN_STATUS_PENDING,
@@ -61,6 +69,7 @@ STATUS_TO_PB = {
     RunStatus.CANCELLED: pb.RUN_STATUS_CANCELLED,
     RunStatus.PARKED: pb.RUN_STATUS_PARKED,
     RunStatus.REVERTED: pb.RUN_STATUS_REVERTED,
+    RunStatus.CONTINUED: pb.RUN_STATUS_CONTINUED,
 }
 STATUS_FROM_PB = {value: key for key, value in STATUS_TO_PB.items()}
 
@@ -170,23 +179,34 @@ class Handle(Generic[R]):
         :param timeout: seconds to wait at most; ``None`` waits for ever
         :raises RunFailed: if the run ended with an error (type name, message, traceback)
         :raises RunCancelled: if the run was cancelled
+        :raises RunReverted: if the run undid its steps with ``revert()``
         :raises TimeoutError: if ``timeout`` passed first
         :raises RunNotFound: if the run does not exist
+
+        A run that continued as a new run (``continue_using``) is followed to the end of
+        its chain.
         """
         delay = RESULT_POLL_MIN_SECONDS
+        run_id = self.run_id
         with anyio.fail_after(math.inf if timeout is None else timeout):
             while True:
-                changed = self._notifier.watch(self.run_id)
-                meta = await self._require_meta()
+                changed = self._notifier.watch(run_id)
+                meta = await self._require_meta(run_id)
                 status = STATUS_FROM_PB.get(meta.status)
                 if status is RunStatus.COMPLETED:
                     result: R = decode_payload(meta.result)  # type: ignore[assignment]
                     return result
                 if status is RunStatus.FAILED:
                     failure = meta.failure
-                    raise RunFailed(self.run_id, failure.type, failure.message, failure.traceback)
+                    raise RunFailed(run_id, failure.type, failure.message, failure.traceback)
                 if status is RunStatus.CANCELLED:
-                    raise RunCancelled(self.run_id)
+                    raise RunCancelled(run_id)
+                if status is RunStatus.REVERTED:
+                    raise RunReverted(run_id)
+                if status is RunStatus.CONTINUED:
+                    run_id = meta.continued_as
+                    delay = RESULT_POLL_MIN_SECONDS
+                    continue
                 with anyio.move_on_after(delay):
                     await changed.wait()
                 delay = min(delay * 2, RESULT_POLL_MAX_SECONDS)
@@ -209,16 +229,27 @@ class Handle(Generic[R]):
             history.append(_describe(event, segment))
         return history
 
-    async def _require_meta(self) -> pb.RunMeta:
-        meta = await self._store.read_meta(self.run_id)
+    async def query(self) -> Any:
+        """
+        The last value the workflow published with ``Context.set_status()``, or None.
+        Read from the run's summary: nothing is replayed.
+
+        :raises RunNotFound: if the run does not exist
+        """
+        meta = await self._require_meta()
+        return decode_payload(meta.custom_status) if meta.HasField("custom_status") else None
+
+    async def _require_meta(self, run_id: str | None = None) -> pb.RunMeta:
+        run_id = run_id or self.run_id
+        meta = await self._store.read_meta(run_id)
         if meta is not None:
             return meta
-        stored = await self._store.read_log(self.run_id)
+        stored = await self._store.read_log(run_id)
         if not stored.events:
-            raise RunNotFound(self.run_id)
+            raise RunNotFound(run_id)
         started = stored.events[0]
         return pb.RunMeta(
-            run_id=self.run_id,
+            run_id=run_id,
             workflow=started.started.workflow,
             status=pb.RUN_STATUS_PENDING,
             created_ms=started.at_ms,

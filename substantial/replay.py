@@ -11,8 +11,8 @@ were first observed, concurrent steps (``asyncio.gather``) replay in the same or
 they ran live, whatever order their recorded results are read back in.
 
 After the recorded events run out the execution goes *live*: the caller (the agent)
-executes pending steps, fires due timers and merges new events through the same path,
-and every new event is also appended to :attr:`Execution.new_events` for committing.
+executes pending steps, starts children, fires due timers and merges new events through
+the same path, and every new event is also appended to :attr:`Execution.new_events`.
 """
 
 from __future__ import annotations
@@ -20,24 +20,56 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import random
-import traceback
+import sys
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn
 
 from substantial.codec import decode_payload, encode_payload
-from substantial.context import Context, RetryPolicy
-from substantial.errors import CodecError, NonDeterminismError, StepFailed
+from substantial.commands import (
+    C,
+    ChildCommand,
+    Command,
+    EnsureCommand,
+    ReceiveCommand,
+    SaveCommand,
+    SleepCommand,
+    TimedCommand,
+    callable_name,
+    error_from_failure,
+    failure_from_exception,
+)
+from substantial.context import ChildHandle, Context, RetryPolicy
+from substantial.errors import (
+    CodecError,
+    CompensationFailed,
+    NonDeterminismError,
+    RunCancelled,
+    RunFailed,
+    StepFailed,
+)
 from substantial.protocol import substantial_pb2 as pb
 from substantial.workflow import Workflow
 
-__all__ = ["Execution", "SaveCommand", "failure_from_exception"]
+__all__ = ["TERMINAL_KINDS", "Execution", "SaveCommand", "failure_from_exception"]
 
 
 class _Suspend(BaseException):
     """Unwinds a workflow coroutine the engine is done with. Never reaches user code's
     ``except Exception``."""
+
+
+class _Reverted(BaseException):
+    """Ends a workflow whose compensations ran."""
+
+
+class _ContinueAs(BaseException):
+    """Ends a workflow that continues as a new run."""
+
+    def __init__(self, workflow: str, args: pb.Payload) -> None:
+        super().__init__(workflow)
+        self.workflow = workflow
+        self.payload = args
 
 
 class _DeterministicLoop(asyncio.AbstractEventLoop):
@@ -102,107 +134,25 @@ class _DeterministicLoop(asyncio.AbstractEventLoop):
             asyncio.events._set_running_loop(outer)
 
 
-@dataclass(eq=False)
-class _Command:
-    position: int
-    future: asyncio.Future[Any]
-
-    kind = "primitive"
-
-    def describe(self) -> str:
-        return self.kind
-
-
-_C = TypeVar("_C", bound=_Command)
-
-
-@dataclass(eq=False)
-class SaveCommand(_Command):
-    """A ``save`` step that has no final result recorded yet."""
-
-    fn: Callable[[], Any]
-    name: str
-    retry: RetryPolicy | None
-    timeout: float | None
-    compensate_with: Callable[[], Any] | None
-    attempts: int = 0
-    retry_at_ms: int | None = None
-
-    kind = "save"
-
-    def describe(self) -> str:
-        return f"save({self.name})"
-
-
-@dataclass(eq=False)
-class _SleepCommand(_Command):
-    seconds: float
-    fire_at_ms: int | None = None
-
-    kind = "sleep"
-
-    def describe(self) -> str:
-        return f"sleep({self.seconds:g}s)"
-
-
-@dataclass(eq=False)
-class _ReceiveCommand(_Command):
-    name: str
-
-    kind = "receive"
-
-    def describe(self) -> str:
-        return f"receive({self.name!r})"
-
-
-@dataclass(eq=False)
-class _EnsureCommand(_Command):
-    predicate: Callable[[], bool]
-
-    kind = "ensure"
-
-    def describe(self) -> str:
-        return "ensure()"
-
-
-def failure_from_exception(error: BaseException, *, non_retryable: bool = False) -> pb.Failure:
-    """Describe an exception in the log's portable form."""
-    kind = type(error)
-    module = kind.__module__
-    type_name = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
-    return pb.Failure(
-        type=type_name,
-        message=str(error),
-        traceback="".join(traceback.format_exception(error)),
-        non_retryable=non_retryable,
-    )
-
-
-def _error_from_failure(failure: pb.Failure) -> Exception:
-    if failure.type == "substantial.errors.CodecError":
-        return CodecError(failure.message)
-    return StepFailed(failure.type, failure.message, failure.traceback)
-
-
-def _callable_name(fn: Callable[..., Any]) -> str:
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    return name if isinstance(name, str) else type(fn).__qualname__
-
-
 _LOGGED = {
     "started": "the run's start",
     "step_completed": "a step result",
     "step_attempt_failed": "a failed step attempt",
-    "timer_started": "a timer start (sleep)",
-    "timer_fired": "a timer firing (sleep)",
+    "timer_started": "a timer start",
+    "timer_fired": "a timer firing",
     "event_received": "a received event",
     "cancel_requested": "a cancellation",
+    "version_marked": "a version marker",
+    "child_started": "a child run's start",
+    "child_ended": "a child run's end",
     "completed": "the run's completion",
     "failed": "the run's failure",
     "cancelled": "the run's cancellation",
+    "reverted": "the run's reversal",
+    "continued_as": "the run's continuation",
 }
 
-TERMINAL_KINDS = frozenset({"completed", "failed", "cancelled"})
+TERMINAL_KINDS = frozenset({"completed", "failed", "cancelled", "reverted", "continued_as"})
 
 
 class Execution:
@@ -217,19 +167,33 @@ class Execution:
         self.now_ms = 0
         #: Events recorded by this wake-up that are not yet taken for committing.
         self.new_events: list[pb.Event] = []
-        #: The terminal event (completed, failed, cancelled) once the run has ended.
+        #: Events of this wake-up that the agent committed (kept by the agent).
+        self.committed: list[pb.Event] = []
+        #: The terminal event (completed, failed, ...) once the run has ended.
         self.outcome: pb.Event | None = None
         self.rng = random.Random()
         self.event_ids: set[str] = set()
+        #: The run's Started event, once applied.
+        self.started = pb.Started()
+        #: The last value given to ``Context.set_status``, and whether there was one.
+        self.custom_status: Any = None
+        self.has_custom_status = False
+        #: Answers ``Context.version`` gave, by change id.
+        self.versions: dict[str, bool] = {}
 
         self._loop = _DeterministicLoop(self)  # type: ignore[abstract]
         self._main: asyncio.Task[Any] | None = None
-        self._pending: dict[int, _Command] = {}
+        self._pending: dict[int, Command] = {}
         self._next_position = 0
         self._clock_ms = 0
+        self._stored: list[pb.Event] = []
+        self._cursor = 0
         self._queues: defaultdict[str, deque[Any]] = defaultdict(deque)
         self._delivered: defaultdict[str, list[Any]] = defaultdict(list)
         self._handlers: defaultdict[str, list[Callable[[Any], object]]] = defaultdict(list)
+        self._compensations: list[SaveCommand] = []
+        self._children: dict[str, asyncio.Future[Any]] = {}
+        self._child_outcomes: dict[str, pb.ChildEnded] = {}
         self._fatal: BaseException | None = None
         self._cancel_requested = False
         self._closing = False
@@ -242,7 +206,7 @@ class Execution:
             future.set_exception(_Suspend())
         return future
 
-    def _register(self, command: _Command) -> asyncio.Future[Any]:
+    def _register(self, command: Command) -> asyncio.Future[Any]:
         if not command.future.done():
             self._pending[command.position] = command
         return command.future
@@ -263,7 +227,7 @@ class Execution:
             self._position(),
             self._command_future(),
             fn=fn,
-            name=_callable_name(fn),
+            name=callable_name(fn),
             retry=retry,
             timeout=timeout,
             compensate_with=compensate_with,
@@ -271,17 +235,17 @@ class Execution:
         return self._register(command)
 
     def sleep(self, seconds: float) -> asyncio.Future[Any]:
-        return self._register(_SleepCommand(self._position(), self._command_future(), seconds))
+        return self._register(SleepCommand(self._position(), self._command_future(), seconds))
 
-    def receive(self, name: str) -> asyncio.Future[Any]:
-        command = _ReceiveCommand(self._position(), self._command_future(), name)
+    def receive(self, name: str, timeout: float | None) -> asyncio.Future[Any]:
+        command = ReceiveCommand(self._position(), self._command_future(), timeout, name=name)
         queue = self._queues[name]
         if queue and not command.future.done():
             command.future.set_result(queue.popleft())
         return self._register(command)
 
     def ensure(self, predicate: Callable[[], bool]) -> asyncio.Future[Any]:
-        command = _EnsureCommand(self._position(), self._command_future(), predicate)
+        command = EnsureCommand(self._position(), self._command_future(), predicate)
         if not command.future.done() and self._check(predicate):
             command.future.set_result(True)
         return self._register(command)
@@ -290,6 +254,61 @@ class Execution:
         self._handlers[name].append(callback)
         for value in list(self._delivered[name]):
             self._call_user(callback, value)
+
+    def set_status(self, value: Any) -> None:
+        self.custom_status = value
+        self.has_custom_status = True
+
+    def version(self, change_id: str) -> bool:
+        """True where this code path is new to the run, False where the log predates it."""
+        answer = self.versions.get(change_id)
+        if answer is not None:
+            return answer
+        if self._cursor < len(self._stored):
+            following = self._stored[self._cursor]
+            answer = (
+                following.WhichOneof("kind") == "version_marked"
+                and following.version_marked.change_id == change_id
+            )
+            if answer:
+                self._cursor += 1
+        else:
+            # At the live edge: the new code decides, and the answer is recorded. Not
+            # through _record: this runs inside the workflow's own step.
+            marker = pb.Event(version_marked=pb.VersionMarked(change_id=change_id))
+            marker.at_ms = max(self._clock_ms, self.now_ms)
+            self.new_events.append(marker)
+            answer = True
+        self.versions[change_id] = answer
+        return answer
+
+    async def revert(self) -> NoReturn:
+        original = sys.exc_info()[1]
+        for step in reversed(self._compensations):
+            assert step.compensate_with is not None
+            try:
+                await self.save(step.compensate_with, step.retry, step.timeout, None)
+            except StepFailed as exc:
+                raise CompensationFailed(step.name, exc, original) from None
+        raise _Reverted()
+
+    def continue_using(self, workflow: str, args: pb.Payload) -> NoReturn:
+        raise _ContinueAs(workflow, args)
+
+    async def start_child(
+        self, workflow: str, args: pb.Payload, run_id: str | None, detached: bool
+    ) -> ChildHandle[Any]:
+        position = self._position()
+        child_id = run_id or f"{self.run_id}-c{position}"
+        command = ChildCommand(position, self._command_future(), workflow, args, child_id, detached)
+        await self._register(command)
+        result = self._children.get(child_id)
+        if result is None:
+            result = self._children[child_id] = self._loop.create_future()
+            ended = self._child_outcomes.pop(child_id, None)
+            if ended is not None:
+                self._end_child(result, ended)
+        return ChildHandle(child_id, result)
 
     # ---- driving: replay ----
 
@@ -300,7 +319,11 @@ class Execution:
 
         :raises NonDeterminismError: if the code and the log disagree
         """
-        for event in events:
+        self._stored = list(events)
+        self._cursor = 0
+        while self._cursor < len(self._stored):
+            event = self._stored[self._cursor]
+            self._cursor += 1
             kind = event.WhichOneof("kind") or "?"
             if self._ended() and self.outcome is None:
                 ended = self._terminal_event().WhichOneof("kind")
@@ -330,6 +353,9 @@ class Execution:
                 continue
             if entry.cancel:
                 event = pb.Event(cancel_requested=pb.CancelRequested(id=entry.id))
+            elif entry.HasField("child_ended"):
+                event = pb.Event(child_ended=entry.child_ended)
+                event.child_ended.id = entry.id
             else:
                 event = pb.Event(
                     event_received=pb.EventReceived(
@@ -347,7 +373,7 @@ class Execution:
             due = [
                 command
                 for command in self._pending.values()
-                if isinstance(command, _SleepCommand)
+                if isinstance(command, TimedCommand)
                 and command.fire_at_ms is not None
                 and command.fire_at_ms <= now_ms
                 and not command.future.done()
@@ -368,6 +394,29 @@ class Execution:
             and not command.future.done()
             and (command.retry_at_ms is None or command.retry_at_ms <= now_ms)
         ]
+
+    def children_to_start(self) -> list[ChildCommand]:
+        """Child runs the workflow asked for whose start is not recorded yet."""
+        if self.outcome is not None:
+            return []
+        return [
+            command
+            for command in self._pending.values()
+            if isinstance(command, ChildCommand) and not command.future.done()
+        ]
+
+    def child_started(self, command: ChildCommand, now_ms: int) -> None:
+        self._clock_ms = now_ms
+        if self._pending.get(command.position) is not command or self.outcome is not None:
+            return
+        started = pb.ChildStarted(
+            position=command.position,
+            run_id=command.run_id,
+            workflow=command.workflow,
+            args=command.args,
+            detached=command.detached,
+        )
+        self._record(pb.Event(child_started=started))
 
     def step_succeeded(self, command: SaveCommand, result: pb.Payload, now_ms: int) -> None:
         self._clock_ms = now_ms
@@ -422,24 +471,30 @@ class Execution:
         for command in self._pending.values():
             if command.future.done():
                 continue
-            if isinstance(command, _SleepCommand) and command.fire_at_ms is not None:
+            if isinstance(command, TimedCommand) and command.fire_at_ms is not None:
                 times.append(command.fire_at_ms)
             elif isinstance(command, SaveCommand) and command.retry_at_ms is not None:
                 times.append(command.retry_at_ms)
         return min(times, default=None)
 
     def waiting_for_events(self) -> bool:
-        return any(
-            isinstance(command, _ReceiveCommand | _EnsureCommand) and not command.future.done()
+        waiting = any(
+            isinstance(command, ReceiveCommand | EnsureCommand) and not command.future.done()
             for command in self._pending.values()
         )
+        return waiting or any(not future.done() for future in self._children.values())
+
+    def open_children(self) -> list[str]:
+        """Children started by this run, not detached, whose end has not been recorded."""
+        return open_children(self._stored + self.new_events)
 
     def close(self) -> None:
         """Unwind the workflow coroutine, running its ``finally`` blocks but no new work."""
         self._closing = True
-        for command in list(self._pending.values()):
-            if not command.future.done():
-                command.future.set_exception(_Suspend())
+        futures = [command.future for command in self._pending.values()]
+        for future in [*futures, *self._children.values()]:
+            if not future.done():
+                future.set_exception(_Suspend())
         self._loop.run_ready()
         for task in asyncio.all_tasks(self._loop):
             task.cancel()
@@ -463,11 +518,17 @@ class Execution:
         elif kind == "step_attempt_failed":
             self._on_step_attempt_failed(event.step_attempt_failed)
         elif kind == "timer_started":
-            command = self._expect(event.timer_started.position, _SleepCommand, kind)
-            command.fire_at_ms = event.timer_started.fire_at_ms
+            timed = self._expect(event.timer_started.position, TimedCommand, kind)
+            timed.fire_at_ms = event.timer_started.fire_at_ms
         elif kind == "timer_fired":
-            command = self._expect(event.timer_fired.position, _SleepCommand, kind)
-            self._resolve(command, None)
+            timed = self._expect(event.timer_fired.position, TimedCommand, kind)
+            if isinstance(timed, ReceiveCommand):
+                self._pending.pop(timed.position, None)
+                timed.future.set_exception(
+                    TimeoutError(f"no event {timed.name!r} within {timed.seconds:g}s")
+                )
+            else:
+                self._resolve(timed, None)
         elif kind == "event_received":
             received = event.event_received
             if received.id in self.event_ids:
@@ -479,6 +540,18 @@ class Execution:
             if not self._cancel_requested and self._main is not None:
                 self._cancel_requested = True
                 self._main.cancel()
+        elif kind == "child_started":
+            child = self._expect(event.child_started.position, ChildCommand, kind)
+            if child.run_id != event.child_started.run_id:
+                raise NonDeterminismError(
+                    self.run_id, child.position,
+                    f"child run {event.child_started.run_id!r}", child.describe(),
+                )  # fmt: skip
+            self._resolve(child, child.run_id)
+        elif kind == "child_ended":
+            self._on_child_ended(event.child_ended)
+        elif kind == "version_marked":
+            pass  # a marker no version() call consumed: that branch has been retired
         elif kind in TERMINAL_KINDS:
             self.outcome = event
         else:
@@ -490,6 +563,7 @@ class Execution:
     def _on_started(self, started: pb.Started) -> None:
         if self._main is not None:
             raise NonDeterminismError(self.run_id, None, "a second start", "one start")
+        self.started = started
         arguments: Any = decode_payload(started.args)
         args, kwargs = arguments
         self.rng.seed(started.seed)
@@ -501,8 +575,10 @@ class Execution:
         if step.WhichOneof("outcome") == "failure":
             self._pending.pop(command.position, None)
             if not command.future.done():
-                command.future.set_exception(_error_from_failure(step.failure))
+                command.future.set_exception(error_from_failure(step.failure))
         else:
+            if command.compensate_with is not None:
+                self._compensations.append(command)
             self._resolve(command, decode_payload(step.result))
 
     def _on_step_attempt_failed(self, attempt: pb.StepAttemptFailed) -> None:
@@ -510,7 +586,30 @@ class Execution:
         command.attempts = attempt.attempt
         command.retry_at_ms = attempt.retry_at_ms
 
-    def _expect(self, position: int, kind: type[_C], logged: str, name: str = "") -> _C:
+    def _on_child_ended(self, ended: pb.ChildEnded) -> None:
+        if ended.id in self.event_ids:
+            return
+        self.event_ids.add(ended.id)
+        future = self._children.get(ended.run_id)
+        if future is None:  # it ended before its start reached this log: keep it
+            self._child_outcomes[ended.run_id] = ended
+        else:
+            self._end_child(future, ended)
+
+    def _end_child(self, future: asyncio.Future[Any], ended: pb.ChildEnded) -> None:
+        if future.done():
+            return
+        if ended.cancelled:
+            future.set_exception(RunCancelled(ended.run_id))
+        elif ended.WhichOneof("outcome") == "failure":
+            failure = ended.failure
+            future.set_exception(
+                RunFailed(ended.run_id, failure.type, failure.message, failure.traceback)
+            )
+        else:
+            future.set_result(decode_payload(ended.result))
+
+    def _expect(self, position: int, kind: type[C], logged: str, name: str = "") -> C:
         command = self._pending.get(position)
         if (
             isinstance(command, kind)
@@ -534,7 +633,7 @@ class Execution:
             code = "a different primitive there"
         raise NonDeterminismError(self.run_id, position, what, code)
 
-    def _resolve(self, command: _Command, value: Any) -> None:
+    def _resolve(self, command: Command, value: Any) -> None:
         self._pending.pop(command.position, None)
         if not command.future.done():
             command.future.set_result(value)
@@ -548,9 +647,9 @@ class Execution:
         for command in sorted(self._pending.values(), key=lambda c: c.position):
             if command.future.done():
                 continue
-            if isinstance(command, _ReceiveCommand) and command.name == name and queue:
+            if isinstance(command, ReceiveCommand) and command.name == name and queue:
                 self._resolve(command, queue.popleft())
-            elif isinstance(command, _EnsureCommand) and self._check(command.predicate):
+            elif isinstance(command, EnsureCommand) and self._check(command.predicate):
                 self._resolve(command, True)
 
     def _check(self, predicate: Callable[[], bool]) -> bool:
@@ -578,7 +677,12 @@ class Execution:
             self._record(self._terminal_event())
             return
         for command in sorted(self._pending.values(), key=lambda c: c.position):
-            if isinstance(command, _SleepCommand) and command.fire_at_ms is None:
+            if (
+                isinstance(command, TimedCommand)
+                and command.seconds is not None
+                and command.fire_at_ms is None
+                and not command.future.done()
+            ):
                 fire_at = self._clock_ms + round(command.seconds * 1000)
                 started = pb.TimerStarted(position=command.position, fire_at_ms=fire_at)
                 self._record(pb.Event(timer_started=started))
@@ -592,6 +696,13 @@ class Execution:
             error = self._main.exception()
         if isinstance(error, asyncio.CancelledError):
             return pb.Event(cancelled=pb.Cancelled())
+        if isinstance(error, _Reverted):
+            return pb.Event(reverted=pb.Reverted())
+        if isinstance(error, _ContinueAs):
+            root = self.started.chain_root or self.run_id
+            next_id = f"{root}.{self.started.chain_index + 1}"
+            continued = pb.ContinuedAs(run_id=next_id, workflow=error.workflow, args=error.payload)
+            return pb.Event(continued_as=continued)
         if error is None:
             try:
                 result = encode_payload(self._main.result())
@@ -600,3 +711,16 @@ class Execution:
             else:
                 return pb.Event(completed=pb.Completed(result=result))
         return pb.Event(failed=pb.Failed(failure=failure_from_exception(error)))
+
+
+def open_children(events: Iterable[pb.Event]) -> list[str]:
+    """Children a log started, not detached, whose end it has not recorded."""
+    started: dict[str, bool] = {}
+    ended: set[str] = set()
+    for event in events:
+        kind = event.WhichOneof("kind")
+        if kind == "child_started" and not event.child_started.detached:
+            started[event.child_started.run_id] = True
+        elif kind == "child_ended":
+            ended.add(event.child_ended.run_id)
+    return [run_id for run_id in started if run_id not in ended]

@@ -44,7 +44,7 @@ __all__ = [
 FORMAT_VERSION = 1
 
 SCHEDULE_PREFIX = "schedule/"
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=,-]{0,199}")
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=,-]{0,254}")
 
 
 def now_ms() -> int:
@@ -54,12 +54,12 @@ def now_ms() -> int:
 
 def check_run_id(run_id: str) -> str:
     """
-    :raises ValueError: unless ``run_id`` is 1-200 characters of letters, digits and
+    :raises ValueError: unless ``run_id`` is 1-255 characters of letters, digits and
         ``._:@+=,-``, starting with a letter or digit
     """
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
         raise ValueError(
-            f"invalid run id {run_id!r}: use 1-200 letters, digits or ._:@+=,- "
+            f"invalid run id {run_id!r}: use 1-255 letters, digits or ._:@+=,- "
             "starting with a letter or digit"
         )
     return run_id
