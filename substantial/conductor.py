@@ -52,7 +52,15 @@ from substantial.errors import (
 from substantial.handle import STATUS_TO_PB, Handle, Notifier, RunStatus
 from substantial.protocol import substantial_pb2 as pb
 from substantial.replay import TERMINAL_KINDS, Execution, open_children
-from substantial.runs import Lease, RunStore, ScheduleEntry, StoredLog, check_run_id, now_ms
+from substantial.runs import (
+    Clock,
+    Lease,
+    RunStore,
+    ScheduleEntry,
+    StoredLog,
+    VirtualClock,
+    check_run_id,
+)
 from substantial.workflow import Workflow
 
 __all__ = ["Conductor"]
@@ -96,6 +104,8 @@ class Conductor:
     :param park_retry: how long a run that no longer replays waits before a retry
     :param shutdown_grace: how long stopping the agent waits for in-flight steps
     :param name: this agent's name in leases and logs (default: host and pid)
+    :param clock: where the agent reads the time; ``substantial.testing`` passes a
+        virtual clock that jumps to the next timer when the agent is idle
     """
 
     def __init__(
@@ -108,6 +118,7 @@ class Conductor:
         shutdown_grace: float | timedelta = constants.SHUTDOWN_GRACE_SECONDS,
         poll_interval: float | timedelta = constants.POLL_MAX_SECONDS,
         name: str | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if isinstance(backend, str):
             from substantial.backends import from_url
@@ -116,7 +127,8 @@ class Conductor:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.backend = backend
-        self.store = RunStore(backend)
+        self.store = RunStore(backend, clock)
+        self._now = self.store.clock.now_ms
         self.concurrency = concurrency
         self.lease_seconds = _seconds(lease)
         self.park_retry = _seconds(park_retry)
@@ -181,7 +193,7 @@ class Conductor:
         :return: whether this call created it
         """
         run_id = started.run_id
-        at = now_ms()
+        at = self._now()
         started.seed = os.urandom(16)
         self._starting.add(run_id)  # the local agent leaves it alone until it is written
         try:
@@ -283,10 +295,16 @@ class Conductor:
                 delay = max(delay, constants.OUTAGE_RETRY_MIN_SECONDS)
             else:
                 self._note_recovery()
+            clock = self.store.clock
+            idle = not claimed and not self._active and next_due_ms is not None
+            if idle and isinstance(clock, VirtualClock) and clock.auto_advance:
+                assert next_due_ms is not None
+                clock.advance_to(next_due_ms)  # idle on a virtual clock: jump to the next timer
+                continue
             delay = constants.POLL_MIN_SECONDS if claimed else min(delay * 2, self.poll_max)
             wait = delay
             if next_due_ms is not None:
-                wait = min(wait, max(0.0, (next_due_ms - now_ms()) / 1000))
+                wait = min(wait, max(0.0, (next_due_ms - self._now()) / 1000))
             await self._notifier.wait_kick(wait)
 
     async def _claim_due(self, work: TaskGroup) -> tuple[int, int | None]:
@@ -295,7 +313,7 @@ class Conductor:
 
         :return: how many runs were claimed, and when the next not-yet-due entry is due
         """
-        now = now_ms()
+        now = self._now()
         clock = anyio.current_time()
         self._hold_off = {run: t for run, t in self._hold_off.items() if t > clock}
         skip = self._active | self._starting | self._hold_off.keys()
@@ -387,7 +405,7 @@ class Conductor:
                 renewed = await self.store.renew(holder.lease, ttl_ms)
             except BackendUnavailable as exc:
                 self._note_outage(exc)
-                if now_ms() >= holder.lease.expires_ms:
+                if self._now() >= holder.lease.expires_ms:
                     renewed = None
                 else:
                     continue
@@ -448,7 +466,7 @@ class Conductor:
         try:
             try:
                 execution.replay(stored.events)
-                now = now_ms()
+                now = self._now()
                 execution.go_live(now)
                 execution.merge((entry for _, entry in inbox), now)
                 execution.fire_due_timers(now)
@@ -479,11 +497,11 @@ class Conductor:
         running: set[int] = set()
         async with send, receive, anyio.create_task_group() as tg:
             while execution.outcome is None:
-                now = now_ms()
+                now = self._now()
                 execution.fire_due_timers(now)
                 for child in execution.children_to_start():
                     await self._start_child(execution.run_id, child)
-                    execution.child_started(child, now_ms())
+                    execution.child_started(child, self._now())
                 await commit()
                 if execution.outcome is not None:
                     break
@@ -528,7 +546,7 @@ class Conductor:
         started = events[0].started
         last = events[-1]
         kind = last.WhichOneof("kind")
-        now = now_ms()
+        now = self._now()
         if kind == "continued_as":
             link = last.continued_as
             await self._create_run(
@@ -559,13 +577,14 @@ class Conductor:
             await self.store.post(child_id, cancel)
         self._notifier.kick()
 
-    @staticmethod
-    def _apply_outcome(execution: Execution, outcome: _StepOutcome) -> None:
+    def _apply_outcome(self, execution: Execution, outcome: _StepOutcome) -> None:
         if outcome.result is not None:
-            execution.step_succeeded(outcome.command, outcome.result, now_ms())
+            execution.step_succeeded(outcome.command, outcome.result, self._now())
         else:
             assert outcome.failure is not None
-            execution.step_failed(outcome.command, outcome.failure, outcome.retry_at_ms, now_ms())
+            execution.step_failed(
+                outcome.command, outcome.failure, outcome.retry_at_ms, self._now()
+            )
 
     async def _execute_step(
         self, command: SaveCommand, send: MemoryObjectSendStream[_StepOutcome]
@@ -583,7 +602,7 @@ class Conductor:
                 retry_at = None
                 policy = command.retry
                 if policy is not None and policy.retries(exc, attempt):
-                    retry_at = now_ms() + round(policy.delay_after(attempt) * 1000)
+                    retry_at = self._now() + round(policy.delay_after(attempt) * 1000)
                 failure = failure_from_exception(exc, non_retryable=retry_at is None)
                 await send.send(_StepOutcome(command, None, failure, retry_at))
             else:
@@ -647,7 +666,7 @@ class Conductor:
             updated.created_ms = first.at_ms
         updated.run_id = run_id
         updated.status = STATUS_TO_PB[status]
-        updated.updated_ms = now_ms()
+        updated.updated_ms = self._now()
         updated.log_seq = max(seq, 0)
         updated.wake_at_ms = wake_at_ms or 0
         updated.parked_reason = parked_reason
@@ -696,13 +715,13 @@ class Conductor:
         await self._write_meta(
             run_id, meta, stored.last_seq, RunStatus.PARKED, parked_reason=str(error), stored=stored
         )
-        await self.store.schedule(run_id, now_ms() + round(self.park_retry * 1000), "p")
+        await self.store.schedule(run_id, self._now() + round(self.park_retry * 1000), "p")
         await self.store.delete(consumed)
 
     async def _orphan(self, run_id: str, entries: list[ScheduleEntry]) -> None:
         """Schedule entries of a run with no log: a start in progress, or one that died."""
         grace_ms = round(constants.START_GRACE_SECONDS * 1000)
-        stale = [entry.key for entry in entries if entry.due_ms + grace_ms < now_ms()]
+        stale = [entry.key for entry in entries if entry.due_ms + grace_ms < self._now()]
         await self.store.delete(stale)
         if len(stale) < len(entries):
             self._hold_off[run_id] = anyio.current_time() + constants.POLL_MIN_SECONDS * 5

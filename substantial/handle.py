@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from substantial.codec import decode_payload, encode_payload
 from substantial.constants import RESULT_POLL_MAX_SECONDS, RESULT_POLL_MIN_SECONDS
 from substantial.errors import RunCancelled, RunFailed, RunNotFound, RunReverted
 from substantial.protocol import substantial_pb2 as pb
-from substantial.runs import RunStore, check_run_id, now_ms
+from substantial.runs import RunStore, check_run_id
 
 __all__ = ["Handle", "HistoryEvent", "Notifier", "RunStatus"]
 
@@ -160,8 +161,8 @@ class Handle(Generic[R]):
 
     async def _post(self, entry: pb.InboxEntry) -> None:
         await self._require_meta()
-        entry.id = uuid.uuid4().hex
-        entry.sent_at_ms = now_ms()
+        entry.id = _event_id()
+        entry.sent_at_ms = self._store.clock.now_ms()
         await self._store.post(self.run_id, entry)
         self._notifier.kick()
 
@@ -254,6 +255,19 @@ class Handle(Generic[R]):
             status=pb.RUN_STATUS_PENDING,
             created_ms=started.at_ms,
         )
+
+
+_last_id_ns = 0
+
+
+def _event_id() -> str:
+    """
+    A new event id that sorts after every id this process made before: the inbox lists
+    events sent in one millisecond by id, and they must come out in the order they were sent.
+    """
+    global _last_id_ns
+    _last_id_ns = max(time.time_ns(), _last_id_ns + 1)
+    return f"{_last_id_ns:020d}{uuid.uuid4().hex[:12]}"
 
 
 def _describe(event: pb.Event, segment: int) -> HistoryEvent:

@@ -32,10 +32,12 @@ from substantial.protocol import substantial_pb2 as pb
 
 __all__ = [
     "FORMAT_VERSION",
+    "Clock",
     "Lease",
     "RunStore",
     "ScheduleEntry",
     "StoredLog",
+    "VirtualClock",
     "check_run_id",
     "now_ms",
 ]
@@ -50,6 +52,31 @@ _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=,-]{0,254}")
 def now_ms() -> int:
     """Wall-clock time in milliseconds since the epoch."""
     return time.time_ns() // 1_000_000
+
+
+class Clock:
+    """Where agents and handles read the time: the wall clock, unless a test says so."""
+
+    def now_ms(self) -> int:
+        return now_ms()
+
+
+class VirtualClock(Clock):
+    """
+    A clock that moves only when told. An agent on a virtual clock, finding nothing to
+    do, jumps it to the next due timer instead of waiting (see ``substantial.testing``).
+    """
+
+    def __init__(self, start_ms: int | None = None, *, auto_advance: bool = True) -> None:
+        self._now = now_ms() if start_ms is None else start_ms
+        #: Whether an idle agent may jump this clock to its next timer.
+        self.auto_advance = auto_advance
+
+    def now_ms(self) -> int:
+        return self._now
+
+    def advance_to(self, when_ms: int) -> None:
+        self._now = max(self._now, when_ms)
 
 
 def check_run_id(run_id: str) -> str:
@@ -132,8 +159,9 @@ class Lease:
 class RunStore:
     """Reads and writes runs in the key layout above. Holds no state of its own."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, clock: Clock | None = None) -> None:
         self.backend = backend
+        self.clock = clock or Clock()
 
     # ---- log ----
 
@@ -266,7 +294,7 @@ class RunStore:
         :return: the lease, or None if another agent holds it
         """
         key = lease_key(run_id)
-        expires = now_ms() + ttl_ms
+        expires = self.clock.now_ms() + ttl_ms
         data = _lease_bytes(owner, expires)
         version = await self.backend.create(key, data)
         if version is None:
@@ -275,14 +303,14 @@ class RunStore:
                 version = await self.backend.create(key, data)
             else:
                 held = _parse(pb.Lease, current[0], run_id, key)
-                if held.expires_ms > now_ms():
+                if held.expires_ms > self.clock.now_ms():
                     return None
                 version = await self.backend.replace(key, data, current[1])
         return None if version is None else Lease(run_id, owner, version, expires)
 
     async def renew(self, lease: Lease, ttl_ms: int) -> Lease | None:
         """:return: the renewed lease, or None if it was lost"""
-        expires = now_ms() + ttl_ms
+        expires = self.clock.now_ms() + ttl_ms
         version = await self.backend.replace(
             lease_key(lease.run_id), _lease_bytes(lease.owner, expires), lease.version
         )
