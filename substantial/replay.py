@@ -162,7 +162,11 @@ class Execution:
         self.run_id = run_id
         self.workflow = workflow
         self.context = Context(self)
+        #: Whether the workflow code is re-running what an earlier wake-up already ran
+        #: (``Context.log`` is silent then).
         self.replaying = True
+        #: Whether new events are recorded (after :meth:`go_live`).
+        self._live = False
         #: The run's logical time: that of the last event applied.
         self.now_ms = 0
         #: Events recorded by this wake-up that are not yet taken for committing.
@@ -325,6 +329,9 @@ class Execution:
             event = self._stored[self._cursor]
             self._cursor += 1
             kind = event.WhichOneof("kind") or "?"
+            if kind == "started" and self._cursor == len(self._stored):
+                # Only a start is written by no agent: no wake-up ran the code after it.
+                self.replaying = False
             if self._ended() and self.outcome is None:
                 ended = self._terminal_event().WhichOneof("kind")
                 if kind != ended:
@@ -335,6 +342,7 @@ class Execution:
     def go_live(self, now_ms: int) -> None:
         """Leave replay mode: from now on new work is recorded in :attr:`new_events`."""
         self.replaying = False
+        self._live = True
         self._clock_ms = now_ms
         self._settle()
 
@@ -491,6 +499,7 @@ class Execution:
     def close(self) -> None:
         """Unwind the workflow coroutine, running its ``finally`` blocks but no new work."""
         self._closing = True
+        self.replaying = True  # finally blocks run again on the next wake-up
         futures = [command.future for command in self._pending.values()]
         for future in [*futures, *self._children.values()]:
             if not future.done():
@@ -671,7 +680,7 @@ class Execution:
     def _settle(self) -> None:
         """Run the workflow until it blocks; when live, record what that produced."""
         self._loop.run_ready()
-        if self.replaying or self.outcome is not None:
+        if not self._live or self.outcome is not None:
             return
         if self._ended():
             self._record(self._terminal_event())
