@@ -555,6 +555,32 @@ def replay(
         sys.exit(1)
 
 
+@main.command()
+@click.argument("change_id")
+@click.option("--app", required=True, help="Module with the current @workflow functions.")
+@backend_option
+def versions(change_id: str, app: str, backend_url: str | None) -> None:
+    """
+    List unfinished runs still on the old side of c.version(CHANGE_ID).
+
+    When none are left, the old branch and the version() call can be deleted.
+    """
+    workflows = _workflows_in(_import_object(app))
+    if not workflows:
+        raise click.UsageError(f"module {app!r} defines no @workflow functions")
+    progress = _Progress("runs replayed")
+    old = _with_backend(
+        backend_url,
+        lambda backend: inspect.runs_on_old_branch(
+            workflows, backend, change_id, progress=progress
+        ),
+    )
+    progress.finish()
+    for run_id in old:
+        click.echo(run_id)
+    click.echo(f"{_count(len(old), 'run')} on the old side of {change_id!r}", err=True)
+
+
 @main.command("gc")
 @backend_option
 @click.option("--older-than", required=True, type=_Duration(), help="e.g. 30d, 12h.")

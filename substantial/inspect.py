@@ -406,6 +406,7 @@ class ReplayCheck:
     :ivar position: for ``nondeterminism``, the primitive's position (None: the end)
     :ivar logged: for ``nondeterminism``, what the log recorded there
     :ivar code: for ``nondeterminism``, what the code does there
+    :ivar versions: the answer each ``Context.version(change_id)`` call gave on replay
     """
 
     run_id: str
@@ -415,6 +416,7 @@ class ReplayCheck:
     position: int | None = None
     logged: str = ""
     code: str = ""
+    versions: dict[str, bool] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -479,7 +481,22 @@ async def _check_one(store: RunStore, known: dict[str, Workflow[Any]], run_id: s
         return ReplayCheck(run_id, name, "undecodable", str(exc))
     finally:
         execution.close()
-    return ReplayCheck(run_id, name, "ok")
+    return ReplayCheck(run_id, name, "ok", versions=dict(execution.versions))
+
+
+async def runs_on_old_branch(
+    workflows: Any, backend: Backend, change_id: str, *, progress: Progress = _no_progress
+) -> list[str]:
+    """
+    Unfinished runs for which ``Context.version(change_id)`` answered ``False``: they
+    still take the old code path. When this is empty, the old branch (and the
+    ``version`` call) can be deleted; runs that have not reached the call yet will
+    take the new path.
+
+    :param workflows: a :class:`~substantial.Conductor` or an iterable of workflows
+    """
+    checks = await check_replay(workflows, backend, progress=progress)
+    return [check.run_id for check in checks if check.versions.get(change_id) is False]
 
 
 # ---- garbage collection ----
