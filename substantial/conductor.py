@@ -23,6 +23,7 @@ import inspect
 import logging
 import math
 import os
+import random
 import socket
 import uuid
 from collections.abc import Callable
@@ -143,6 +144,7 @@ class Conductor:
         self._starting: set[str] = set()
         self._serving = False
         self._outage = False
+        self._outage_retries: dict[str, int] = {}  # run -> failed wake-ups in a row
         self._tg_exit: Any = None
 
     # ---- registration and clients ----
@@ -302,7 +304,7 @@ class Conductor:
                 clock.advance_to(next_due_ms)  # idle on a virtual clock: jump to the next timer
                 continue
             delay = constants.POLL_MIN_SECONDS if claimed else min(delay * 2, self.poll_max)
-            wait = delay
+            wait = delay * random.uniform(0.5, 1.0) if self._outage else delay
             if next_due_ms is not None:
                 wait = min(wait, max(0.0, (next_due_ms - self._now()) / 1000))
             await self._notifier.wait_kick(wait)
@@ -376,17 +378,22 @@ class Conductor:
                     finally:
                         tg.cancel_scope.cancel()
                 if error is not None:
-                    raise error
+                    raise _unwrapped(error)
                 if holder.lost:
                     raise LeaseLost(run_id, "renewal failed: another agent took the run")
         except LeaseLost as exc:
             log.warning("agent %s dropped run %s: %s", self.name, run_id, exc)
         except BackendUnavailable as exc:
             self._note_outage(exc)
-            self._hold_off[run_id] = anyio.current_time() + constants.OUTAGE_RETRY_MIN_SECONDS
+            # Jittered exponential backoff per run, so a long outage is not a retry storm.
+            tries = self._outage_retries[run_id] = self._outage_retries.get(run_id, 0) + 1
+            backoff = _backoff(constants.OUTAGE_RETRY_MIN_SECONDS, tries)
+            self._hold_off[run_id] = anyio.current_time() + backoff
         except Exception:
             log.exception("agent %s: unexpected error on run %s; will retry", self.name, run_id)
             self._hold_off[run_id] = anyio.current_time() + constants.OUTAGE_RETRY_MAX_SECONDS
+        else:
+            self._outage_retries.pop(run_id, None)
         finally:
             self._run_scopes.pop(run_id, None)
             with anyio.CancelScope(shield=True):
@@ -753,6 +760,32 @@ async def _call(fn: Callable[[], Any]) -> Any:
     if inspect.isawaitable(value):
         value = await value
     return value
+
+
+def _backoff(first: float, attempt: int) -> float:
+    """Seconds before retry ``attempt`` (1, 2, ...): doubling from ``first``, jittered."""
+    ceiling = min(constants.OUTAGE_RETRY_MAX_SECONDS, first * 2.0 ** min(attempt - 1, 30))
+    return ceiling * random.uniform(0.5, 1.0)
+
+
+def _unwrapped(error: Exception) -> Exception:
+    """
+    The storage error an ExceptionGroup from a wake-up's nested task groups stands for,
+    if it holds nothing else: an outage (any BackendUnavailable) before a lost lease.
+    """
+    if not isinstance(error, ExceptionGroup):
+        return error
+    storage, rest = error.split((BackendUnavailable, LeaseLost))
+    if storage is None or rest is not None:
+        return error
+    for kind in (BackendUnavailable, LeaseLost):
+        found, _ = storage.split(kind)
+        leaf: Exception | None = found
+        while isinstance(leaf, ExceptionGroup):
+            leaf = leaf.exceptions[0]
+        if leaf is not None:
+            return leaf
+    return error
 
 
 async def _gather(*awaitables: Any) -> tuple[Any, ...]:
