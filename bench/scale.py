@@ -57,17 +57,17 @@ FULL = Scale(
 QUICK = Scale(
     name="quick",
     repeats=1,
-    floor_ops=_per(5_000, 300, 1_000, 50),
-    step_n=_per(200, 200, 200, 50),
-    latency_runs=_per(30, 30, 30, 10),
-    throughput={k: [(50, 1)] for k in ("memory", "files", "redis", "s3")},
-    resume_sizes={k: [10, 100, 1_000] for k in ("memory", "files", "redis")} | {"s3": [10, 100]},
+    floor_ops=_per(5_000, 200, 1_000, 30),
+    step_n=_per(200, 200, 200, 30),
+    latency_runs=_per(30, 30, 30, 5),
+    throughput={k: [(50, 1)] for k in ("memory", "files", "redis")} | {"s3": [(10, 1)]},
+    resume_sizes={k: [10, 100, 1_000] for k in ("memory", "files", "redis")} | {"s3": [10]},
     resume_repeats=_per(1, 1, 1, 1),
-    scale_runs=_per(0, 100, 200, 20),
+    scale_runs=_per(0, 60, 100, 8),
     scale_agents=[1, 2],
-    idle_sleeping={k: [0, 1_000] for k in ("memory", "files", "redis")} | {"s3": [0, 200]},
-    idle_warmup=1.5,
-    idle_window=2.0,
+    idle_sleeping={k: [0, 1_000] for k in ("memory", "files", "redis")} | {"s3": [0, 100]},
+    idle_warmup=1.2,
+    idle_window=1.0,
 )
 
 TINY = Scale(
