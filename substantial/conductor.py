@@ -105,6 +105,8 @@ class Conductor:
     :param park_retry: how long a run that no longer replays waits before a retry
     :param shutdown_grace: how long stopping the agent waits for in-flight steps
     :param name: this agent's name in leases and logs (default: host and pid)
+    :param snapshot_every: compact a run's log into one snapshot object every this many
+        segments, so resuming a long run does not read every segment (0: never)
     :param clock: where the agent reads the time; ``substantial.testing`` passes a
         virtual clock that jumps to the next timer when the agent is idle
     """
@@ -120,6 +122,7 @@ class Conductor:
         poll_interval: float | timedelta = constants.POLL_MAX_SECONDS,
         name: str | None = None,
         clock: Clock | None = None,
+        snapshot_every: int = constants.SNAPSHOT_EVERY,
     ) -> None:
         if isinstance(backend, str):
             from substantial.backends import from_url
@@ -131,6 +134,7 @@ class Conductor:
         self.store = RunStore(backend, clock)
         self._now = self.store.clock.now_ms
         self.concurrency = concurrency
+        self.snapshot_every = snapshot_every
         self.lease_seconds = _seconds(lease)
         self.park_retry = _seconds(park_retry)
         self.shutdown_grace = _seconds(shutdown_grace)
@@ -457,6 +461,7 @@ class Conductor:
 
         execution = Execution(run_id, workflow)
         seq = stored.last_seq
+        ends = list(stored.segment_ends)
 
         async def commit() -> None:
             nonlocal seq
@@ -469,6 +474,7 @@ class Conductor:
                 raise LeaseLost(run_id, f"segment {seq + 1} was written by another agent")
             seq += 1
             execution.committed.extend(events)
+            ends.append(len(stored.events) + len(execution.committed))
 
         try:
             try:
@@ -492,6 +498,10 @@ class Conductor:
             merged = [key for key, _ in inbox]  # a finished run drops events still unmerged
             await self._after_end(run_id, [*stored.events, *execution.committed])
         await self.store.delete(merged)
+        every = self.snapshot_every
+        if every and seq // every > stored.last_seq // every:
+            full = StoredLog([*stored.events, *execution.committed], seq, ends)
+            await self.store.write_snapshot(run_id, full)
         published = encode_payload(execution.custom_status) if execution.has_custom_status else None
         await self._record_state(run_id, execution.outcome, wake, waiting, seq, meta, published)
         if wake is not None:

@@ -26,5 +26,8 @@ POLL_FIRST_PAGE = 16
 #: Backoff for a run whose wake-up hit a storage outage.
 OUTAGE_RETRY_MIN_SECONDS = 0.05
 OUTAGE_RETRY_MAX_SECONDS = 5.0
+#: A run's log is compacted into a snapshot object every this many segments, so that
+#: resuming a long run reads one object and the few segments after it.
+SNAPSHOT_EVERY = 64
 #: How long cancelling an agent waits for in-flight steps before abandoning them.
 SHUTDOWN_GRACE_SECONDS = 10.0

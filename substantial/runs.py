@@ -104,6 +104,14 @@ def segment_key(run_id: str, seq: int) -> str:
     return f"runs/{run_id}/log/{seq:012d}"
 
 
+def snapshot_prefix(run_id: str) -> str:
+    return f"runs/{run_id}/snapshot/"
+
+
+def snapshot_key(run_id: str, seq: int) -> str:
+    return f"runs/{run_id}/snapshot/{seq:012d}"
+
+
 def inbox_prefix(run_id: str) -> str:
     return f"runs/{run_id}/inbox/"
 
@@ -178,14 +186,27 @@ class RunStore:
 
     async def read_log(self, run_id: str) -> StoredLog:
         """
+        Reads the newest snapshot, if any, and the segments after it.
+
         :raises CorruptLog: if a segment does not parse, belongs to another run, comes
             from a newer format, or a segment number is missing
         """
-        keys = await self.backend.list_all(log_prefix(run_id))
-        entries = await self.backend.get_many(keys)
         events: list[pb.Event] = []
         ends: list[int] = []
         seq = -1
+        after = None
+        snapshots = await self.backend.list(snapshot_prefix(run_id))
+        snapshot = await self.backend.get(snapshots[-1]) if snapshots else None
+        if snapshot is not None:
+            key = snapshots[-1]
+            segment = _parse(pb.Segment, snapshot[0], run_id, key)
+            _check_segment(segment, run_id, key, int(key.rsplit("/", 1)[1]))
+            events.extend(segment.events)
+            ends.extend(segment.segment_ends)
+            seq = segment.seq
+            after = segment_key(run_id, seq)
+        keys = await self.backend.list_all(log_prefix(run_id), after=after)
+        entries = await self.backend.get_many(keys)
         for key, entry in zip(keys, entries, strict=True):
             if entry is None:  # deleted under us: only a gc of a finished run does that
                 raise CorruptLog(run_id, key, "segment vanished while the log was read")
@@ -193,21 +214,29 @@ class RunStore:
             segment = _parse(pb.Segment, entry[0], run_id, key)
             if key != segment_key(run_id, seq):
                 raise CorruptLog(run_id, key, f"segment {seq} is missing before it")
-            if segment.format > FORMAT_VERSION:
-                raise CorruptLog(
-                    run_id, key, f"written in format {segment.format}, this code reads up to "
-                    f"{FORMAT_VERSION}: upgrade substantial",
-                )  # fmt: skip
-            if segment.run_id != run_id or segment.seq != seq:
-                raise CorruptLog(
-                    run_id, key, f"foreign segment: it says run {segment.run_id!r} "
-                    f"segment {segment.seq}",
-                )  # fmt: skip
+            _check_segment(segment, run_id, key, seq)
             events.extend(segment.events)
             ends.append(len(events))
         if events and events[0].WhichOneof("kind") != "started":
             raise CorruptLog(run_id, segment_key(run_id, 0), "the log does not begin with a start")
         return StoredLog(events, seq, ends)
+
+    async def write_snapshot(self, run_id: str, log: StoredLog) -> None:
+        """
+        Store segments ``0..log.last_seq`` as one object, then drop older snapshots.
+        Safe to race: every writer of a snapshot of ``seq`` writes the same events.
+        """
+        snapshot = pb.Segment(
+            format=FORMAT_VERSION,
+            run_id=run_id,
+            seq=log.last_seq,
+            events=log.events,
+            segment_ends=log.segment_ends,
+        )
+        key = snapshot_key(run_id, log.last_seq)
+        await self.backend.put(key, snapshot.SerializeToString())
+        older = await self.backend.list(snapshot_prefix(run_id))
+        await self.delete([other for other in older if other < key])
 
     # ---- inbox ----
 
@@ -324,6 +353,18 @@ class RunStore:
         if entry is None:
             return None
         return _parse(pb.Lease, entry[0], run_id, lease_key(run_id))
+
+
+def _check_segment(segment: pb.Segment, run_id: str, key: str, seq: int) -> None:
+    if segment.format > FORMAT_VERSION:
+        raise CorruptLog(
+            run_id, key, f"written in format {segment.format}, this code reads up to "
+            f"{FORMAT_VERSION}: upgrade substantial",
+        )  # fmt: skip
+    if segment.run_id != run_id or segment.seq != seq:
+        raise CorruptLog(
+            run_id, key, f"foreign segment: it says run {segment.run_id!r} segment {segment.seq}"
+        )
 
 
 def _lease_bytes(owner: str, expires_ms: int) -> bytes:

@@ -613,7 +613,9 @@ Global___Event: _TypeAlias = Event  # noqa: Y015
 
 @_typing.final
 class Segment(_message.Message):
-    """One immutable log segment, stored at runs/{run}/log/{seq:012d}."""
+    """One immutable log segment, stored at runs/{run}/log/{seq:012d}; also a snapshot of
+    segments 0..seq at runs/{run}/snapshot/{seq:012d}.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -621,6 +623,7 @@ class Segment(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    SEGMENT_ENDS_FIELD_NUMBER: _builtins.int
     format: _builtins.int
     """FORMAT_VERSION of the writer; a newer one is refused, not guessed at"""
     run_id: _builtins.str
@@ -629,6 +632,10 @@ class Segment(_message.Message):
     """must equal the number in its key"""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
+    @_builtins.property
+    def segment_ends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """in a snapshot: the index just past each segment's events"""
+
     def __init__(
         self,
         *,
@@ -636,10 +643,11 @@ class Segment(_message.Message):
         run_id: _builtins.str = ...,
         seq: _builtins.int = ...,
         events: _abc.Iterable[Global___Event] | None = ...,
+        segment_ends: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "format", b"format", "run_id", b"run_id", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "format", b"format", "run_id", b"run_id", "segment_ends", b"segment_ends", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
