@@ -75,14 +75,15 @@ async def test_a_step_three_leases_long_runs_once_while_another_agent_waits(
 
 async def test_lease_is_exclusive_until_it_expires_then_taken_over(backend: Backend) -> None:
     store = RunStore(backend)
-    held = await store.acquire("r1", "a", 300)
+    # The lease must outlive a few round trips: moto alone can take 200+ ms a request.
+    held = await store.acquire("r1", "a", 2_000)
     assert held is not None
-    assert await store.acquire("r1", "b", 300) is None  # live: refused
+    assert await store.acquire("r1", "b", 2_000) is None  # live: refused
 
     async def expired() -> bool:
         return now_ms() > held.expires_ms
 
-    await wait_for(expired, 5, "the lease to expire")
+    await wait_for(expired, 10, "the lease to expire")
     taken = await store.acquire("r1", "b", 10_000)
     assert taken is not None
     holder = await store.lease_holder("r1")
