@@ -52,7 +52,7 @@ def _rename(key: str, data: bytes, old: str, new: str) -> tuple[str, bytes]:
         meta = pb.RunMeta.FromString(data)
         meta.run_id = new
         data = meta.SerializeToString()
-    elif "/log/" in key:
+    elif "/log/" in key or "/snapshot/" in key:
         segment = pb.Segment.FromString(data)
         segment.run_id = new
         for event in segment.events:
