@@ -428,7 +428,7 @@ class Execution:
 
     def step_succeeded(self, command: SaveCommand, result: pb.Payload, now_ms: int) -> None:
         self._clock_ms = now_ms
-        if self._pending.get(command.position) is not command or self.outcome is not None:
+        if not self._awaits(command):
             return
         self._record(
             pb.Event(
@@ -446,7 +446,7 @@ class Execution:
     ) -> None:
         """Record a failed attempt: retried at ``retry_at_ms``, or final if that is None."""
         self._clock_ms = now_ms
-        if self._pending.get(command.position) is not command or self.outcome is not None:
+        if not self._awaits(command):
             return
         if retry_at_ms is None:
             event = pb.Event(
@@ -468,6 +468,15 @@ class Execution:
                 )
             )
         self._record(event)
+
+    def _awaits(self, command: SaveCommand) -> bool:
+        """Whether the workflow still waits for this step: a cancellation merged while it
+        ran may have cancelled the ``save``, and then its outcome is not recorded."""
+        return (
+            self._pending.get(command.position) is command
+            and not command.future.done()
+            and self.outcome is None
+        )
 
     def take_new_events(self) -> list[pb.Event]:
         events, self.new_events = self.new_events, []
