@@ -487,7 +487,17 @@ class Conductor:
                 await self._park(run_id, stored, meta, exc, consumed)
                 return
             await commit()
-            await self._drive(execution, commit)
+
+            async def check_inbox() -> None:
+                """Merge events sent while this wake-up runs steps: a cancellation, above all."""
+                known = {key for key, _ in inbox}
+                fresh = [
+                    item for item in await self.store.read_inbox(run_id) if item[0] not in known
+                ]
+                inbox.extend(fresh)
+                execution.merge((entry for _, entry in fresh), self._now())
+
+            await self._drive(execution, commit, check_inbox)
             wake = execution.next_wake_ms() if execution.outcome is None else None
             waiting = execution.waiting_for_events()
         finally:
@@ -508,10 +518,20 @@ class Conductor:
             await self.store.schedule(run_id, wake)
         await self.store.delete(consumed)
 
-    async def _drive(self, execution: Execution, commit: Callable[[], Any]) -> None:
-        """Execute steps and fire timers until the run ends or waits on the outside world."""
+    async def _drive(
+        self,
+        execution: Execution,
+        commit: Callable[[], Any],
+        check_inbox: Callable[[], Any],
+    ) -> None:
+        """
+        Execute steps and fire timers until the run ends or waits on the outside world.
+        While steps run, the inbox is read every ``poll_interval``, so that a cancellation
+        reaches the workflow at its current primitive and not after its last step.
+        """
         send, receive = anyio.create_memory_object_stream[_StepOutcome](math.inf)
         running: set[int] = set()
+        inbox_due = anyio.current_time() + self.poll_max
         async with send, receive, anyio.create_task_group() as tg:
             while execution.outcome is None:
                 now = self._now()
@@ -533,6 +553,7 @@ class Conductor:
                 wake = execution.next_wake_ms()
                 # a wake time not in the future is a due retry that is already running
                 timeout = math.inf if wake is None or wake <= now else (wake - now) / 1000
+                timeout = min(timeout, max(0.0, inbox_due - anyio.current_time()))
                 with anyio.move_on_after(timeout):
                     outcome = await receive.receive()
                     while True:
@@ -542,6 +563,9 @@ class Conductor:
                             outcome = receive.receive_nowait()
                         except anyio.WouldBlock:
                             break
+                if anyio.current_time() >= inbox_due and execution.outcome is None:
+                    await check_inbox()
+                    inbox_due = anyio.current_time() + self.poll_max
             tg.cancel_scope.cancel()
         await commit()
 
