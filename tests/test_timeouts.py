@@ -67,6 +67,26 @@ async def cleanup(c: Context) -> str:
     return "not reached"
 
 
+gates: dict[str, anyio.Event] = {}
+
+
+@workflow(name="timeouts.long_step")
+async def long_step(c: Context) -> str:
+    async def blocked() -> str:
+        gates["entered"].set()
+        await gates["release"].wait()
+        return "finished anyway"
+
+    async def clean() -> str:
+        gates["cleaned"].set()
+        return "cleaned"
+
+    try:
+        return await c.save(blocked)
+    finally:
+        await c.save(clean)
+
+
 @workflow(name="timeouts.stages")
 async def stages(c: Context) -> str:
     await c.receive("one")
@@ -79,7 +99,7 @@ async def stages(c: Context) -> str:
 
 def make_conductor(backend: Backend) -> Conductor:
     conductor = Conductor(backend, lease=3.0, poll_interval=0.05)
-    conductor.register(ask, slow_step, cleanup, stages)
+    conductor.register(ask, slow_step, cleanup, long_step, stages)
     return conductor
 
 
@@ -187,6 +207,27 @@ async def test_cancelling_runs_the_finally_steps_then_ends_cancelled(
     assert recorded[-1] == "cancelled"
     assert len({event.segment for event in history}) >= 3  # the cleanup spanned wake-ups
     await check_log(conductor.backend, "cancel-me")
+
+
+async def test_a_cancel_reaches_a_workflow_whose_step_is_still_running(
+    conductor: Conductor,
+) -> None:
+    """The cancellation is raised at the save in flight, the finally step runs while the
+    step has not ended, and the step's late result is not recorded."""
+    gates.update({name: anyio.Event() for name in ("entered", "release", "cleaned")})
+    handle = await conductor.start(long_step, run_id="cancel-in-step")
+    await gates["entered"].wait()
+    await handle.cancel()
+    with anyio.fail_after(WAIT):
+        await gates["cleaned"].wait()  # before the step in flight returns
+    gates["release"].set()
+    with pytest.raises(RunCancelled):
+        await handle.result(timeout=WAIT)
+    history = await handle.history()
+    completed = [e.details for e in history if e.kind == "step_completed"]
+    assert [step["result"] for step in completed] == ["cleaned"]
+    assert [e.kind for e in history][-1] == "cancelled"
+    await check_log(conductor.backend, "cancel-in-step")
 
 
 # ---- query() ----
