@@ -135,7 +135,11 @@ async def test_stale_and_duplicate_schedule_entries_are_harmless_and_cleaned_up(
         asleep = await conductor.start(sleeper, run_id=f"asleep-{tag}")
 
         async def sleeping() -> bool:
-            return await asleep.status() is RunStatus.SLEEPING
+            # The summary says SLEEPING before the agent deletes the entry it consumed
+            # (it deletes last, so a crash in between repeats the wake-up instead of
+            # losing it): wait for both.
+            entries = [e for e in await _schedule(backend) if e.run_id == asleep.run_id]
+            return await asleep.status() is RunStatus.SLEEPING and len(entries) == 1
 
         await wait_for(sleeping, 30, "the sleeper to sleep")
         wake = [e for e in await _schedule(backend) if e.run_id == asleep.run_id]
