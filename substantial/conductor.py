@@ -292,7 +292,12 @@ class Conductor:
 
     async def _poll_loop(self, work: TaskGroup) -> None:
         delay = constants.POLL_MIN_SECONDS
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                # A cancel that a library swallowed (asyncio.wait_for in redis-py on 3.11
+                # drops one that races its inner task): the agent.cancel() must still stop us.
+                raise asyncio.CancelledError
             try:
                 claimed, next_due_ms = await self._claim_due(work)
             except BackendUnavailable as exc:
