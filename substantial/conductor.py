@@ -37,7 +37,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-from substantial import constants, logs
+from substantial import constants, logs, telemetry
 from substantial.backends.base import Backend
 from substantial.codec import encode_payload
 from substantial.commands import ChildCommand, SaveCommand, failure_from_exception
@@ -375,7 +375,7 @@ class Conductor:
         logs.run_id_var.set(run_id)  # this task's log lines name the run (substantial.logs)
         holder = _LeaseHolder(lease)
         try:
-            with anyio.CancelScope(shield=True) as scope:
+            with anyio.CancelScope(shield=True) as scope, telemetry.run_span(run_id):
                 self._run_scopes[run_id] = scope
                 error: Exception | None = None
                 async with anyio.create_task_group() as tg:
