@@ -483,7 +483,8 @@ class Conductor:
 
         try:
             try:
-                execution.replay(stored.events)
+                with telemetry.replay_span(len(stored.events)):
+                    execution.replay(stored.events)
                 now = self._now()
                 execution.go_live(now)
                 execution.merge((entry for _, entry in inbox), now)
