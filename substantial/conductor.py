@@ -506,6 +506,7 @@ class Conductor:
             await self._drive(execution, commit, check_inbox)
             wake = execution.next_wake_ms() if execution.outcome is None else None
             waiting = execution.waiting_for_events()
+            telemetry.run_ended(execution.outcome)
         finally:
             execution.close()
 
