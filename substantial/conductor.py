@@ -760,6 +760,7 @@ class Conductor:
         consumed: list[str],
     ) -> None:
         log.error("run %s parked, retrying in %gs: %s", run_id, self.park_retry, error)
+        telemetry.run_outcome("parked")
         await self._write_meta(
             run_id, meta, stored.last_seq, RunStatus.PARKED, parked_reason=str(error), stored=stored
         )
