@@ -444,6 +444,7 @@ class Conductor:
             )
         except CorruptLog as exc:
             log.error("agent %s: %s; the run is marked failed", self.name, exc)
+            telemetry.run_outcome("failed")
             await self._write_meta(
                 run_id, None, -1, RunStatus.FAILED, failure=failure_from_exception(exc)
             )
