@@ -641,7 +641,8 @@ class Conductor:
         attempt = command.attempts + 1
         async with send:
             try:
-                with anyio.fail_after(command.timeout) if command.timeout else nullcontext():
+                deadline = anyio.fail_after(command.timeout) if command.timeout else nullcontext()
+                with telemetry.step_span(command, attempt), deadline:
                     value = await _call(command.fn)
                 payload = encode_payload(value)
             except CodecError as exc:
