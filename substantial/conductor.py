@@ -653,6 +653,7 @@ class Conductor:
                 policy = command.retry
                 if policy is not None and policy.retries(exc, attempt):
                     retry_at = self._now() + round(policy.delay_after(attempt) * 1000)
+                    telemetry.step_retried()
                 failure = failure_from_exception(exc, non_retryable=retry_at is None)
                 await send.send(_StepOutcome(command, None, failure, retry_at))
             else:
