@@ -445,8 +445,13 @@ class Conductor:
         except CorruptLog as exc:
             log.error("agent %s: %s; the run is marked failed", self.name, exc)
             telemetry.run_outcome("failed")
+            try:  # keep its summary, and write over it: it is of a later segment than -1
+                meta = await self.store.read_meta(run_id)
+            except CorruptLog:
+                meta = None
+            seq = meta.log_seq if meta is not None else -1
             await self._write_meta(
-                run_id, None, -1, RunStatus.FAILED, failure=failure_from_exception(exc)
+                run_id, meta, seq, RunStatus.FAILED, failure=failure_from_exception(exc)
             )
             await self.store.delete(consumed)
             return
@@ -839,7 +844,10 @@ async def _gather(*awaitables: Any) -> tuple[Any, ...]:
     async def one(index: int, awaitable: Any) -> None:
         results[index] = await awaitable
 
-    async with anyio.create_task_group() as tg:
-        for index, awaitable in enumerate(awaitables):
-            tg.start_soon(one, index, awaitable)
+    try:
+        async with anyio.create_task_group() as tg:
+            for index, awaitable in enumerate(awaitables):
+                tg.start_soon(one, index, awaitable)
+    except ExceptionGroup as group:  # callers catch CorruptLog, BackendUnavailable by type
+        raise group.exceptions[0] from None
     return tuple(results)

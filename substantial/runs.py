@@ -259,23 +259,51 @@ class RunStore:
     # ---- meta ----
 
     async def read_meta(self, run_id: str) -> pb.RunMeta | None:
-        entry = await self.backend.get(meta_key(run_id))
-        return None if entry is None else _parse(pb.RunMeta, entry[0], run_id, meta_key(run_id))
+        meta, _ = await self.read_meta_version(run_id)
+        return meta
 
-    async def write_meta(self, meta: pb.RunMeta) -> None:
-        """Write a run's summary unless a summary of a later segment is already there."""
+    async def read_meta_version(self, run_id: str) -> tuple[pb.RunMeta | None, str | None]:
+        """The run's summary and its version (for :meth:`write_meta`), or ``(None, None)``."""
+        entry = await self.backend.get(meta_key(run_id))
+        if entry is None:
+            return None, None
+        return _parse(pb.RunMeta, entry[0], run_id, meta_key(run_id)), entry[1]
+
+    async def write_meta(
+        self,
+        meta: pb.RunMeta,
+        *,
+        current: tuple[pb.RunMeta | None, str | None] | None = None,
+    ) -> None:
+        """
+        Write a run's summary unless a summary of a later segment is already there.
+
+        :param current: the summary the caller read and its version (``(None, None)``: it
+            read none, e.g. a run it just created). The first attempt is then one
+            conditional write (``replace`` of that version, or ``create``) instead of a
+            read and a write; if the summary changed since, it falls back to reading it.
+        """
         key = meta_key(meta.run_id)
         data = meta.SerializeToString()
+        if current is not None:
+            stored, version = current
+            if stored is not None and stored.log_seq > meta.log_seq:
+                return
+            if version is None:
+                if await self.backend.create(key, data) is not None:
+                    return
+            elif await self.backend.replace(key, data, version) is not None:
+                return
         for _ in range(10):
-            current = await self.backend.get(key)
-            if current is None:
+            entry = await self.backend.get(key)
+            if entry is None:
                 if await self.backend.create(key, data) is not None:
                     return
                 continue
-            stored = _parse(pb.RunMeta, current[0], meta.run_id, key)
+            stored = _parse(pb.RunMeta, entry[0], meta.run_id, key)
             if stored.log_seq > meta.log_seq:
                 return
-            if await self.backend.replace(key, data, current[1]) is not None:
+            if await self.backend.replace(key, data, entry[1]) is not None:
                 return
 
     # ---- schedule ----
