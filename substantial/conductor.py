@@ -212,7 +212,7 @@ class Conductor:
                     updated_ms=at, status=pb.RUN_STATUS_PENDING, log_seq=0,
                     parent_run_id=started.parent_run_id, chain_root=started.chain_root,
                 )  # fmt: skip
-                await self.store.write_meta(meta)
+                await self.store.write_meta(meta, current=(None, None))
         finally:
             self._starting.discard(run_id)
         self._notifier.kick()
@@ -437,10 +437,10 @@ class Conductor:
         run_id = holder.lease.run_id
         consumed = [entry.key for entry in entries]
         try:
-            stored, inbox, meta = await _gather(
+            stored, inbox, (meta, meta_version) = await _gather(
                 self.store.read_log(run_id),
                 self.store.read_inbox(run_id),
-                self.store.read_meta(run_id),
+                self.store.read_meta_version(run_id),
             )
         except CorruptLog as exc:
             log.error("agent %s: %s; the run is marked failed", self.name, exc)
@@ -460,14 +460,16 @@ class Conductor:
             return
         last_kind = stored.events[-1].WhichOneof("kind")
         if last_kind in TERMINAL_KINDS:
-            await self._finish(run_id, stored.events[-1], stored, meta, inbox, consumed)
+            await self._finish(
+                run_id, stored.events[-1], stored, meta, inbox, consumed, meta_version
+            )
             return
         started = stored.events[0].started
         logs.workflow_var.set(started.workflow)
         workflow = self._workflows.get(started.workflow)
         if workflow is None:
             error = UnknownWorkflow(started.workflow, list(self._workflows), run_id)
-            await self._park(run_id, stored, meta, error, consumed)
+            await self._park(run_id, stored, meta, error, consumed, meta_version)
             return
 
         execution = Execution(run_id, workflow)
@@ -496,7 +498,7 @@ class Conductor:
                 execution.merge((entry for _, entry in inbox), now)
                 execution.fire_due_timers(now)
             except (NonDeterminismError, CodecError) as exc:
-                await self._park(run_id, stored, meta, exc, consumed)
+                await self._park(run_id, stored, meta, exc, consumed, meta_version)
                 return
             await commit()
 
@@ -526,7 +528,9 @@ class Conductor:
             full = StoredLog([*stored.events, *execution.committed], seq, ends)
             await self.store.write_snapshot(run_id, full)
         published = encode_payload(execution.custom_status) if execution.has_custom_status else None
-        await self._record_state(run_id, execution.outcome, wake, waiting, seq, meta, published)
+        await self._record_state(
+            run_id, execution.outcome, wake, waiting, seq, meta, published, meta_version
+        )
         if wake is not None:
             await self.store.schedule(run_id, wake)
         await self.store.delete(consumed)
@@ -675,10 +679,13 @@ class Conductor:
         seq: int,
         meta: pb.RunMeta | None,
         published: pb.Payload | None = None,
+        version: str | None = None,
     ) -> None:
         if outcome is not None:
             status = _END_STATUS[outcome.WhichOneof("kind") or ""]
-            await self._write_meta(run_id, meta, seq, status, end=outcome, published=published)
+            await self._write_meta(
+                run_id, meta, seq, status, end=outcome, published=published, version=version
+            )
             log.info("run %s %s", run_id, status.value)
             return
         if wake is not None:
@@ -696,7 +703,9 @@ class Conductor:
             return
         if meta is None or meta.status != STATUS_TO_PB[status]:
             log.info("run %s %s", run_id, status.value)  # one line per state change
-        await self._write_meta(run_id, meta, seq, status, wake_at_ms=wake, published=published)
+        await self._write_meta(
+            run_id, meta, seq, status, wake_at_ms=wake, published=published, version=version
+        )
 
     async def _write_meta(
         self,
@@ -711,7 +720,9 @@ class Conductor:
         published: pb.Payload | None = None,
         parked_reason: str = "",
         stored: StoredLog | None = None,
+        version: str | None = None,
     ) -> None:
+        """``version``: of ``meta`` as read; the write then starts with one conditional write."""
         updated = pb.RunMeta()
         if meta is not None:
             updated.CopyFrom(meta)
@@ -737,7 +748,7 @@ class Conductor:
             updated.failure.CopyFrom(failure)
         if published is not None:
             updated.custom_status.CopyFrom(published)
-        await self.store.write_meta(updated)
+        await self.store.write_meta(updated, current=(meta, version) if version else None)
 
     async def _finish(
         self,
@@ -747,6 +758,7 @@ class Conductor:
         meta: pb.RunMeta | None,
         inbox: list[tuple[str, pb.InboxEntry]],
         consumed: list[str],
+        version: str | None = None,
     ) -> None:
         """
         A run whose log already ends: if its summary does not say so yet, the agent that
@@ -756,7 +768,9 @@ class Conductor:
         status = _END_STATUS[last.WhichOneof("kind") or ""]
         if meta is None or meta.status != STATUS_TO_PB[status]:
             await self._after_end(run_id, stored.events)
-            await self._write_meta(run_id, meta, stored.last_seq, status, stored=stored, end=last)
+            await self._write_meta(
+                run_id, meta, stored.last_seq, status, stored=stored, end=last, version=version
+            )
         await self.store.delete([key for key, _ in inbox] + consumed)
 
     async def _park(
@@ -766,12 +780,14 @@ class Conductor:
         meta: pb.RunMeta | None,
         error: Exception,
         consumed: list[str],
+        version: str | None = None,
     ) -> None:
         log.error("run %s parked, retrying in %gs: %s", run_id, self.park_retry, error)
         telemetry.run_outcome("parked")
         await self._write_meta(
-            run_id, meta, stored.last_seq, RunStatus.PARKED, parked_reason=str(error), stored=stored
-        )
+            run_id, meta, stored.last_seq, RunStatus.PARKED, parked_reason=str(error),
+            stored=stored, version=version,
+        )  # fmt: skip
         await self.store.schedule(run_id, self._now() + round(self.park_retry * 1000), "p")
         await self.store.delete(consumed)
 
