@@ -632,6 +632,8 @@ class Execution:
         if (
             isinstance(command, kind)
             and not command.future.done()
+            # a receive without a timeout starts no timer: a logged timer cannot be its
+            and not (logged.startswith("timer_") and getattr(command, "seconds", 0) is None)
             and (not name or not isinstance(command, SaveCommand) or command.name == name)
         ):
             return command
