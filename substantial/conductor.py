@@ -189,8 +189,10 @@ class Conductor:
         workflow.check_arguments(args, kwargs)
         payload = encode_payload([list(args), kwargs])
         run_id = check_run_id(run_id) if run_id is not None else uuid.uuid4().hex
-        await self._create_run(pb.Started(run_id=run_id, workflow=workflow.name, args=payload))
-        return Handle(self.store, run_id, self._notifier)
+        changed = self._notifier.watch(run_id)  # before the agent can see the run
+        started = pb.Started(run_id=run_id, workflow=workflow.name, args=payload)
+        created = await self._create_run(started)
+        return Handle(self.store, run_id, self._notifier, created=changed if created else None)
 
     async def _create_run(self, started: pb.Started) -> bool:
         """

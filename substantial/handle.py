@@ -130,10 +130,21 @@ class Handle(Generic[R]):
     without an agent in it.
     """
 
-    def __init__(self, store: RunStore, run_id: str, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        run_id: str,
+        notifier: Notifier | None = None,
+        *,
+        created: anyio.Event | None = None,
+    ) -> None:
         self._store = store
         self._notifier = notifier or Notifier()
         self.run_id = check_run_id(run_id)
+        # Set by a local start() that created the run: the notifier's event for the run,
+        # watched from before it was written. Until it fires the run is known to be
+        # pending, so result() waits on it before its first read.
+        self._created = created
 
     def __repr__(self) -> str:
         return f"<Handle run_id={self.run_id!r}>"
@@ -189,7 +200,11 @@ class Handle(Generic[R]):
         """
         delay = RESULT_POLL_MIN_SECONDS
         run_id = self.run_id
+        created, self._created = self._created, None
         with anyio.fail_after(math.inf if timeout is None else timeout):
+            if created is not None and not created.is_set():
+                with anyio.move_on_after(delay):
+                    await created.wait()
             while True:
                 changed = self._notifier.watch(run_id)
                 meta = await self._require_meta(run_id)
