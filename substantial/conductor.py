@@ -17,7 +17,9 @@ agent's commit fails and it drops the run (``tests/test_agents.py`` runs agents 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -824,10 +826,33 @@ async def _call(fn: Callable[[], Any]) -> Any:
         target = target.func
     if inspect.iscoroutinefunction(target):
         return await fn()
-    value = await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
+    value = await _in_thread(fn)
     if inspect.isawaitable(value):
         value = await value
     return value
+
+
+_step_threads: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+async def _in_thread(fn: Callable[[], Any]) -> Any:
+    """
+    Run a sync step function in a worker thread, so blocking code does not stall the
+    agent; on cancellation the thread is abandoned. On asyncio this is the loop's
+    ``run_in_executor`` on a pool of this module's (as many threads as anyio's default
+    limit): about half the CPU of ``anyio.to_thread.run_sync`` per call. Context
+    variables are copied in, as anyio does.
+    """
+    global _step_threads
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # another event loop (trio)
+        return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
+    if _step_threads is None:
+        _step_threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=40, thread_name_prefix="substantial-step"
+        )
+    return await loop.run_in_executor(_step_threads, contextvars.copy_context().run, fn)
 
 
 def _backoff(first: float, attempt: int) -> float:
