@@ -535,6 +535,10 @@ class Conductor:
         await self._record_state(
             run_id, execution.outcome, wake, waiting, seq, meta, published, meta_version
         )
+        if execution.outcome is not None:
+            # The summary holds the outcome: local result() waiters need not wait for the
+            # clean-up below (deleting consumed entries, releasing the lease).
+            self._notifier.changed(run_id)
         if wake is not None:
             await self.store.schedule(run_id, wake)
         await self.store.delete(consumed)
