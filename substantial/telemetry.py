@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar, Token
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -96,9 +97,18 @@ def _workflow() -> dict[str, str]:
 
 
 if ENABLED:
-    from opentelemetry.trace import Status, StatusCode
+    from opentelemetry.metrics import Counter
+    from opentelemetry.trace import Status, StatusCode, Tracer
 
-    _state: dict[str, Any] = {}
+    @dataclass
+    class _Instruments:
+        tracer: Tracer
+        steps: Counter
+        retries: Counter
+        replays: Counter
+        lease_losses: Counter
+
+    _state: _Instruments
 
     def configure(
         *,
@@ -120,20 +130,23 @@ if ENABLED:
             if meter_provider is not None
             else _metrics.get_meter("substantial")
         )
-        _state["tracer"] = tracer
-        _state["steps"] = meter.create_counter(
-            "substantial.steps", unit="{attempt}", description="Step attempts run"
-        )
-        _state["retries"] = meter.create_counter(
-            "substantial.retries", unit="{attempt}", description="Failed attempts to retry"
-        )
-        _state["replays"] = meter.create_counter(
-            "substantial.replays", unit="{replay}", description="Wake-ups that replayed a log"
-        )
-        _state["lease_losses"] = meter.create_counter(
-            "substantial.lease_losses",
-            unit="{wake-up}",
-            description="Wake-ups that lost their lease to another agent",
+        global _state
+        _state = _Instruments(
+            tracer=tracer,
+            steps=meter.create_counter(
+                "substantial.steps", unit="{attempt}", description="Step attempts run"
+            ),
+            retries=meter.create_counter(
+                "substantial.retries", unit="{attempt}", description="Failed attempts to retry"
+            ),
+            replays=meter.create_counter(
+                "substantial.replays", unit="{replay}", description="Wake-ups that replayed a log"
+            ),
+            lease_losses=meter.create_counter(
+                "substantial.lease_losses",
+                unit="{wake-up}",
+                description="Wake-ups that lost their lease to another agent",
+            ),
         )
 
     _current_run: ContextVar[_RunSpan | None] = ContextVar("substantial_run_span", default=None)
@@ -142,7 +155,7 @@ if ENABLED:
         """A span made current for the duration of a ``with`` block."""
 
         def __init__(self, name: str, attributes: dict[str, Any]) -> None:
-            self.span = _state["tracer"].start_span(name, attributes=attributes)
+            self.span = _state.tracer.start_span(name, attributes=attributes)
             self._token: Token[Any] | None = None
 
         def __enter__(self) -> None:
@@ -155,7 +168,7 @@ if ENABLED:
             tb: TracebackType | None,
         ) -> None:
             try:
-                if exc is not None and isinstance(exc, Exception):
+                if isinstance(exc, Exception):
                     self.span.record_exception(exc)
                     self.span.set_attribute("error.type", type(exc).__qualname__)
                     self.span.set_status(Status(StatusCode.ERROR, str(exc)))
@@ -184,7 +197,7 @@ if ENABLED:
             attributes = _workflow()
             if isinstance(exc, LeaseLost):
                 self.outcome = "lease_lost"
-                _state["lease_losses"].add(1, attributes)
+                _state.lease_losses.add(1, attributes)
             elif isinstance(exc, BackendUnavailable):
                 self.outcome = "backend_unavailable"
             elif isinstance(exc, Exception):
@@ -199,11 +212,11 @@ if ENABLED:
                 outcome = "ok"
             else:
                 outcome = "error" if isinstance(exc, Exception) else "cancelled"
-            _state["steps"].add(1, {**_workflow(), OUTCOME: outcome})
+            _state.steps.add(1, {**_workflow(), OUTCOME: outcome})
 
     class _ReplaySpan(_Span):
         def finish(self, exc: BaseException | None) -> None:
-            _state["replays"].add(1, _workflow())
+            _state.replays.add(1, _workflow())
 
     def run_span(run_id: str) -> AbstractContextManager[None]:
         """The span of one wake-up of ``run_id``; it ends with the wake-up's outcome."""
@@ -236,7 +249,7 @@ if ENABLED:
 
     def step_retried() -> None:
         """Count a failed step attempt that will be retried."""
-        _state["retries"].add(1, _workflow())
+        _state.retries.add(1, _workflow())
 
     configure()
 
