@@ -54,6 +54,7 @@ class SaveCommand(Command):
     compensate_with: Callable[[], Any] | None
     attempts: int = 0
     retry_at_ms: int | None = None
+    key: str = ""
 
     kind = "save"
 
@@ -80,6 +81,7 @@ class SleepCommand(TimedCommand):
 @dataclass(eq=False)
 class ReceiveCommand(TimedCommand):
     name: str = field(kw_only=True)
+    key: str = field(default="", kw_only=True)
 
     kind = "receive"
 
@@ -136,3 +138,12 @@ def error_from_failure(failure: pb.Failure) -> Exception:
 def callable_name(fn: Callable[..., Any]) -> str:
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     return name if isinstance(name, str) else type(fn).__qualname__
+
+
+def same_step(recorded: str, code: str) -> bool:
+    """
+    Whether a recorded step name and the code's step name are the same step. The
+    enclosing function is left out (``flow.<locals>.<lambda>`` is ``<lambda>``), so
+    renaming a workflow function does not break the replay of its inline steps.
+    """
+    return recorded.rpartition("<locals>.")[2] == code.rpartition("<locals>.")[2]

@@ -443,7 +443,7 @@ class Conductor:
         try:
             stored, inbox, (meta, meta_version) = await _gather(
                 self.store.read_log(run_id),
-                self.store.read_inbox(run_id),
+                self.store.read_inbox(run_id, limit=constants.MERGE_LIMIT),
                 self.store.read_meta_version(run_id),
             )
         except CorruptLog as exc:
@@ -480,8 +480,10 @@ class Conductor:
         seq = stored.last_seq
         ends = list(stored.segment_ends)
 
+        compacted_at = stored.snapshot_seq
+
         async def commit() -> None:
-            nonlocal seq
+            nonlocal seq, compacted_at
             events = execution.take_new_events()
             if not events:
                 return
@@ -492,6 +494,9 @@ class Conductor:
             seq += 1
             execution.committed.extend(events)
             ends.append(len(stored.events) + len(execution.committed))
+            if execution.compact_requested and seq - compacted_at >= constants.COMPACT_EVERY:
+                await self.store.write_compacted(run_id, seq, execution.take_compacted())
+                compacted_at = seq
 
         try:
             try:
@@ -508,10 +513,12 @@ class Conductor:
 
             async def check_inbox() -> None:
                 """Merge events sent while this wake-up runs steps: a cancellation, above all."""
-                known = {key for key, _ in inbox}
-                fresh = [
-                    item for item in await self.store.read_inbox(run_id) if item[0] not in known
-                ]
+                if len(inbox) >= constants.MERGE_LIMIT:
+                    return  # the rest waits for the next wake-up (scheduled at the end)
+                last = inbox[-1][0] if inbox else None
+                fresh = await self.store.read_inbox(
+                    run_id, after=last, limit=constants.MERGE_LIMIT - len(inbox)
+                )
                 inbox.extend(fresh)
                 execution.merge((entry for _, entry in fresh), self._now())
 
@@ -529,7 +536,11 @@ class Conductor:
         await self.store.delete(merged)
         every = self.snapshot_every
         if every and seq // every > stored.last_seq // every:
-            full = StoredLog([*stored.events, *execution.committed], seq, ends)
+            if execution.compactions:
+                events = [entry.event for entry in execution.history]
+                full = StoredLog(events, seq, [len(events)] * (seq + 1))
+            else:
+                full = StoredLog([*stored.events, *execution.committed], seq, ends)
             await self.store.write_snapshot(run_id, full)
         published = encode_payload(execution.custom_status) if execution.has_custom_status else None
         await self._record_state(
@@ -541,6 +552,8 @@ class Conductor:
             self._notifier.changed(run_id)
         if wake is not None:
             await self.store.schedule(run_id, wake)
+        if execution.outcome is None and len(inbox) >= constants.MERGE_LIMIT:
+            await self.store.schedule(run_id, self._now(), "more")  # events left unmerged
         await self.store.delete(consumed)
 
     async def _drive(

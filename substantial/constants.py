@@ -29,5 +29,15 @@ OUTAGE_RETRY_MAX_SECONDS = 5.0
 #: A run's log is compacted into a snapshot object every this many segments, so that
 #: resuming a long run reads one object and the few segments after it.
 SNAPSHOT_EVERY = 64
+#: A run that called ``compact()`` has its history compacted once this many segments
+#: have been written since the last compaction: the bound on what it stores.
+COMPACT_EVERY = 16
+#: At most this many inbox events are merged in one wake-up; a run with more is woken
+#: again at once. Bounds the memory and the history one wake-up adds, and keeps a run
+#: flooded with events from holding an agent for long.
+MERGE_LIMIT = 256
+#: ``compact()`` compacts in memory once this many records were added since the last
+#: compaction, so its cost per call stays constant however often it is called.
+COMPACT_MIN_RECORDS = 32
 #: How long cancelling an agent waits for in-flight steps before abandoning them.
 SHUTDOWN_GRACE_SECONDS = 10.0

@@ -148,6 +148,7 @@ class Context:
         compensate_with: Callable[[], Any] | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | timedelta | None = None,
+        key: str | None = None,
     ) -> T: ...
     @overload
     async def save(
@@ -157,6 +158,7 @@ class Context:
         compensate_with: Callable[[], Any] | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | timedelta | None = None,
+        key: str | None = None,
     ) -> T: ...
     async def save(
         self,
@@ -165,6 +167,7 @@ class Context:
         compensate_with: Callable[[], Any] | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | timedelta | None = None,
+        key: str | None = None,
     ) -> Any:
         """
         Run a step once and record its result; on replay, return the recorded result.
@@ -177,13 +180,14 @@ class Context:
         :param retry: how to retry a failing step; default: one attempt
         :param timeout: bound on one attempt, in seconds; an attempt that takes longer
             fails with ``TimeoutError``
+        :param key: a slot name: ``compact()`` keeps only the newest result of each slot
         :return: the step's result, decoded from the log
         :raises StepFailed: when the step failed and has no attempts left (the same
             error on every replay)
         :raises CodecError: if the step's result cannot be encoded
         """
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
-        return await self._execution.save(fn, retry, seconds, compensate_with)
+        return await self._execution.save(fn, retry, seconds, compensate_with, key)
 
     async def sleep(self, duration: timedelta | float) -> None:
         """
@@ -197,26 +201,31 @@ class Context:
             raise ValueError(f"cannot sleep for a negative duration ({seconds}s)")
         await self._execution.sleep(seconds)
 
-    async def receive(self, name: str, *, timeout: float | timedelta | None = None) -> Any:
+    async def receive(
+        self, name: str, *, timeout: float | timedelta | None = None, key: str | None = None
+    ) -> Any:
         """
         Wait for the next event called ``name`` that no earlier ``receive`` took.
 
         Events are taken in the order they arrived.
 
         :param timeout: give up after this long (a durable timer), in seconds
+        :param key: a slot name: ``compact()`` keeps only the newest event it took
         :return: the event's value
         :raises TimeoutError: if ``timeout`` passed first
         """
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
-        return await self._execution.receive(name, seconds)
+        return await self._execution.receive(name, seconds, key)
 
-    def handle(self, name: str, callback: Callable[[Any], object]) -> None:
+    def handle(
+        self, name: str, callback: Callable[[Any], object], *, key: str | None = None
+    ) -> None:
         """
         Call ``callback(value)`` for every event called ``name``: those that arrived
         before this call too, in arrival order, and each new one before the workflow
         continues past any primitive.
         """
-        self._execution.add_handler(name, callback)
+        self._execution.add_handler(name, callback, key)
 
     async def ensure(self, predicate: Callable[[], bool]) -> bool:
         """
@@ -318,3 +327,16 @@ class Context:
         """
         handle = await self.start_child(workflow, *args, run_id=run_id, detached=detached, **kwargs)
         return await handle.result()
+
+    def compact(self) -> None:
+        """
+        Bound this run's history: keep only the newest record of each ``key=`` slot
+        (and drop events already taken), so a workflow that loops for ever stores and
+        replays a fixed amount. The agent writes the compacted history as a snapshot
+        and deletes the old segments. On replay the loop runs once more with the newest
+        values, which brings it back to where it was; see :mod:`substantial.compaction`.
+
+        :raises CompactionError: if an unkeyed ``save``, ``sleep``, timeout or child
+            comes after the first keyed record
+        """
+        self._execution.compact()

@@ -14,6 +14,7 @@ Every error substantial raises, under one root.
         * CorruptLog: a stored record does not parse, or belongs to another run
     * StepFailed: raised inside a workflow at ``save`` once a step has no attempts left
     * CompensationFailed: raised inside a workflow by ``revert()``
+    * CompactionError (also ValueError): raised inside a workflow by ``compact()``
     * RunFailed, RunCancelled, RunReverted: raised by ``Handle.result()``
 
 The control-flow signal that parks a run is a ``BaseException`` inside the replay engine,
@@ -28,6 +29,7 @@ __all__ = [
     "BackendError",
     "BackendUnavailable",
     "CodecError",
+    "CompactionError",
     "CompensationFailed",
     "CorruptLog",
     "InvalidArguments",
@@ -202,3 +204,15 @@ class CompensationFailed(SubstantialError):
         self.type_name = error.type_name
         self.error_message = error.error_message
         self.original = repr(original) if original else ""
+
+
+class CompactionError(SubstantialError, ValueError):
+    """``compact()`` cannot drop history here: an unkeyed record follows a keyed one."""
+
+    def __init__(self, run_id: str, what: str) -> None:
+        super().__init__(
+            f"run {run_id!r} cannot compact: a {what} with no key= comes after the first "
+            "keyed record; give it key=, or move it before the keyed loop"
+        )
+        self.run_id = run_id
+        self.what = what

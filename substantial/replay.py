@@ -25,6 +25,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
+from substantial import compaction, constants
 from substantial.codec import decode_payload, encode_payload
 from substantial.commands import (
     C,
@@ -38,6 +39,7 @@ from substantial.commands import (
     callable_name,
     error_from_failure,
     failure_from_exception,
+    same_step,
 )
 from substantial.context import ChildHandle, Context, RetryPolicy
 from substantial.errors import (
@@ -192,8 +194,8 @@ class Execution:
         self._clock_ms = 0
         self._stored: list[pb.Event] = []
         self._cursor = 0
-        self._queues: defaultdict[str, deque[Any]] = defaultdict(deque)
-        self._delivered: defaultdict[str, list[Any]] = defaultdict(list)
+        self._queues: defaultdict[str, deque[tuple[Any, compaction.Entry]]] = defaultdict(deque)
+        self._delivered: defaultdict[str, list[tuple[Any, compaction.Entry]]] = defaultdict(list)
         self._handlers: defaultdict[str, list[Callable[[Any], object]]] = defaultdict(list)
         self._compensations: list[SaveCommand] = []
         self._children: dict[str, asyncio.Future[Any]] = {}
@@ -201,6 +203,17 @@ class Execution:
         self._fatal: BaseException | None = None
         self._cancel_requested = False
         self._closing = False
+        #: Every event applied, with the slot it fills (see :mod:`substantial.compaction`).
+        self.history: list[compaction.Entry] = []
+        #: Whether the workflow called ``compact()`` since the last compaction.
+        self.compact_requested = False
+        #: How many times this wake-up compacted the history.
+        self.compactions = 0
+        self._order = 0
+        self._compacted_size = 0
+        self._checked = 0  # history entries compact() has checked
+        self._keyed = False  # whether a checked entry was keyed
+        self._handler_keys: dict[str, str] = {}
 
     # ---- the primitives, called from workflow code through Context ----
 
@@ -226,6 +239,7 @@ class Execution:
         retry: RetryPolicy | None,
         timeout: float | None,
         compensate_with: Callable[[], Any] | None,
+        key: str | None = None,
     ) -> asyncio.Future[Any]:
         command = SaveCommand(
             self._position(),
@@ -235,18 +249,31 @@ class Execution:
             retry=retry,
             timeout=timeout,
             compensate_with=compensate_with,
+            key=key or "",
         )
         return self._register(command)
 
     def sleep(self, seconds: float) -> asyncio.Future[Any]:
         return self._register(SleepCommand(self._position(), self._command_future(), seconds))
 
-    def receive(self, name: str, timeout: float | None) -> asyncio.Future[Any]:
-        command = ReceiveCommand(self._position(), self._command_future(), timeout, name=name)
+    def receive(
+        self, name: str, timeout: float | None, key: str | None = None
+    ) -> asyncio.Future[Any]:
+        command = ReceiveCommand(
+            self._position(), self._command_future(), timeout, name=name, key=key or ""
+        )
         queue = self._queues[name]
         if queue and not command.future.done():
-            command.future.set_result(queue.popleft())
+            value, entry = queue.popleft()
+            self._took(command, entry)
+            command.future.set_result(value)
         return self._register(command)
+
+    def _took(self, command: ReceiveCommand, entry: compaction.Entry) -> None:
+        if command.key:
+            entry.cover = ("recv", command.key, entry.order)
+        else:
+            entry.received_unkeyed = True
 
     def ensure(self, predicate: Callable[[], bool]) -> asyncio.Future[Any]:
         command = EnsureCommand(self._position(), self._command_future(), predicate)
@@ -254,10 +281,40 @@ class Execution:
             command.future.set_result(True)
         return self._register(command)
 
-    def add_handler(self, name: str, callback: Callable[[Any], object]) -> None:
+    def add_handler(
+        self, name: str, callback: Callable[[Any], object], key: str | None = None
+    ) -> None:
         self._handlers[name].append(callback)
-        for value in list(self._delivered[name]):
+        if key:
+            self._handler_keys[name] = key
+        for value, entry in list(self._delivered[name]):
+            if key and entry.cover is None and not entry.received_unkeyed:
+                entry.cover = ("handle", key, entry.order)
             self._call_user(callback, value)
+
+    def compact(self) -> None:
+        """
+        Compact the history here, where the workflow's state is what replaying the
+        compacted history gives; the agent stores it at a later commit.
+
+        :raises CompactionError: if an unkeyed record follows a keyed one
+        """
+        if not self._live:
+            return  # replaying a compaction already done
+        fresh = self.history[self._checked :]
+        self._keyed = compaction.check(self.run_id, fresh, self._keyed)
+        self._checked = len(self.history)
+        if len(self.history) < self._compacted_size + constants.COMPACT_MIN_RECORDS:
+            return  # a later call compacts; any call is as good a point as another
+        self.history = compaction.compacted(self.history)
+        self._compacted_size = self._checked = len(self.history)
+        self.compact_requested = True
+
+    def take_compacted(self) -> list[pb.Event]:
+        """The history as compacted at the last ``compact()``, plus what followed."""
+        self.compact_requested = False
+        self.compactions += 1
+        return [entry.event for entry in self.history]
 
     def set_status(self, value: Any) -> None:
         self.custom_status = value
@@ -437,6 +494,7 @@ class Execution:
                     result=result,
                     attempts=command.attempts + 1,
                     name=command.name,
+                    key=command.key,
                 )
             )
         )
@@ -455,6 +513,7 @@ class Execution:
                     failure=failure,
                     attempts=command.attempts + 1,
                     name=command.name,
+                    key=command.key,
                 )
             )
         else:
@@ -465,6 +524,7 @@ class Execution:
                     failure=failure,
                     retry_at_ms=retry_at_ms,
                     name=command.name,
+                    key=command.key,
                 )
             )
         self._record(event)
@@ -528,13 +588,16 @@ class Execution:
 
     def _apply(self, event: pb.Event) -> None:
         self.now_ms = max(self.now_ms, event.at_ms)
+        entry = compaction.Entry(event, self._order)
+        self._order += 1
+        self.history.append(entry)
         kind = event.WhichOneof("kind")
         if kind == "started":
             self._on_started(event.started)
         elif kind == "step_completed":
-            self._on_step_completed(event.step_completed)
+            self._on_step_completed(event.step_completed, entry)
         elif kind == "step_attempt_failed":
-            self._on_step_attempt_failed(event.step_attempt_failed)
+            self._on_step_attempt_failed(event.step_attempt_failed, entry)
         elif kind == "timer_started":
             timed = self._expect(event.timer_started.position, TimedCommand, kind)
             timed.fire_at_ms = event.timer_started.fire_at_ms
@@ -552,7 +615,7 @@ class Execution:
             if received.id in self.event_ids:
                 return
             self.event_ids.add(received.id)
-            self._deliver(received.name, decode_payload(received.value))
+            self._deliver(received.name, decode_payload(received.value), entry)
         elif kind == "cancel_requested":
             self.event_ids.add(event.cancel_requested.id)
             if not self._cancel_requested and self._main is not None:
@@ -588,8 +651,27 @@ class Execution:
         coroutine = self.workflow.fn(self.context, *args, **kwargs)
         self._main = self._loop.create_task(coroutine)
 
-    def _on_step_completed(self, step: pb.StepCompleted) -> None:
-        command = self._expect(step.position, SaveCommand, "step_completed", step.name)
+    def _step_command(self, position: int, key: str, logged: str, name: str) -> SaveCommand:
+        """The save a step record belongs to: by key for keyed steps, else by position."""
+        if not key:
+            return self._expect(position, SaveCommand, logged, name)
+        keyed = [
+            command
+            for command in self._pending.values()
+            if isinstance(command, SaveCommand) and command.key == key and not command.future.done()
+        ]
+        if not keyed or not same_step(name, keyed[0].name):
+            waiting = ", ".join(c.describe() for c in self._pending.values() if not c.future.done())
+            raise NonDeterminismError(
+                self.run_id, position, f"{_LOGGED[logged]} of step {name!r} with key {key!r}",
+                f"no save with that key; it is waiting on {waiting or 'nothing'}",
+            )  # fmt: skip
+        return min(keyed, key=lambda command: command.position)
+
+    def _on_step_completed(self, step: pb.StepCompleted, entry: compaction.Entry) -> None:
+        command = self._step_command(step.position, step.key, "step_completed", step.name)
+        if step.key:
+            entry.cover = ("save", step.key, command.position)
         if step.WhichOneof("outcome") == "failure":
             self._pending.pop(command.position, None)
             if not command.future.done():
@@ -599,8 +681,14 @@ class Execution:
                 self._compensations.append(command)
             self._resolve(command, decode_payload(step.result))
 
-    def _on_step_attempt_failed(self, attempt: pb.StepAttemptFailed) -> None:
-        command = self._expect(attempt.position, SaveCommand, "step_attempt_failed", attempt.name)
+    def _on_step_attempt_failed(
+        self, attempt: pb.StepAttemptFailed, entry: compaction.Entry
+    ) -> None:
+        command = self._step_command(
+            attempt.position, attempt.key, "step_attempt_failed", attempt.name
+        )
+        if attempt.key:
+            entry.cover = ("save", attempt.key, command.position)
         command.attempts = attempt.attempt
         command.retry_at_ms = attempt.retry_at_ms
 
@@ -634,7 +722,7 @@ class Execution:
             and not command.future.done()
             # a receive without a timeout starts no timer: a logged timer cannot be its
             and not (logged.startswith("timer_") and getattr(command, "seconds", 0) is None)
-            and (not name or not isinstance(command, SaveCommand) or command.name == name)
+            and (not name or not isinstance(command, SaveCommand) or same_step(name, command.name))
         ):
             return command
         what = _LOGGED.get(logged, logged)
@@ -658,17 +746,22 @@ class Execution:
         if not command.future.done():
             command.future.set_result(value)
 
-    def _deliver(self, name: str, value: Any) -> None:
-        self._delivered[name].append(value)
+    def _deliver(self, name: str, value: Any, entry: compaction.Entry) -> None:
+        self._delivered[name].append((value, entry))
+        handler_key = self._handler_keys.get(name)
+        if handler_key:
+            entry.cover = ("handle", handler_key, entry.order)
         for callback in list(self._handlers[name]):
             self._call_user(callback, value)
         queue = self._queues[name]
-        queue.append(value)
+        queue.append((value, entry))
         for command in sorted(self._pending.values(), key=lambda c: c.position):
             if command.future.done():
                 continue
             if isinstance(command, ReceiveCommand) and command.name == name and queue:
-                self._resolve(command, queue.popleft())
+                taken, taken_entry = queue.popleft()
+                self._took(command, taken_entry)
+                self._resolve(command, taken)
             elif isinstance(command, EnsureCommand) and self._check(command.predicate):
                 self._resolve(command, True)
 

@@ -152,6 +152,8 @@ class StoredLog:
     events: list[pb.Event]
     last_seq: int
     segment_ends: list[int]
+    #: the snapshot the log was read from (-1: none)
+    snapshot_seq: int = -1
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,20 @@ class RunStore:
 
     async def read_log(self, run_id: str) -> StoredLog:
         """
+        Read a run's log. A compaction may delete the snapshot or segments being read;
+        then the read starts again.
+
+        :raises CorruptLog: as :meth:`_read_log_once`
+        """
+        for _ in range(4):
+            try:
+                return await self._read_log_once(run_id)
+            except _Vanished:
+                continue
+        return await self._read_log_once(run_id)
+
+    async def _read_log_once(self, run_id: str) -> StoredLog:
+        """
         Reads the newest snapshot, if any, and the segments after it.
 
         :raises CorruptLog: if a segment does not parse, belongs to another run, comes
@@ -194,22 +210,25 @@ class RunStore:
         events: list[pb.Event] = []
         ends: list[int] = []
         seq = -1
+        snapshot_seq = -1
         after = None
         snapshots = await self.backend.list(snapshot_prefix(run_id))
         snapshot = await self.backend.get(snapshots[-1]) if snapshots else None
+        if snapshots and snapshot is None:
+            raise _Vanished
         if snapshot is not None:
             key = snapshots[-1]
             segment = _parse(pb.Segment, snapshot[0], run_id, key)
             _check_segment(segment, run_id, key, int(key.rsplit("/", 1)[1]))
             events.extend(segment.events)
             ends.extend(segment.segment_ends)
-            seq = segment.seq
+            seq = snapshot_seq = segment.seq
             after = segment_key(run_id, seq)
         keys = await self.backend.list_all(log_prefix(run_id), after=after)
         entries = await self.backend.get_many(keys)
         for key, entry in zip(keys, entries, strict=True):
-            if entry is None:  # deleted under us: only a gc of a finished run does that
-                raise CorruptLog(run_id, key, "segment vanished while the log was read")
+            if entry is None:  # deleted under us: by a compaction, or a gc of a finished run
+                raise _Vanished
             seq += 1
             segment = _parse(pb.Segment, entry[0], run_id, key)
             if key != segment_key(run_id, seq):
@@ -219,7 +238,7 @@ class RunStore:
             ends.append(len(events))
         if events and events[0].WhichOneof("kind") != "started":
             raise CorruptLog(run_id, segment_key(run_id, 0), "the log does not begin with a start")
-        return StoredLog(events, seq, ends)
+        return StoredLog(events, seq, ends, snapshot_seq)
 
     async def write_snapshot(self, run_id: str, log: StoredLog) -> None:
         """
@@ -238,6 +257,16 @@ class RunStore:
         older = await self.backend.list(snapshot_prefix(run_id))
         await self.delete([other for other in older if other < key])
 
+    async def write_compacted(self, run_id: str, seq: int, events: list[pb.Event]) -> None:
+        """
+        Store a compacted history as the snapshot at ``seq`` and delete the segments
+        before ``seq``. Segment ``seq`` itself stays: it is what fences a stale agent
+        that read the log up to ``seq - 1``.
+        """
+        await self.write_snapshot(run_id, StoredLog(events, seq, [len(events)] * (seq + 1)))
+        keys = await self.backend.list_all(log_prefix(run_id))
+        await self.delete([key for key in keys if key < segment_key(run_id, seq)])
+
     # ---- inbox ----
 
     async def post(self, run_id: str, entry: pb.InboxEntry) -> None:
@@ -246,9 +275,20 @@ class RunStore:
         await self.backend.create(key, entry.SerializeToString())
         await self.schedule(run_id, entry.sent_at_ms, uuid.uuid4().hex[:12])
 
-    async def read_inbox(self, run_id: str) -> list[tuple[str, pb.InboxEntry]]:
-        """The run's unmerged events in arrival order, with their keys."""
-        keys = await self.backend.list_all(inbox_prefix(run_id))
+    async def read_inbox(
+        self, run_id: str, *, after: str | None = None, limit: int | None = None
+    ) -> list[tuple[str, pb.InboxEntry]]:
+        """
+        The run's unmerged events in arrival order, with their keys.
+
+        :param after: only entries after this key
+        :param limit: at most this many (the first ones)
+        """
+        prefix = inbox_prefix(run_id)
+        if limit is None:
+            keys = await self.backend.list_all(prefix, after=after)
+        else:
+            keys = await self.backend.list(prefix, after=after, limit=limit)
         entries = await self.backend.get_many(keys)
         return [
             (key, _parse(pb.InboxEntry, entry[0], run_id, key))
@@ -381,6 +421,10 @@ class RunStore:
         if entry is None:
             return None
         return _parse(pb.Lease, entry[0], run_id, lease_key(run_id))
+
+
+class _Vanished(Exception):
+    """A record disappeared while the log was being read."""
 
 
 def _check_segment(segment: pb.Segment, run_id: str, key: str, seq: int) -> None:

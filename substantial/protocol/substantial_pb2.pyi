@@ -182,10 +182,13 @@ class StepCompleted(_message.Message):
     FAILURE_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     attempts: _builtins.int
     name: _builtins.str
     """the step function's qualified name, checked on replay"""
+    key: _builtins.str
+    """save(key=...): matched by key on replay, kept newest-only by compact()"""
     @_builtins.property
     def result(self) -> Global___Payload: ...
     @_builtins.property
@@ -198,10 +201,11 @@ class StepCompleted(_message.Message):
         failure: Global___Failure | None = ...,
         attempts: _builtins.int = ...,
         name: _builtins.str = ...,
+        key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "failure", b"failure", "name", b"name", "outcome", b"outcome", "position", b"position", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "failure", b"failure", "key", b"key", "name", b"name", "outcome", b"outcome", "position", b"position", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["result", "failure"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
@@ -220,10 +224,12 @@ class StepAttemptFailed(_message.Message):
     FAILURE_FIELD_NUMBER: _builtins.int
     RETRY_AT_MS_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     attempt: _builtins.int
     retry_at_ms: _builtins.int
     name: _builtins.str
+    key: _builtins.str
     @_builtins.property
     def failure(self) -> Global___Failure: ...
     def __init__(
@@ -234,10 +240,11 @@ class StepAttemptFailed(_message.Message):
         failure: Global___Failure | None = ...,
         retry_at_ms: _builtins.int = ...,
         name: _builtins.str = ...,
+        key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "failure", b"failure", "name", b"name", "position", b"position", "retry_at_ms", b"retry_at_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "failure", b"failure", "key", b"key", "name", b"name", "position", b"position", "retry_at_ms", b"retry_at_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
