@@ -1,0 +1,38 @@
+"""start -> result of a 10-step workflow on FSBackend, in-process agent (issue #2 figure).
+
+.venv/bin/python bench/ten_steps.py [RUNS]
+"""
+
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+
+from substantial import Conductor, Context, workflow
+from substantial.backends import FSBackend
+
+
+@workflow(name="ten")
+async def ten(c: Context) -> int:
+    total = 0
+    for i in range(10):
+        total += await c.save(lambda i=i: i)
+    return total
+
+
+async def main(n: int) -> None:
+    async with Conductor(FSBackend(tempfile.mkdtemp())) as conductor:
+        conductor.register(ten)
+        for _ in range(10):  # warm-up
+            await (await conductor.start(ten)).result()
+        times = []
+        for _ in range(n):
+            began = time.perf_counter()
+            assert await (await conductor.start(ten)).result() == 45
+            times.append((time.perf_counter() - began) * 1000)
+    times.sort()
+    print(f"{n} runs: p50 {statistics.median(times):.1f} ms, p99 {times[int(n * 0.99) - 1]:.1f} ms")
+
+
+asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 200))
