@@ -262,6 +262,12 @@ class RunStore:
         Store a compacted history as the snapshot at ``seq`` and delete the segments
         before ``seq``. Segment ``seq`` itself stays: it is what fences a stale agent
         that read the log up to ``seq - 1``.
+
+        An agent that went stale before an *earlier* point could still create a segment
+        number below ``seq``, now free. Readers never see it (they read the newest
+        snapshot and only the segments after it), summaries are guarded by log
+        position, its inbox deletions touch only events the live agents merged since,
+        and starting children or continuations is idempotent by run id.
         """
         await self.write_snapshot(run_id, StoredLog(events, seq, [len(events)] * (seq + 1)))
         keys = await self.backend.list_all(log_prefix(run_id))
