@@ -267,7 +267,10 @@ class RunStore:
         number below ``seq``, now free. Readers never see it (they read the newest
         snapshot and only the segments after it), summaries are guarded by log
         position, its inbox deletions touch only events the live agents merged since,
-        and starting children or continuations is idempotent by run id.
+        and the children it starts are the ones the run starts (ids derive from the
+        position). The one stray effect left: if its stale replay ended the run with
+        ``continue_using``, it can start that continuation. It takes an agent stalled
+        across a whole compaction interval, past its lease.
         """
         await self.write_snapshot(run_id, StoredLog(events, seq, [len(events)] * (seq + 1)))
         keys = await self.backend.list_all(log_prefix(run_id))
