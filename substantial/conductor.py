@@ -495,6 +495,13 @@ class Conductor:
             execution.committed.extend(events)
             ends.append(len(stored.events) + len(execution.committed))
             if execution.compact_requested and seq - compacted_at >= constants.COMPACT_EVERY:
+                # The compacted history drops events already taken, and with them the
+                # ids that keep their inbox entries from being merged again: delete those
+                # entries first (they are in the log now), not only at the end of this
+                # wake-up, which an agent killed in between never reaches.
+                await self.store.delete(
+                    [key for key, entry in inbox if entry.id in execution.event_ids]
+                )
                 await self.store.write_compacted(run_id, seq, execution.take_compacted())
                 compacted_at = seq
 
