@@ -20,11 +20,13 @@ released, and the process exits 0. It prints ``ready`` on stdout once it serves.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -32,7 +34,7 @@ import anyio
 import substantial.conductor
 import substantial.handle
 import substantial.runs
-from substantial import Conductor, Context, workflow
+from substantial import Conductor, Context, StepFailed, workflow
 
 _offset = int(os.environ.get("CHAOS_CLOCK_OFFSET_MS", "0"))
 if _offset:
@@ -99,6 +101,78 @@ async def gate(c: Context) -> int:
     return await c.save(blocked)
 
 
+# ---- the newer primitives, for tests/test_chaos_features.py ----
+
+
+def _saga_do(run_id: str, i: int) -> Callable[[], int]:
+    def saga_do() -> int:
+        value = effect(run_id, f"do{i}", i)
+        if i == 2:
+            raise ValueError(f"step {i} refused")
+        return value
+
+    return saga_do
+
+
+def _saga_undo(run_id: str, i: int) -> Callable[[], int]:
+    def saga_undo() -> int:
+        return effect(run_id, f"undo{i}", i)
+
+    return saga_undo
+
+
+@workflow(name="chaos.saga")
+async def saga(c: Context) -> list[int]:
+    """Three compensated steps; the third fails (no retry), so the run reverts."""
+    done = []
+    try:
+        for i in range(3):
+            done.append(
+                await c.save(_saga_do(c.run_id, i), compensate_with=_saga_undo(c.run_id, i))
+            )
+    except StepFailed:
+        await c.revert()
+    return done
+
+
+@workflow(name="chaos.fan_child")
+async def fan_child(c: Context, value: int) -> int:
+    return await c.save(lambda: effect(c.run_id, "child", value))
+
+
+@workflow(name="chaos.fan_out")
+async def fan_out(c: Context, base: int, width: int) -> int:
+    """Children base..base+width-1 at once; the sum of their results."""
+    results = await asyncio.gather(*(c.child(fan_child, base + i) for i in range(width)))
+    return sum(results)
+
+
+@workflow(name="chaos.chain")
+async def chain(c: Context, link: int, links: int, total: int) -> int:
+    """One step per link, then continue as the next link; the last returns the total."""
+    total += await c.save(lambda: effect(c.run_id, f"link{link}", link + 1))
+    if link + 1 < links:
+        await c.continue_using(chain, link + 1, links, total)
+    return total
+
+
+@workflow(name="chaos.counter")
+async def counter(c: Context) -> dict[str, int]:
+    """Adds every ``msg`` event to its state until a ``None``, compacting as it goes."""
+    state = {"total": 0, "seen": 0}
+    while True:
+        msg = await c.receive("msg", key="msg")
+        if msg is None:
+            return state
+
+        def add(state: dict[str, int] = state, msg: int = msg) -> dict[str, int]:
+            effect(c.run_id, "add", 0)
+            return {"total": state["total"] + msg, "seen": state["seen"] + 1}
+
+        state = await c.save(add, key="state")
+        c.compact()
+
+
 def build(url: str) -> Conductor:
     conductor = Conductor(
         url,
@@ -107,7 +181,7 @@ def build(url: str) -> Conductor:
         poll_interval=float(os.environ.get("CHAOS_POLL", "0.2")),
         shutdown_grace=float(os.environ.get("CHAOS_GRACE", "5")),
     )
-    conductor.register(mix, steps, gate)
+    conductor.register(mix, steps, gate, saga, fan_child, fan_out, chain, counter)
     return conductor
 
 
