@@ -18,7 +18,6 @@ the same path, and every new event is also appended to :attr:`Execution.new_even
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import random
 import sys
 from collections import defaultdict, deque
@@ -50,6 +49,7 @@ from substantial.errors import (
     RunFailed,
     StepFailed,
 )
+from substantial.loop import DeterministicLoop
 from substantial.protocol import substantial_pb2 as pb
 from substantial.workflow import Workflow
 
@@ -72,68 +72,6 @@ class _ContinueAs(BaseException):
         super().__init__(workflow)
         self.workflow = workflow
         self.payload = args
-
-
-class _DeterministicLoop(asyncio.AbstractEventLoop):
-    """An event loop that runs ready callbacks and nothing else: no timers, no I/O."""
-
-    def __init__(self, execution: Execution) -> None:
-        self._execution = execution
-        self._ready: deque[asyncio.Handle] = deque()
-
-    def call_soon(  # type: ignore[override]
-        self,
-        callback: Callable[..., object],
-        *args: Any,
-        context: contextvars.Context | None = None,
-    ) -> asyncio.Handle:
-        handle = asyncio.Handle(callback, args, self, context)
-        self._ready.append(handle)
-        return handle
-
-    def call_later(self, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:  # type: ignore[override]
-        raise RuntimeError(
-            "workflow code cannot use asyncio timers (asyncio.sleep, wait_for, timeout): "
-            "use Context.sleep() or a step's timeout="
-        )
-
-    call_at = call_later  # type: ignore[assignment]
-
-    def time(self) -> float:
-        return self._execution.now_ms / 1000
-
-    def create_future(self) -> asyncio.Future[Any]:
-        return asyncio.Future(loop=self)
-
-    def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-        return asyncio.Task(coro, loop=self, **kwargs)
-
-    def get_debug(self) -> bool:
-        return False
-
-    def is_running(self) -> bool:
-        return True
-
-    def is_closed(self) -> bool:
-        return False
-
-    def call_exception_handler(self, context: dict[str, Any]) -> None:
-        # "Task was destroyed but it is pending" and friends, from torn-down workflow
-        # tasks: expected when a suspended run is dropped.
-        pass
-
-    def run_ready(self) -> None:
-        """Run callbacks until every workflow task is blocked on something."""
-        outer = asyncio.events._get_running_loop()
-        asyncio.events._set_running_loop(self)
-        try:
-            ready = self._ready
-            while ready:
-                handle = ready.popleft()
-                if not handle.cancelled():
-                    handle._run()
-        finally:
-            asyncio.events._set_running_loop(outer)
 
 
 _LOGGED = {
@@ -187,7 +125,7 @@ class Execution:
         #: Answers ``Context.version`` gave, by change id.
         self.versions: dict[str, bool] = {}
 
-        self._loop = _DeterministicLoop(self)  # type: ignore[abstract]
+        self._loop = DeterministicLoop(lambda: self.now_ms)  # type: ignore[abstract]
         self._main: asyncio.Task[Any] | None = None
         self._pending: dict[int, Command] = {}
         self._next_position = 0

@@ -1,0 +1,77 @@
+"""
+The event loop workflow code runs on: it runs ready callbacks and nothing else (no
+timers, no I/O), so a workflow's tasks advance only when the replay engine resolves
+one of their futures. See :mod:`substantial.replay`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["DeterministicLoop"]
+
+
+class DeterministicLoop(asyncio.AbstractEventLoop):
+    """An event loop that runs ready callbacks and nothing else: no timers, no I/O."""
+
+    def __init__(self, clock_ms: Callable[[], int]) -> None:
+        self._clock_ms = clock_ms
+        self._ready: deque[asyncio.Handle] = deque()
+
+    def call_soon(  # type: ignore[override]
+        self,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Handle:
+        handle = asyncio.Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def call_later(self, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:  # type: ignore[override]
+        raise RuntimeError(
+            "workflow code cannot use asyncio timers (asyncio.sleep, wait_for, timeout): "
+            "use Context.sleep() or a step's timeout="
+        )
+
+    call_at = call_later  # type: ignore[assignment]
+
+    def time(self) -> float:
+        return self._clock_ms() / 1000
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.Future(loop=self)
+
+    def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        return asyncio.Task(coro, loop=self, **kwargs)
+
+    def get_debug(self) -> bool:
+        return False
+
+    def is_running(self) -> bool:
+        return True
+
+    def is_closed(self) -> bool:
+        return False
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        # "Task was destroyed but it is pending" and friends, from torn-down workflow
+        # tasks: expected when a suspended run is dropped.
+        pass
+
+    def run_ready(self) -> None:
+        """Run callbacks until every workflow task is blocked on something."""
+        outer = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(self)
+        try:
+            ready = self._ready
+            while ready:
+                handle = ready.popleft()
+                if not handle.cancelled():
+                    handle._run()
+        finally:
+            asyncio.events._set_running_loop(outer)
