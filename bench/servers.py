@@ -1,14 +1,17 @@
 """
 redis-server and moto's S3 server as child processes on free 127.0.0.1 ports.
 
-The same start/stop logic as ``tests/servers.py``, without pytest: a server that cannot
-start is reported (``ServerUnavailable``) so the bench skips that backend and says why.
+The one implementation, used by the bench and by the tests (``tests/servers.py`` wraps
+it in pytest fixtures). It does not import pytest: a server that cannot start raises
+``ServerUnavailable`` and the caller decides (the bench skips that backend and says why;
+the tests skip, or fail under ``CI=true``).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -17,21 +20,48 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+__all__ = [
+    "TEST_CREDENTIALS",
+    "RedisServer",
+    "S3Server",
+    "ServerUnavailable",
+    "free_port",
+    "redis_binary",
+    "stop_quietly",
+]
+
+#: Seconds a server gets to answer after it is started.
 START_TIMEOUT = 15.0
+#: The AWS credentials moto accepts; set them in the environment before using S3Server.
+TEST_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 class ServerUnavailable(RuntimeError):
-    """A server the bench needs could not be started; the message says why."""
+    """A server could not be started; the message says why."""
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
+def redis_binary() -> str | None:
+    """Where ``redis-server`` is, if anywhere."""
+    return shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+    )
+
+
 def _wait_until(ready: Callable[[], bool], process: subprocess.Popen[bytes], what: str) -> None:
+    """Poll ``ready`` (bounded) until the server answers; fail early if it exited."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -45,6 +75,7 @@ def _wait_until(ready: Callable[[], bool], process: subprocess.Popen[bytes], wha
 def _stop(process: subprocess.Popen[bytes] | None) -> None:
     if process is None or process.poll() is not None:
         return
+    os.kill(process.pid, signal.SIGCONT)  # a paused server cannot handle SIGTERM
     process.terminate()
     try:
         process.wait(timeout=10)
@@ -53,19 +84,46 @@ def _stop(process: subprocess.Popen[bytes] | None) -> None:
         process.wait()
 
 
-class RedisServer:
-    """``redis-server`` without persistence on 127.0.0.1 (what the tests run too)."""
+class _ChildServer:
+    """A server child process that outage tests can pause, resume and restart."""
 
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server") or (
-            "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
-        )
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port; the data is lost (nothing persists)."""
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections but answers nothing."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        os.kill(self.pid, signal.SIGCONT)
+
+
+class RedisServer(_ChildServer):
+    """A ``redis-server`` child process without persistence, on 127.0.0.1."""
+
+    def __init__(self, workdir: Path, binary: str | None = None) -> None:
+        binary = binary or redis_binary()
         if binary is None:
             raise ServerUnavailable("redis-server is not installed (it is not on PATH)")
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -79,6 +137,7 @@ class RedisServer:
         return out.strip()
 
     def start(self) -> None:
+        """Start the server on ``self.port`` and wait until it answers ``PING``."""
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
         self.process = subprocess.Popen(
@@ -87,6 +146,7 @@ class RedisServer:
         _wait_until(self.ping, self.process, f"redis-server on port {self.port}")
 
     def ping(self) -> bool:
+        """Whether the server answers ``PING`` right now."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
                 sock.sendall(b"PING\r\n")
@@ -94,12 +154,12 @@ class RedisServer:
         except OSError:
             return False
 
-    def stop(self) -> None:
-        _stop(self.process)
 
-
-class S3Server:
-    """moto's S3 server on 127.0.0.1 (in memory), with test credentials in os.environ."""
+class S3Server(_ChildServer):
+    """
+    moto's S3 server as a child process on 127.0.0.1 (in memory: a restart loses data).
+    Set :data:`TEST_CREDENTIALS` in the environment first.
+    """
 
     def __init__(self) -> None:
         try:
@@ -107,22 +167,13 @@ class S3Server:
         except ImportError as exc:
             raise ServerUnavailable(f"moto[server] is not installed: {exc}") from None
         self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        self._admin: object = None
+        self._admin: Any = None
 
     @property
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        for name, value in (
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_DEFAULT_REGION", "us-east-1"),
-        ):
-            os.environ[name] = value
-        os.environ.pop("AWS_SESSION_TOKEN", None)
-        os.environ.pop("AWS_PROFILE", None)
         command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -137,22 +188,16 @@ class S3Server:
             return False
 
     def create_bucket(self, name: str) -> None:
-        """Blocking: call it in a worker thread."""
+        """Create a bucket with a plain (blocking) boto3 client; run it in a thread."""
         if self._admin is None:
             import boto3
 
             self._admin = boto3.client(
                 "s3", endpoint_url=self.endpoint_url, region_name="us-east-1"
             )
-        self._admin.create_bucket(Bucket=name)  # type: ignore[attr-defined]
-
-    def stop(self) -> None:
-        _stop(self.process)
+        self._admin.create_bucket(Bucket=name)
 
 
 def stop_quietly(server: RedisServer | S3Server | None) -> None:
     if server is not None:
         server.stop()
-
-
-__all__ = ["RedisServer", "S3Server", "ServerUnavailable", "free_port", "stop_quietly"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import anyio
 
-from bench.servers import RedisServer, S3Server, ServerUnavailable
+from bench.servers import TEST_CREDENTIALS, RedisServer, S3Server, ServerUnavailable
 from substantial.backends import Backend, FSBackend, MemoryBackend
 
 KINDS = ("memory", "files", "redis", "s3")
@@ -115,6 +115,9 @@ def prepare(kinds: list[str], workdir: Path) -> tuple[list[Target], dict[str, st
                 import aioboto3
                 import moto
 
+                os.environ.update(TEST_CREDENTIALS)
+                os.environ.pop("AWS_SESSION_TOKEN", None)
+                os.environ.pop("AWS_PROFILE", None)
                 target.s3 = S3Server()
                 target.s3.start()
                 target.versions = {"moto": moto.__version__, "aioboto3": aioboto3.__version__}

@@ -17,8 +17,6 @@ import gc
 import http.client
 import http.server
 import logging
-import os
-import shutil
 import socket
 import threading
 import uuid
@@ -33,7 +31,7 @@ import redis.asyncio as aioredis
 
 from substantial import Conductor, Context, workflow
 from substantial.backends import Backend
-from tests.servers import RedisServer, S3Server, free_port
+from tests.servers import RedisServer, S3Server, free_port, running_moto, running_redis
 
 pytestmark = [pytest.mark.usefixtures("anyio_backend"), pytest.mark.timeout(300)]
 
@@ -69,32 +67,14 @@ def _expected(n: int) -> int:
 
 @pytest.fixture(scope="module")
 def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not os.path.exists(binary):
-        pytest.skip("redis-server is not installed")
-    server = RedisServer(binary, tmp_path_factory.mktemp("outage-redis"))
-    try:
-        server.start()
+    with running_redis(tmp_path_factory.mktemp("outage-redis")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def own_moto() -> Iterator[S3Server]:
-    pytest.importorskip("moto.server")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        env.delenv("AWS_SESSION_TOKEN", raising=False)
-        env.delenv("AWS_PROFILE", raising=False)
-        server = S3Server()
-        try:
-            server.start()
-            yield server
-        finally:
-            server.stop()
+    with running_moto() as server:
+        yield server
 
 
 _SLOW_DOWN = (
