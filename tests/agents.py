@@ -50,6 +50,8 @@ class Agent:
     effects: Path
     logs: Path
     env: dict[str, str] = field(default_factory=dict)
+    #: the agent program: chaos_app.py, or another app with the same command line
+    app: Path = APP
     process: subprocess.Popen[bytes] | None = None
     spawned: int = 0
     ready: bool = False
@@ -61,7 +63,7 @@ class Agent:
         stderr = open(self.logs / f"agent-{id(self)}-{self.spawned}.log", "wb")  # noqa: SIM115
         with stderr:
             self.process = subprocess.Popen(
-                [sys.executable, str(APP), self.url],
+                [sys.executable, str(self.app), self.url],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=stderr,

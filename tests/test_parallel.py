@@ -18,7 +18,7 @@ from substantial import Conductor, Context, workflow
 from substantial.backends import Backend, from_url
 from tests import features_app
 from tests.agents import backend_url, check_log, wait_for
-from tests.test_sagas import PROCESS_BACKENDS, FeaturesAgent, lines
+from tests.test_sagas import PROCESS_BACKENDS, features_agent, lines
 
 WAIT = 30.0
 started: dict[str, anyio.Event] = {}
@@ -101,8 +101,8 @@ async def test_a_finally_step_survives_an_agent_killed_after_the_rescue(
     backend = from_url(url)
     client = Conductor(backend)
     client.register(features_app.rescue)
-    first = FeaturesAgent(url, effects, tmp_path)
-    second = FeaturesAgent(url, effects, tmp_path)
+    first = features_agent(url, effects, tmp_path)
+    second = features_agent(url, effects, tmp_path)
     try:
         first.spawn()
         first.wait_ready()

@@ -7,9 +7,6 @@ middle of it; a compensation that keeps failing ends the run with ``Compensation
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -185,20 +182,9 @@ async def test_a_compensation_that_keeps_failing_fails_the_run_naming_both_error
 # ---- a real agent process killed in the middle of a revert ----
 
 
-class FeaturesAgent(Agent):
+def features_agent(url: str, effects: Path, logs: Path) -> Agent:
     """An agent process running ``tests/features_app.py``."""
-
-    def spawn(self) -> None:
-        self.spawned += 1
-        env = {"CHAOS_EFFECTS": str(self.effects), **self.env}
-        stderr = open(self.logs / f"agent-{id(self)}-{self.spawned}.log", "wb")  # noqa: SIM115
-        with stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, str(Path(features_app.__file__)), self.url],
-                env={**os.environ, **env},
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-            )
+    return Agent(url, effects, logs, app=Path(features_app.__file__))
 
 
 def balances(effects: Path, run_id: str) -> dict[str, int]:
@@ -222,8 +208,8 @@ async def test_an_agent_killed_during_a_compensation_leaves_the_rest_to_another(
     backend = from_url(url)
     client = Conductor(backend)
     client.register(features_app.transfer)
-    first = FeaturesAgent(url, effects, tmp_path)
-    second = FeaturesAgent(url, effects, tmp_path)
+    first = features_agent(url, effects, tmp_path)
+    second = features_agent(url, effects, tmp_path)
     try:
         first.spawn()
         first.wait_ready()
