@@ -499,10 +499,6 @@ class Execution:
         )
         return waiting or any(not future.done() for future in self._children.values())
 
-    def open_children(self) -> list[str]:
-        """Children started by this run, not detached, whose end has not been recorded."""
-        return open_children(self._stored + self.new_events)
-
     def close(self) -> None:
         """Unwind the workflow coroutine, running its ``finally`` blocks but no new work."""
         self._closing = True
