@@ -12,6 +12,7 @@ from substantial.conductor import Conductor
 from substantial.context import ChildHandle, Context, RetryPolicy
 from substantial.errors import (
     BackendError,
+    BackendRefused,
     BackendUnavailable,
     CodecError,
     CompactionError,
@@ -34,6 +35,7 @@ from substantial.workflow import Workflow, workflow
 
 __all__ = [
     "BackendError",
+    "BackendRefused",
     "BackendUnavailable",
     "ChildHandle",
     "CodecError",

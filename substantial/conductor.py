@@ -17,7 +17,6 @@ agent's commit fails and it drops the run (``tests/test_agents.py`` runs agents 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import contextvars
 import functools
@@ -44,6 +43,7 @@ from substantial.backends.base import Backend
 from substantial.codec import encode_payload
 from substantial.commands import ChildCommand, SaveCommand, failure_from_exception
 from substantial.errors import (
+    BackendRefused,
     BackendUnavailable,
     CodecError,
     CorruptLog,
@@ -53,6 +53,7 @@ from substantial.errors import (
     UnknownWorkflow,
 )
 from substantial.handle import STATUS_TO_PB, Handle, Notifier, RunStatus
+from substantial.health import RunTroubles, StoreTrouble, describe, mark_held
 from substantial.protocol import substantial_pb2 as pb
 from substantial.replay import TERMINAL_KINDS, Execution, open_children
 from substantial.runs import (
@@ -64,6 +65,7 @@ from substantial.runs import (
     VirtualClock,
     check_run_id,
 )
+from substantial.step_threads import DaemonThreadPool
 from substantial.workflow import Workflow
 
 __all__ = ["Conductor"]
@@ -149,8 +151,12 @@ class Conductor:
         self._hold_off: dict[str, float] = {}
         self._starting: set[str] = set()
         self._serving = False
-        self._outage = False
-        self._outage_retries: dict[str, int] = {}  # run -> failed wake-ups in a row
+        self._store_trouble = StoreTrouble(self.name, log)
+        # failed wake-ups in a row per run: outages, and errors of the run's own
+        self._outage_retries = RunTroubles(
+            constants.OUTAGE_RETRY_MIN_SECONDS, constants.OUTAGE_RETRY_MAX_SECONDS
+        )
+        self._run_troubles = RunTroubles(constants.RUN_ERROR_RETRY_SECONDS, self.park_retry)
         self._tg_exit: Any = None
 
     # ---- registration and clients ----
@@ -304,12 +310,12 @@ class Conductor:
                 raise asyncio.CancelledError
             try:
                 claimed, next_due_ms = await self._claim_due(work)
-            except BackendUnavailable as exc:
-                self._note_outage(exc)
+            except Exception as exc:  # store-wide: logged once, retried; the agent goes on
+                self._store_trouble.failed(exc)
                 claimed, next_due_ms = 0, None
                 delay = max(delay, constants.OUTAGE_RETRY_MIN_SECONDS)
             else:
-                self._note_recovery()
+                self._store_trouble.recovered()
             clock = self.store.clock
             idle = not claimed and not self._active and next_due_ms is not None
             if idle and isinstance(clock, VirtualClock) and clock.auto_advance:
@@ -317,7 +323,7 @@ class Conductor:
                 clock.advance_to(next_due_ms)  # idle on a virtual clock: jump to the next timer
                 continue
             delay = constants.POLL_MIN_SECONDS if claimed else min(delay * 2, self.poll_max)
-            wait = delay * random.uniform(0.5, 1.0) if self._outage else delay
+            wait = delay * random.uniform(0.5, 1.0) if self._store_trouble.active else delay
             if next_due_ms is not None:
                 wait = min(wait, max(0.0, (next_due_ms - self._now()) / 1000))
             await self._notifier.wait_kick(wait)
@@ -355,7 +361,20 @@ class Conductor:
             next_due = soonest if next_due is None else min(next_due, soonest)
         claimed = 0
         for run_id, entries in wanted.items():
-            lease = await self.store.acquire(run_id, self.name, round(self.lease_seconds * 1000))
+            try:
+                lease = await self.store.acquire(
+                    run_id, self.name, round(self.lease_seconds * 1000)
+                )
+            except (BackendUnavailable, BackendRefused):
+                raise  # the store's trouble, not this run's
+            except Exception as exc:  # this run's records: hold it off, go on with others
+                tries, wait = self._run_troubles.failed(run_id)
+                log.error(
+                    "agent %s: cannot claim run %s (failure %d in a row), holding it off "
+                    "for %.1fs: %s", self.name, run_id, tries, wait, describe(exc),
+                )  # fmt: skip
+                self._hold_off[run_id] = clock + wait
+                continue
             if lease is None:
                 self._hold_off[run_id] = clock + constants.POLL_MIN_SECONDS * 10
                 continue
@@ -363,16 +382,6 @@ class Conductor:
             self._active.add(run_id)
             work.start_soon(self._process, lease, entries, name=f"run {run_id}")
         return claimed, next_due
-
-    def _note_outage(self, exc: BaseException) -> None:
-        if not self._outage:
-            self._outage = True
-            log.warning("agent %s: backend unavailable, retrying with backoff: %s", self.name, exc)
-
-    def _note_recovery(self) -> None:
-        if self._outage:
-            self._outage = False
-            log.warning("agent %s: backend reachable again", self.name)
 
     async def _process(self, lease: Lease, entries: list[ScheduleEntry]) -> None:
         run_id = lease.run_id
@@ -396,17 +405,16 @@ class Conductor:
                     raise LeaseLost(run_id, "renewal failed: another agent took the run")
         except LeaseLost as exc:
             log.warning("agent %s dropped run %s: %s", self.name, run_id, exc)
-        except BackendUnavailable as exc:
-            self._note_outage(exc)
+        except (BackendUnavailable, BackendRefused) as exc:
+            self._store_trouble.failed(exc)
             # Jittered exponential backoff per run, so a long outage is not a retry storm.
-            tries = self._outage_retries[run_id] = self._outage_retries.get(run_id, 0) + 1
-            backoff = _backoff(constants.OUTAGE_RETRY_MIN_SECONDS, tries)
-            self._hold_off[run_id] = anyio.current_time() + backoff
-        except Exception:
-            log.exception("agent %s: unexpected error on run %s; will retry", self.name, run_id)
-            self._hold_off[run_id] = anyio.current_time() + constants.OUTAGE_RETRY_MAX_SECONDS
+            _, wait = self._outage_retries.failed(run_id)
+            self._hold_off[run_id] = anyio.current_time() + wait
+        except Exception as exc:
+            await self._hold(run_id, entries, exc)
         else:
-            self._outage_retries.pop(run_id, None)
+            self._outage_retries.succeeded(run_id)
+            self._run_troubles.succeeded(run_id)
         finally:
             self._run_scopes.pop(run_id, None)
             with anyio.CancelScope(shield=True):
@@ -417,14 +425,40 @@ class Conductor:
             self._notifier.changed(run_id)
             self._notifier.kick()
 
+    async def _hold(self, run_id: str, entries: list[ScheduleEntry], error: Exception) -> None:
+        """
+        An error of this run's own (not the store's) ended its wake-up: hold the run off
+        with a back-off that doubles up to ``park_retry``, durably (a schedule entry at
+        the end of the back-off replaces the ones consumed) and in its summary (status
+        ``parked``, with the reason), so one bad run costs its agents next to nothing.
+        Called while this agent still holds the run's lease.
+        """
+        tries, wait = self._run_troubles.failed(run_id)
+        reason = f"{describe(error)} (failure {tries} in a row; next try in {wait:.0f}s)"
+        if tries == 1:
+            log.error(
+                "agent %s: error on run %s, holding it off", self.name, run_id, exc_info=error
+            )
+        else:
+            log.error("agent %s: run %s held off: %s", self.name, run_id, reason)
+        self._hold_off[run_id] = anyio.current_time() + wait
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.lease_seconds):
+            try:
+                await mark_held(self.store, run_id, reason, self._now())
+                await self.store.schedule(run_id, self._now() + round(wait * 1000), "h")
+                await self.store.delete([entry.key for entry in entries])
+            except Exception as exc:  # best effort: the in-memory hold-off still stands
+                log.warning("agent %s: could not record the hold-off of run %s: %s",
+                            self.name, run_id, describe(exc))  # fmt: skip
+
     async def _renew(self, holder: _LeaseHolder, scope: anyio.CancelScope) -> None:
         ttl_ms = round(self.lease_seconds * 1000)
         while True:
             await anyio.sleep(self.lease_seconds * constants.LEASE_RENEW_FRACTION)
             try:
                 renewed = await self.store.renew(holder.lease, ttl_ms)
-            except BackendUnavailable as exc:
-                self._note_outage(exc)
+            except (BackendUnavailable, BackendRefused) as exc:
+                self._store_trouble.failed(exc)
                 if self._now() >= holder.lease.expires_ms:
                     renewed = None
                 else:
@@ -856,7 +890,7 @@ async def _call(fn: Callable[[], Any]) -> Any:
     return value
 
 
-_step_threads: concurrent.futures.ThreadPoolExecutor | None = None
+_step_threads: DaemonThreadPool | None = None
 
 
 async def _in_thread(fn: Callable[[], Any]) -> Any:
@@ -873,16 +907,8 @@ async def _in_thread(fn: Callable[[], Any]) -> Any:
     except RuntimeError:  # another event loop (trio)
         return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
     if _step_threads is None:
-        _step_threads = concurrent.futures.ThreadPoolExecutor(
-            max_workers=40, thread_name_prefix="substantial-step"
-        )
+        _step_threads = DaemonThreadPool(max_workers=40)
     return await loop.run_in_executor(_step_threads, contextvars.copy_context().run, fn)
-
-
-def _backoff(first: float, attempt: int) -> float:
-    """Seconds before retry ``attempt`` (1, 2, ...): doubling from ``first``, jittered."""
-    ceiling = min(constants.OUTAGE_RETRY_MAX_SECONDS, first * 2.0 ** min(attempt - 1, 30))
-    return ceiling * random.uniform(0.5, 1.0)
 
 
 def _unwrapped(error: Exception) -> Exception:

@@ -23,6 +23,13 @@ RESULT_POLL_MIN_SECONDS = 0.02
 RESULT_POLL_MAX_SECONDS = 1.0
 #: Schedule keys a poll reads first; it reads further pages only while all are due.
 POLL_FIRST_PAGE = 16
+#: First hold-off of a run whose wake-up failed with an error of its own (not the
+#: store's); it doubles with each failure in a row, up to the conductor's ``park_retry``.
+RUN_ERROR_RETRY_SECONDS = 1.0
+#: A lease whose expiry lies more than this many lease lengths past the reader's clock
+#: was written by a clock far ahead (or is forged): it is treated as expired. Agents
+#: tolerate clocks up to this many lease lengths minus one ahead of each other.
+LEASE_MAX_AHEAD = 5
 #: Backoff for a run whose wake-up hit a storage outage.
 OUTAGE_RETRY_MIN_SECONDS = 0.05
 OUTAGE_RETRY_MAX_SECONDS = 5.0

@@ -4,6 +4,8 @@ Every error substantial raises, under one root.
 * SubstantialError
     * BackendError
         * BackendUnavailable (also ConnectionError): the storage could not be reached
+        * BackendRefused: the storage answered but refused (full, out of memory,
+          read-only, permission denied); retrying helps only once an operator acts
         * LeaseLost: another agent took over a run this agent was working on
     * CodecError (also ValueError): a value could not be encoded or decoded
     * InvalidArguments (also TypeError): arguments that do not fit the workflow's signature
@@ -27,6 +29,7 @@ from typing import Any
 
 __all__ = [
     "BackendError",
+    "BackendRefused",
     "BackendUnavailable",
     "CodecError",
     "CompactionError",
@@ -73,6 +76,21 @@ class BackendUnavailable(BackendError, ConnectionError):
 
     def __init__(self, backend: str, operation: str, detail: str) -> None:
         super().__init__(f"{backend} unavailable during {operation}: {detail}")
+        self.backend = backend
+        self.operation = operation
+        self.detail = detail
+
+
+class BackendRefused(BackendError):
+    """
+    The storage answered but refused the operation: it is full or out of memory,
+    read-only, or this process may not write it (a permission or an S3 403). Unlike
+    :class:`BackendUnavailable` this is not a passing outage: an agent logs it once,
+    backs off and keeps trying, and ``substantial check`` reports it.
+    """
+
+    def __init__(self, backend: str, operation: str, detail: str) -> None:
+        super().__init__(f"{backend} refused {operation}: {detail}")
         self.backend = backend
         self.operation = operation
         self.detail = detail

@@ -16,6 +16,7 @@ send, so a send never reuses a key an agent is about to delete.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -27,6 +28,7 @@ import anyio
 from google.protobuf.message import DecodeError
 
 from substantial.backends.base import Backend
+from substantial.constants import LEASE_MAX_AHEAD
 from substantial.errors import CorruptLog
 from substantial.protocol import substantial_pb2 as pb
 
@@ -44,6 +46,8 @@ __all__ = [
 
 #: The segment format this code writes; segments from a newer format are refused.
 FORMAT_VERSION = 1
+
+log = logging.getLogger("substantial.agent")
 
 SCHEDULE_PREFIX = "schedule/"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=,-]{0,254}")
@@ -400,7 +404,8 @@ class RunStore:
         :return: the lease, or None if another agent holds it
         """
         key = lease_key(run_id)
-        expires = self.clock.now_ms() + ttl_ms
+        now = self.clock.now_ms()
+        expires = now + ttl_ms
         data = _lease_bytes(owner, expires)
         version = await self.backend.create(key, data)
         if version is None:
@@ -408,8 +413,7 @@ class RunStore:
             if current is None:
                 version = await self.backend.create(key, data)
             else:
-                held = _parse(pb.Lease, current[0], run_id, key)
-                if held.expires_ms > self.clock.now_ms():
+                if _lease_holds(current[0], run_id, now, ttl_ms):
                     return None
                 version = await self.backend.replace(key, data, current[1])
         return None if version is None else Lease(run_id, owner, version, expires)
@@ -446,6 +450,32 @@ def _check_segment(segment: pb.Segment, run_id: str, key: str, seq: int) -> None
         raise CorruptLog(
             run_id, key, f"foreign segment: it says run {segment.run_id!r} segment {segment.seq}"
         )
+
+
+def _lease_holds(data: bytes, run_id: str, now_ms: int, ttl_ms: int) -> bool:
+    """
+    Whether a stored lease still keeps other agents off its run. A lease is a hint:
+    one that does not parse, or that claims the run further ahead than any live agent
+    could (``LEASE_MAX_AHEAD`` lease lengths past this clock), protects nothing and is
+    taken over, with a warning. The log stays safe either way: every write to it is
+    create-if-absent of the next segment.
+    """
+    try:
+        held = pb.Lease.FromString(data)
+    except DecodeError as exc:
+        log.warning("run %s: unreadable lease record taken over (%s)", run_id, exc)
+        return False
+    if held.expires_ms <= now_ms:
+        return False
+    ahead = held.expires_ms - now_ms
+    if ahead > LEASE_MAX_AHEAD * ttl_ms:
+        log.warning(
+            "run %s: the lease of %r expires %.0fs ahead of this clock, more than %d lease "
+            "lengths: treated as expired (is that agent's clock ahead?)",
+            run_id, held.owner, ahead / 1000, LEASE_MAX_AHEAD,
+        )  # fmt: skip
+        return False
+    return True
 
 
 def _lease_bytes(owner: str, expires_ms: int) -> bytes:

@@ -52,6 +52,8 @@ class Agent:
     env: dict[str, str] = field(default_factory=dict)
     #: the agent program: chaos_app.py, or another app with the same command line
     app: Path = APP
+    #: a command prefix, e.g. one that changes the process's privileges
+    prefix: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     spawned: int = 0
     ready: bool = False
@@ -63,7 +65,7 @@ class Agent:
         stderr = open(self.logs / f"agent-{id(self)}-{self.spawned}.log", "wb")  # noqa: SIM115
         with stderr:
             self.process = subprocess.Popen(
-                [sys.executable, str(self.app), self.url],
+                [*self.prefix, sys.executable, str(self.app), self.url],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=stderr,

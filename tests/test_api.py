@@ -6,6 +6,7 @@ import substantial
 
 PUBLIC = [
     "BackendError",
+    "BackendRefused",
     "BackendUnavailable",
     "ChildHandle",
     "CodecError",

@@ -21,7 +21,7 @@ from typing import TypeVar
 import anyio.to_thread
 
 from substantial.backends.base import Backend, Entry
-from substantial.errors import BackendUnavailable
+from substantial.errors import BackendRefused, BackendUnavailable
 
 __all__ = ["FSBackend"]
 
@@ -40,9 +40,6 @@ _UNAVAILABLE = frozenset(
     getattr(errno, name)
     for name in (
         "EIO",
-        "ENOSPC",
-        "EDQUOT",
-        "EROFS",
         "ESTALE",
         "ETIMEDOUT",
         "ENOTCONN",
@@ -55,6 +52,12 @@ _UNAVAILABLE = frozenset(
         "ENXIO",
         "ENOMEDIUM",
     )
+    if hasattr(errno, name)
+)
+#: errno values that mean "the storage refuses this process's writes until someone acts".
+_REFUSED = frozenset(
+    getattr(errno, name)
+    for name in ("EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT")
     if hasattr(errno, name)
 )
 
@@ -226,6 +229,8 @@ class FSBackend(Backend):
         except OSError as exc:
             if exc.errno in _UNAVAILABLE:
                 raise BackendUnavailable(self.name, operation, str(exc)) from exc
+            if exc.errno in _REFUSED:
+                raise BackendRefused(self.name, operation, str(exc)) from exc
             raise
 
     # -- helpers run in a worker thread ------------------------------------------------

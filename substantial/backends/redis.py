@@ -25,14 +25,31 @@ from typing import Any, TypeVar, cast
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import BusyLoadingError, RedisError
+from redis.exceptions import (
+    BusyLoadingError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from substantial.backends.base import Backend, Entry
-from substantial.errors import BackendError, BackendUnavailable
+from substantial.errors import BackendError, BackendRefused, BackendUnavailable
 
 __all__ = ["RedisBackend"]
+
+#: Reply prefixes of a server that refuses writes until someone acts, as Redis words them
+#: (inside a script's error they follow "ERR Error running script ...").
+_REFUSALS = ("OOM ", "READONLY ", "NOPERM ", "MISCONF ")
+
+
+def _refusal(exc: ResponseError) -> bool:
+    text = str(exc)
+    return any(text.startswith(p) or f" {p}" in text or f"-{p}" in text for p in _REFUSALS)
+
 
 T = TypeVar("T")
 
@@ -155,6 +172,12 @@ class RedisBackend(Backend):
             yield
         except (RedisConnectionError, RedisTimeoutError, BusyLoadingError) as exc:
             raise BackendUnavailable(self.name, op, str(exc) or type(exc).__name__) from exc
+        except (OutOfMemoryError, ReadOnlyError, NoPermissionError) as exc:
+            raise BackendRefused(self.name, op, f"{type(exc).__name__}: {exc}") from exc
+        except ResponseError as exc:
+            if _refusal(exc):  # a Lua script's write refused: the reply wraps the reason
+                raise BackendRefused(self.name, op, f"{type(exc).__name__}: {exc}") from exc
+            raise BackendError(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
         except RedisError as exc:
             raise BackendError(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
 

@@ -24,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from substantial.backends.base import Backend, Entry
-from substantial.errors import BackendError, BackendUnavailable
+from substantial.errors import BackendError, BackendRefused, BackendUnavailable
 
 __all__ = ["S3Backend"]
 
@@ -38,6 +38,10 @@ _DEFAULT_CONFIG = Config(
 # A conditional write lost its race (412), or raced another conditional write (409).
 _CONFLICT = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+#: Error codes of an S3 endpoint that refuses this client until someone acts.
+_REFUSED = frozenset({"AccessDenied", "AllAccessDisabled", "AccountProblem", "QuotaExceeded"})
 
 
 def _status(exc: ClientError) -> int:
@@ -173,6 +177,8 @@ class S3Backend(Backend):
         except ClientError as exc:
             if _status(exc) >= 500 or _code(exc) in ("SlowDown", "ServiceUnavailable"):
                 raise BackendUnavailable(self.name, op, f"{self._where}: {exc}") from exc
+            if _status(exc) == 403 or _code(exc) in _REFUSED:
+                raise BackendRefused(self.name, op, f"{self._where}: {exc}") from exc
             raise
         except (BotoConnectionError, HTTPClientError, aiohttp.ClientError) as exc:
             raise BackendUnavailable(self.name, op, f"{self._where}: {exc}") from exc
