@@ -19,6 +19,7 @@ import logging
 import re
 import signal
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
@@ -86,6 +87,13 @@ async def _check_reachable(backend: Backend) -> None:
     if check is not None:
         await check()
     await backend.list("schedule/", limit=1)
+
+
+async def _check_writable(backend: Backend) -> None:
+    """Write and delete a probe key: a store that answers reads may still refuse writes."""
+    key = f"health/probe-{uuid.uuid4().hex}"
+    await backend.create(key, b"substantial check")
+    await backend.delete(key)
 
 
 def _configure_logging(level: str) -> None:
@@ -185,7 +193,10 @@ async def _serve_until_signal(conductor: Conductor) -> None:
 @main.command()
 @backend_option
 def check(backend_url: str | None) -> None:
-    """Exit 0 if the backend answers, 1 if not."""
+    """
+    Exit 0 if the backend answers and takes writes, 1 if not (unreachable, or refusing
+    writes: full, out of memory, read-only, a permission).
+    """
     if not backend_url:
         raise click.UsageError("give --backend URL or set SUBSTANTIAL_BACKEND")
     backend = _open_backend(backend_url)
@@ -193,6 +204,7 @@ def check(backend_url: str | None) -> None:
     async def probe() -> None:
         try:
             await _check_reachable(backend)
+            await _check_writable(backend)
         finally:
             await backend.aclose()
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -39,6 +41,11 @@ def _no_dac_override() -> list[str]:
         return []
     caps = "-dac_override,-dac_read_search,-fowner"
     return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", "--"]
+
+
+def _check(url: str, prefix: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    command = [*(prefix or []), sys.executable, "-m", "substantial", "check", "--backend", url]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
 async def _start_steps(client: Conductor, run_ids: list[str], count: int = 3) -> None:
@@ -125,6 +132,10 @@ async def test_redis_out_of_memory_is_logged_once_and_the_agent_waits_it_out(
             await wait_for(refused, 30, "the agent to report the refusal")
             assert agent.process is not None
             assert agent.process.poll() is None, agent.stderr()
+            check = await anyio.to_thread.run_sync(_check, url)
+            assert check.returncode == 1, check
+            assert "unhealthy" in check.stderr
+            assert "OutOfMemoryError" in check.stderr
             await admin.config_set("maxmemory", "0")
             await _all_complete(client, runs)
             log = agent.stderr()
@@ -162,8 +173,13 @@ async def test_a_folder_the_agent_may_not_write_is_waited_out(tmp_path: Path) ->
         assert agent.process is not None
         assert agent.process.poll() is None, agent.stderr()
         assert "Permission denied" in agent.stderr()
+        check = await anyio.to_thread.run_sync(_check, url, _no_dac_override())
+        assert check.returncode == 1, check
+        assert "files refused create" in check.stderr
         for folder in folders:
             folder.chmod(0o755)
+        healthy = await anyio.to_thread.run_sync(_check, url, _no_dac_override())
+        assert healthy.returncode == 0, healthy
         await _all_complete(client, runs)
         assert agent.stderr().count("backend refuses writes") == 1, agent.stderr()
         assert agent.stop() == 0

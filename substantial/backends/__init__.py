@@ -51,7 +51,8 @@ def from_url(url: str) -> Backend:
     * ``memory://``: a fresh :class:`MemoryBackend`
     * ``file:///abs/path``, ``file://./rel/path`` or a plain path: :class:`FSBackend`
     * ``redis://[user:password@]host:port/db?prefix=substantial`` (or ``rediss://`` for
-      TLS): :class:`RedisBackend`; other query parameters go to redis-py
+      TLS): :class:`RedisBackend`; ``wait_replicas`` and ``wait_timeout`` are its
+      options of the same names, other query parameters go to redis-py
     * ``s3://bucket/prefix?endpoint_url=http://127.0.0.1:9000&region=us-east-1``:
       :class:`S3Backend`
 
@@ -76,10 +77,23 @@ def from_url(url: str) -> Backend:
 
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
-        prefixes = [value for name, value in query if name == "prefix"]
-        rest_query = urlencode([(name, value) for name, value in query if name != "prefix"])
-        prefix = prefixes[-1] if prefixes and prefixes[-1] else "substantial"
-        return RedisBackend(urlunsplit(parts._replace(query=rest_query)), prefix=prefix)
+        ours = ("prefix", "wait_replicas", "wait_timeout")
+        options = {name: value for name, value in query if name in ours}
+        rest_query = urlencode([(name, value) for name, value in query if name not in ours])
+        try:
+            wait_replicas = int(options.get("wait_replicas", "0"))
+            wait_timeout = float(options.get("wait_timeout", "1"))
+        except ValueError:
+            raise ValueError(
+                f"wait_replicas (a whole number) or wait_timeout (seconds) is malformed in {url!r}"
+            ) from None
+        prefix = options.get("prefix") or "substantial"
+        return RedisBackend(
+            urlunsplit(parts._replace(query=rest_query)),
+            prefix=prefix,
+            wait_replicas=wait_replicas,
+            wait_timeout=wait_timeout,
+        )
     if scheme == "s3":
         from substantial.backends.s3 import S3Backend
 

@@ -25,6 +25,7 @@ from typing import Any, TypeVar, cast
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import (
     BusyLoadingError,
     NoPermissionError,
@@ -125,6 +126,12 @@ class RedisBackend(Backend):
         options go in the URL as redis-py's ``from_url`` understands them
     :param prefix: the namespace: keys are stored at ``{prefix}:k:{key}``, the index at
         ``{prefix}:keys``
+    :param wait_replicas: after each write, wait (``WAIT``) until this many replicas
+        have it, so a failover to a replica cannot lose a write that was reported
+        done. If fewer acknowledge within ``wait_timeout`` seconds the write raises
+        :class:`~substantial.errors.BackendUnavailable` (its outcome is unknown, as
+        after any outage). 0 (the default) does not wait: see the README on durability.
+    :param wait_timeout: how long a write waits for ``wait_replicas`` replicas, in seconds
     :param client_options: passed to
         :meth:`redis.asyncio.BlockingConnectionPool.from_url`, overriding this backend's
         defaults (10 s socket timeout, 5 s connect timeout, no retries, 100 connections,
@@ -138,11 +145,17 @@ class RedisBackend(Backend):
         url: str = "redis://127.0.0.1:6379/0",
         *,
         prefix: str = "substantial",
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
         **client_options: Any,
     ) -> None:
         super().__init__()
+        if wait_replicas < 0:
+            raise ValueError("wait_replicas must be 0 or more")
         self.url = url
         self.prefix = prefix
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
         options = {**_CLIENT_DEFAULTS, **client_options}
         options["decode_responses"] = False
         # A blocking pool: past `max_connections` callers wait for a free connection
@@ -180,6 +193,25 @@ class RedisBackend(Backend):
             raise BackendError(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
         except RedisError as exc:
             raise BackendError(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _write(self, op: str, script: AsyncScript, keys: list[bytes], args: list[Any]) -> Any:
+        """
+        Run a write script, and with ``wait_replicas`` a ``WAIT`` on the same connection
+        (one pipeline, one round trip plus the replicas' acknowledgement).
+        """
+        async with self._request(op):
+            if not self.wait_replicas:
+                return await script(keys=keys, args=args)
+            async with self._client.pipeline(transaction=False) as pipe:
+                await script(keys=keys, args=args, client=pipe)
+                pipe.wait(self.wait_replicas, round(self.wait_timeout * 1000))
+                result, acknowledged = await pipe.execute()
+        if acknowledged < self.wait_replicas:
+            raise BackendUnavailable(
+                self.name, op, f"{acknowledged} of {self.wait_replicas} replicas acknowledged "
+                f"the write within {self.wait_timeout:g}s; a failover could lose it",
+            )  # fmt: skip
+        return result
 
     async def _read(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
         """
@@ -233,8 +265,7 @@ class RedisBackend(Backend):
         :return: the new version
         :raises BackendUnavailable: if Redis cannot be reached
         """
-        async with self._request("put"):
-            await self._put(keys=[self._key(key), self._index], args=[data])
+        await self._write("put", self._put, [self._key(key), self._index], [data])
         return _version(data)
 
     async def create(self, key: str, data: bytes) -> str | None:
@@ -245,8 +276,7 @@ class RedisBackend(Backend):
         :raises BackendUnavailable: if Redis cannot be reached; the write may or may not
             have happened
         """
-        async with self._request("create"):
-            created = await self._create(keys=[self._key(key), self._index], args=[data])
+        created = await self._write("create", self._create, [self._key(key), self._index], [data])
         return _version(data) if created else None
 
     async def replace(self, key: str, data: bytes, version: str) -> str | None:
@@ -257,8 +287,8 @@ class RedisBackend(Backend):
         :raises BackendUnavailable: if Redis cannot be reached; the write may or may not
             have happened
         """
-        async with self._request("replace"):
-            replaced = await self._replace(keys=[self._key(key), self._index], args=[data, version])
+        keys = [self._key(key), self._index]
+        replaced = await self._write("replace", self._replace, keys, [data, version])
         return _version(data) if replaced else None
 
     async def delete(self, key: str, version: str | None = None) -> bool:
@@ -268,8 +298,8 @@ class RedisBackend(Backend):
         :return: whether this call deleted the key
         :raises BackendUnavailable: if Redis cannot be reached
         """
-        async with self._request("delete"):
-            deleted = await self._delete(keys=[self._key(key), self._index], args=[version or ""])
+        keys = [self._key(key), self._index]
+        deleted = await self._write("delete", self._delete, keys, [version or ""])
         return bool(deleted)
 
     async def list(self, prefix: str, *, after: str | None = None, limit: int = 1000) -> list[str]:

@@ -15,7 +15,8 @@ import redis.asyncio as aioredis
 from substantial.backends import FSBackend, MemoryBackend, from_url
 from substantial.backends.redis import RedisBackend
 from substantial.errors import BackendUnavailable
-from tests.servers import RedisServer
+from tests.agents import wait_for
+from tests.servers import RedisServer, running_redis
 
 # Naming anyio_backend keeps anyio's plugin from duplicating each test per event loop.
 pytestmark = [pytest.mark.redis, pytest.mark.usefixtures("anyio_backend")]
@@ -248,3 +249,43 @@ def test_from_url_memory_and_files(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_from_url_unknown_scheme_lists_known_ones() -> None:
     with pytest.raises(ValueError, match=r"unknown backend URL scheme 'ftp'.*redis://.*s3://"):
         from_url("ftp://example/x")
+
+
+async def test_wait_replicas_fails_a_write_no_replica_acknowledged(
+    redis_server: RedisServer,
+) -> None:
+    backend = _backend(redis_server, wait_replicas=1, wait_timeout=0.05)
+    try:
+        with pytest.raises(BackendUnavailable, match=r"0 of 1 replicas acknowledged"):
+            await backend.create("k", b"v")
+    finally:
+        await backend.aclose()
+
+
+async def test_wait_replicas_returns_once_a_replica_has_the_write(tmp_path: Path) -> None:
+    (tmp_path / "primary").mkdir()
+    (tmp_path / "replica").mkdir()
+    with (
+        running_redis(tmp_path / "primary") as primary,
+        running_redis(tmp_path / "replica") as replica,
+    ):
+        follower = aioredis.Redis.from_url(replica.url)
+        backend = from_url(f"{primary.url}?prefix=w&wait_replicas=1&wait_timeout=5")
+        try:
+            await follower.replicaof("127.0.0.1", primary.port)
+
+            async def linked() -> bool:
+                info = await follower.info("replication")
+                return bool(info.get("master_link_status") == "up")
+
+            await wait_for(linked, 30, "the replica to link to its primary")
+            assert isinstance(backend, RedisBackend)
+            assert backend.wait_replicas == 1
+            assert await backend.create("k", b"v") is not None
+            assert await backend.replace("k", b"w", hashlib.sha1(b"v").hexdigest()) is not None
+            assert await follower.get(b"w:k:k") == b"w"  # already on the replica
+            assert await backend.delete("k")
+            assert await follower.get(b"w:k:k") is None
+        finally:
+            await backend.aclose()
+            await follower.aclose()
