@@ -12,6 +12,9 @@ expired to the others ``s`` early. Neither can corrupt a log or lose a run: ever
 write is create-if-absent of the next segment number, which no clock decides, so a stale
 agent's commit fails and it drops the run (``tests/test_agents.py`` runs agents at
 -3, 0 and +3 lease lengths). Keep skew well under the lease length to avoid the repeats.
+A lease expiring more than ``LEASE_MAX_AHEAD`` (5) lease lengths past a reader's clock
+is treated as expired, so an agent that died with its clock a day ahead holds its runs
+for one lease length, not a day; skew up to 4 lease lengths changes nothing else.
 """
 
 from __future__ import annotations
