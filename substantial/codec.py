@@ -329,8 +329,12 @@ class JSONCodec:
         :raises CodecError: if the bytes are not such JSON, or name a class that cannot be
             resolved
         """
+        return self._decode_from(lambda: bytes(data))
+
+    def _decode_from(self, read: Callable[[], bytes]) -> object:
+        """Decode the bytes ``read()`` returns, dropping them before the JSON is parsed."""
         try:
-            text = bytes(data).decode("utf-8")
+            text = read().decode("utf-8")  # the bytes are freed here, before parsing
             if '"$t"' in text or "\\u" in text:
                 return self._tagged.decode(text)
             return _PLAIN_DECODER.decode(text)
@@ -338,7 +342,8 @@ class JSONCodec:
             raise
         except (ValueError, RecursionError, TypeError) as exc:
             reason = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
-            raise CodecError(f"codec 'json' could not decode {len(data)} bytes: {reason}") from None
+            size = len(read())
+            raise CodecError(f"codec 'json' could not decode {size} bytes: {reason}") from None
 
     def _hook(self, d: dict[str, Any]) -> object:
         if _TAG not in d:
@@ -512,6 +517,8 @@ def decode_payload(payload: pb.Payload) -> object:
     if not payload.codec:
         raise CodecError("payload names no codec (an empty or unset Payload)")
     codec = get_codec(payload.codec)
+    if isinstance(codec, JSONCodec):  # never holds the bytes and the text at once
+        return codec._decode_from(lambda: payload.data)
     try:
         return codec.decode(payload.data)
     except CodecError:
