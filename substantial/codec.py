@@ -16,9 +16,13 @@ object whose first key is ``"$t"``::
     {"$t":"dataclass","c":"mod:Qual","v":{...}}   also enum, pydantic, namedtuple
 
 A user dict holding a ``"$t"`` key is always written in the ``dict`` form, so it can never
-be read back as a tag. A class named by ``"c"`` is found among the types registered with
-:func:`register_type` (or ``JSONCodec(types=...)``) or else only in modules already
-imported (``sys.modules``), and only if it really is a class of the tagged kind.
+be read back as a tag. A class named by ``"c"`` must be *allowed* (see
+:mod:`substantial._allow`): registered with :func:`register_type` (or
+``JSONCodec(types=...)``), or named in the annotations of a ``@workflow`` or of a step
+function given to ``Context.save``. Encoding an instance of any other class fails at
+once, at the sender. ``JSONCodec(trust_imported=True)`` also accepts any class of a
+tagged kind in a module already imported (``sys.modules``), as before the allow-list existed.
+A dataclass is rebuilt through its ``__init__`` from its ``init`` fields only.
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ import sys
 import uuid
 from collections.abc import Callable, Iterable
 from decimal import Decimal
-from enum import Enum
 from typing import Any, Protocol
 
+from substantial import _allow
+from substantial._allow import kind_of, name_of
 from substantial.errors import CodecError
 from substantial.protocol import substantial_pb2 as pb
 
@@ -101,47 +106,36 @@ def _is_plain(v: object) -> bool:
     return False
 
 
-def _kind(cls: type) -> str | None:
-    """The tag for instances of a user class, or None if the codec cannot rebuild it."""
-    if issubclass(cls, Enum):
-        return "enum"
-    if dataclasses.is_dataclass(cls):
-        return "dataclass"
-    pydantic = sys.modules.get("pydantic")
-    if pydantic is not None and issubclass(cls, pydantic.BaseModel):
-        return "pydantic"
-    if issubclass(cls, tuple) and isinstance(getattr(cls, "_fields", None), tuple):
-        return "namedtuple"
-    return None
-
-
-def _name_of(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-_REGISTERED: dict[str, type] = {}
+_REGISTERED = _allow._REGISTERED  # classes given to register_type(), by name
 _RESOLVED: dict[type, str] = {}  # classes already found by name in sys.modules
 
 
 def register_type(cls: type) -> None:
     """
-    Let every :class:`JSONCodec` encode and decode instances of ``cls`` by name.
+    Allow every :class:`JSONCodec` to encode and decode instances of ``cls`` by name.
 
-    Needed for classes that cannot be found by name (defined inside a function), and for
-    codecs built with ``registered_only=True``.
+    Needed for classes that no workflow's or step's annotations name: event values sent
+    with ``Handle.send``, ``set_status`` values, subclasses of an annotated class, values
+    of fields typed ``Any``; and for codecs built with ``registered_only=True``.
 
     :param cls: a dataclass, Enum, pydantic model or NamedTuple class
     :raises CodecError: if ``cls`` is none of those
     """
-    _REGISTERED[_registrable(cls)] = cls
+    _allow.register(_registrable(cls), cls)
 
 
 def _registrable(cls: object) -> str:
-    if not isinstance(cls, type) or _kind(cls) is None:
+    if not isinstance(cls, type) or kind_of(cls) is None:
         raise CodecError(
             f"cannot register {cls!r}: not a dataclass, Enum, pydantic model, NamedTuple"
         )
-    return _name_of(cls)
+    return name_of(cls)
+
+
+_HOW = (
+    "allow it with substantial.codec.register_type(), or name it in the annotations "
+    "of a workflow or of a step function"
+)
 
 
 def _lookup(name: str) -> tuple[type | None, str]:
@@ -167,15 +161,25 @@ class JSONCodec:
     The default codec: compact, deterministic JSON with tagged objects for other types.
 
     :param types: classes this codec may rebuild by name, in addition to those given to
-        :func:`register_type`
-    :param registered_only: only rebuild registered classes; never look one up in
-        ``sys.modules``
+        :func:`register_type` and those named in workflows' and steps' annotations
+    :param registered_only: only the classes registered with :func:`register_type` or
+        given as ``types``; not those found in annotations
+    :param trust_imported: also any class of a tagged kind in a module already imported
+        (``sys.modules``): a payload then chooses among every such class in the process.
+        Opt in for the whole process with ``register_codec(JSONCodec(trust_imported=True))``
     """
 
     name = "json"
 
-    def __init__(self, *, types: Iterable[type] = (), registered_only: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        types: Iterable[type] = (),
+        registered_only: bool = False,
+        trust_imported: bool = False,
+    ) -> None:
         self.registered_only = registered_only
+        self.trust_imported = trust_imported and not registered_only
         self._types: dict[str, type] = {}
         for cls in types:
             self._types[_registrable(cls)] = cls
@@ -278,7 +282,7 @@ class JSONCodec:
 
     def _object(self, v: object) -> object:
         cls = type(v)
-        kind = _kind(cls)
+        kind = kind_of(cls)
         if kind is None:
             raise _Unencodable(v)
         name = self._class_name(v, cls)
@@ -288,7 +292,7 @@ class JSONCodec:
         elif kind == "namedtuple":
             inner = self._items(v)  # type: ignore[arg-type]
         elif kind == "dataclass":
-            fields = dataclasses.fields(v)  # type: ignore[arg-type]
+            fields = [f for f in dataclasses.fields(v) if f.init]  # type: ignore[arg-type]
             inner = self._members({f.name: getattr(v, f.name) for f in fields}, ".{}")
         else:
             values = {f: getattr(v, f) for f in cls.model_fields}  # type: ignore[attr-defined]
@@ -297,11 +301,15 @@ class JSONCodec:
         return {_TAG: kind, "c": name, "v": inner}
 
     def _class_name(self, v: object, cls: type) -> str:
-        name = _name_of(cls)
-        if self._types.get(name) is cls or _REGISTERED.get(name) is cls:
+        name = name_of(cls)
+        if self._types.get(name) is cls:
+            return name
+        if _allow.allowed(name, annotated=not self.registered_only) is cls:
             return name
         if self.registered_only:
             raise _Unencodable(v, f"class {name!r} is not registered with this codec")
+        if not self.trust_imported:
+            raise _Unencodable(v, f"class {name!r} is not allowed; {_HOW}")
         if _RESOLVED.get(cls):
             return name
         found, why = _lookup(name)
@@ -321,8 +329,12 @@ class JSONCodec:
         :raises CodecError: if the bytes are not such JSON, or name a class that cannot be
             resolved
         """
+        return self._decode_from(lambda: bytes(data))
+
+    def _decode_from(self, read: Callable[[], bytes]) -> object:
+        """Decode the bytes ``read()`` returns, dropping them before the JSON is parsed."""
         try:
-            text = bytes(data).decode("utf-8")
+            text = read().decode("utf-8")  # the bytes are freed here, before parsing
             if '"$t"' in text or "\\u" in text:
                 return self._tagged.decode(text)
             return _PLAIN_DECODER.decode(text)
@@ -330,7 +342,8 @@ class JSONCodec:
             raise
         except (ValueError, RecursionError, TypeError) as exc:
             reason = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
-            raise CodecError(f"codec 'json' could not decode {len(data)} bytes: {reason}") from None
+            size = len(read())
+            raise CodecError(f"codec 'json' could not decode {size} bytes: {reason}") from None
 
     def _hook(self, d: dict[str, Any]) -> object:
         if _TAG not in d:
@@ -352,16 +365,18 @@ class JSONCodec:
             raise CodecError(f"codec 'json' found a bad {tag!r} object: {exc}") from None
 
     def _rebuild(self, kind: str, name: str, v: Any) -> object:
-        cls = self._types.get(name) or _REGISTERED.get(name)
+        cls = self._types.get(name) or _allow.allowed(name, annotated=not self.registered_only)
         if cls is None:
             if self.registered_only:
                 raise CodecError(
                     f"cannot resolve class {name!r}: it is not registered with this codec"
                 )
+            if not self.trust_imported:
+                raise CodecError(f"cannot resolve class {name!r}: it is not allowed; {_HOW}")
             cls, why = _lookup(name)
             if cls is None:
                 raise CodecError(f"cannot resolve class {name!r}: {why}")
-        if _kind(cls) != kind:
+        if kind_of(cls) != kind:
             raise CodecError(f"cannot resolve class {name!r}: it is not {_KIND_NAMES[kind]}")
         try:
             if kind == "enum":
@@ -381,15 +396,15 @@ def _by_name() -> dict[str, bool]:
 
 
 def _make_dataclass(cls: type, v: dict[str, Any]) -> object:
+    """Call ``cls(**v)``: ``__init__`` and ``__post_init__`` run, and set the other fields."""
+    if not isinstance(v, dict):
+        raise ValueError(f"expected an object of fields, got {type(v).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(v) - set(fields)
     if unknown:
         raise ValueError(f"unknown fields {sorted(unknown)}")
-    obj = cls(**{k: x for k, x in v.items() if fields[k].init})
-    for k, x in v.items():
-        if not fields[k].init:
-            object.__setattr__(obj, k, x)
-    return obj
+    # init=False fields are ignored (older logs hold them): __init__ sets them
+    return cls(**{k: x for k, x in v.items() if fields[k].init})
 
 
 def _decode_float(s: str) -> float:
@@ -464,24 +479,32 @@ def get_codec(name: str) -> Codec:
 
 
 def encode_payload(
-    value: object, codec: Codec | None = None, *, where: str = "value"
+    value: object, codec: Codec | None = None, *, where: str = "value", limit: int | None = None
 ) -> pb.Payload:
     """
     Encode ``value`` into a payload that names its codec.
 
-    :param codec: the codec to use; ``None`` means :data:`DEFAULT_CODEC`
+    :param codec: the codec to use; ``None`` means the one registered as ``"json"``
+        (:data:`DEFAULT_CODEC` unless :func:`register_codec` replaced it)
     :param where: how error messages name the value, e.g. ``"args"`` or ``"result"``
-    :raises CodecError: if the value cannot be encoded
+    :param limit: the most bytes the encoded value may take; ``None``: no limit
+    :raises CodecError: if the value cannot be encoded, or its encoding is over ``limit``
     """
-    codec = DEFAULT_CODEC if codec is None else codec
+    codec = _CODECS.get(DEFAULT_CODEC.name, DEFAULT_CODEC) if codec is None else codec
     if isinstance(codec, JSONCodec):
-        return pb.Payload(codec=codec.name, data=codec.encode(value, where=where))
-    try:
-        data = codec.encode(value)
-    except CodecError:
-        raise
-    except Exception as exc:
-        raise CodecError(f"codec {codec.name!r} cannot encode {where}: {exc!r}") from exc
+        data = codec.encode(value, where=where)
+    else:
+        try:
+            data = codec.encode(value)
+        except CodecError:
+            raise
+        except Exception as exc:
+            raise CodecError(f"codec {codec.name!r} cannot encode {where}: {exc!r}") from exc
+    if limit is not None and len(data) > limit:
+        raise CodecError(
+            f"cannot encode {where}: its {len(data):,} bytes are over the payload limit of "
+            f"{limit:,} bytes (raise it with Conductor(max_payload=...))"
+        )
     return pb.Payload(codec=codec.name, data=data)
 
 
@@ -494,6 +517,8 @@ def decode_payload(payload: pb.Payload) -> object:
     if not payload.codec:
         raise CodecError("payload names no codec (an empty or unset Payload)")
     codec = get_codec(payload.codec)
+    if isinstance(codec, JSONCodec):  # never holds the bytes and the text at once
+        return codec._decode_from(lambda: payload.data)
     try:
         return codec.decode(payload.data)
     except CodecError:

@@ -116,6 +116,9 @@ class Conductor:
         segments, so resuming a long run does not read every segment (0: never)
     :param clock: where the agent reads the time; ``substantial.testing`` passes a
         virtual clock that jumps to the next timer when the agent is idle
+    :param max_payload: the most bytes one encoded value may take: a run's arguments, an
+        event's value sent through this conductor's handles, a step's or a run's result,
+        a status; a larger one raises :class:`CodecError` before anything is written
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class Conductor:
         name: str | None = None,
         clock: Clock | None = None,
         snapshot_every: int = constants.SNAPSHOT_EVERY,
+        max_payload: int = constants.MAX_PAYLOAD_BYTES,
     ) -> None:
         if isinstance(backend, str):
             from substantial.backends import from_url
@@ -137,6 +141,9 @@ class Conductor:
             backend = from_url(backend)
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if max_payload < 1:
+            raise ValueError(f"max_payload must be at least 1 byte, got {max_payload}")
+        self.max_payload = max_payload
         self.backend = backend
         self.store = RunStore(backend, clock)
         self._now = self.store.clock.now_ms
@@ -194,16 +201,23 @@ class Conductor:
         :param run_id: the run's id (default: a random one); an idempotency key
         :raises UnknownWorkflow: if ``wf`` is not registered
         :raises InvalidArguments: if the arguments do not fit the workflow's signature
-        :raises CodecError: if an argument cannot be encoded
+        :raises CodecError: if an argument cannot be encoded, or the arguments are over
+            the payload limit (checked before anything is written)
         """
         workflow = self._lookup(wf)
         workflow.check_arguments(args, kwargs)
-        payload = encode_payload([list(args), kwargs])
+        payload = encode_payload([list(args), kwargs], where="args", limit=self.max_payload)
         run_id = check_run_id(run_id) if run_id is not None else uuid.uuid4().hex
         changed = self._notifier.watch(run_id)  # before the agent can see the run
         started = pb.Started(run_id=run_id, workflow=workflow.name, args=payload)
         created = await self._create_run(started)
-        return Handle(self.store, run_id, self._notifier, created=changed if created else None)
+        return Handle(
+            self.store,
+            run_id,
+            self._notifier,
+            created=changed if created else None,
+            max_payload=self.max_payload,
+        )
 
     async def _create_run(self, started: pb.Started) -> bool:
         """
@@ -233,7 +247,7 @@ class Conductor:
 
     def handle(self, run_id: str) -> Handle[Any]:
         """A handle to an existing run, from any process."""
-        return Handle(self.store, run_id, self._notifier)
+        return Handle(self.store, run_id, self._notifier, max_payload=self.max_payload)
 
     # ---- the agent ----
 
@@ -513,7 +527,7 @@ class Conductor:
             await self._park(run_id, stored, meta, error, consumed, meta_version)
             return
 
-        execution = Execution(run_id, workflow)
+        execution = Execution(run_id, workflow, max_payload=self.max_payload)
         seq = stored.last_seq
         ends = list(stored.segment_ends)
 
@@ -718,7 +732,8 @@ class Conductor:
                 deadline = anyio.fail_after(command.timeout) if command.timeout else nullcontext()
                 with telemetry.step_span(command, attempt), deadline:
                     value = await _call(command.fn)
-                payload = encode_payload(value)
+                where = f"the result of step {command.position} ({command.name})"
+                payload = encode_payload(value, where=where, limit=self.max_payload)
             except CodecError as exc:
                 failure = failure_from_exception(exc, non_retryable=True)
                 await send.send(_StepOutcome(command, None, failure, None))

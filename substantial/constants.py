@@ -48,3 +48,8 @@ MERGE_LIMIT = 256
 COMPACT_MIN_RECORDS = 32
 #: How long cancelling an agent waits for in-flight steps before abandoning them.
 SHUTDOWN_GRACE_SECONDS = 10.0
+#: The most bytes one encoded value (arguments, an event's value, a step's or a run's
+#: result, a status) may take, checked where it is encoded, before anything is written.
+#: Fits every backend (Redis strings hold 512 MiB; S3 objects far more) with room for the
+#: other events of a segment; an agent needs a few times this much memory per payload.
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024

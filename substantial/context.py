@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
+from substantial import _allow
 from substantial.codec import encode_payload
 
 if TYPE_CHECKING:
@@ -175,7 +176,9 @@ class Context:
         The step may run more than once if an agent dies before recording it
         (at-least-once), but its result is recorded once and every replay sees it.
 
-        :param fn: a function of no arguments, sync (run in a worker thread) or async
+        :param fn: a function of no arguments, sync (run in a worker thread) or async;
+            the classes its return annotation names may be in its result (see
+            :func:`~substantial.codec.register_type` for others)
         :param compensate_with: the step's inverse, run by ``revert()``
         :param retry: how to retry a failing step; default: one attempt
         :param timeout: bound on one attempt, in seconds; an attempt that takes longer
@@ -187,6 +190,7 @@ class Context:
         :raises CodecError: if the step's result cannot be encoded
         """
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        _allow.note_function(fn, return_only=True)
         return await self._execution.save(fn, retry, seconds, compensate_with, key)
 
     async def sleep(self, duration: timedelta | float) -> None:
@@ -252,9 +256,9 @@ class Context:
         Publish a small value (progress, a stage name) that ``Handle.query()`` returns
         from outside without replaying. Kept after each wake-up of the run.
 
-        :raises CodecError: (at the end of the wake-up) if ``value`` cannot be encoded
+        :raises CodecError: if ``value`` cannot be encoded or is over the payload limit
         """
-        encode_payload(value)  # fail here, at the call, not later
+        encode_payload(value, where="status", limit=self._execution.max_payload)  # fail here
         self._execution.set_status(value)
 
     def version(self, change_id: str) -> bool:
@@ -286,10 +290,14 @@ class Context:
         to this run follow the chain: ``result()`` waits for its end.
 
         :raises InvalidArguments: if the arguments do not fit ``workflow``
-        :raises CodecError: if an argument cannot be encoded
+        :raises CodecError: if an argument cannot be encoded, or they are over the payload
+            limit
         """
         workflow.check_arguments(args, kwargs)
-        self._execution.continue_using(workflow.name, encode_payload([list(args), kwargs]))
+        payload = encode_payload(
+            [list(args), kwargs], where="args", limit=self._execution.max_payload
+        )
+        self._execution.continue_using(workflow.name, payload)
 
     async def start_child(
         self,
@@ -305,10 +313,13 @@ class Context:
 
         :param run_id: the child's run id (default: derived from this run and position)
         :raises InvalidArguments: if the arguments do not fit ``workflow``
-        :raises CodecError: if an argument cannot be encoded
+        :raises CodecError: if an argument cannot be encoded, or they are over the payload
+            limit
         """
         workflow.check_arguments(args, kwargs)
-        payload = encode_payload([list(args), kwargs])
+        payload = encode_payload(
+            [list(args), kwargs], where="args", limit=self._execution.max_payload
+        )
         return await self._execution.start_child(workflow.name, payload, run_id, detached)
 
     async def child(

@@ -13,7 +13,11 @@ from typing import Any, Generic, TypeVar
 import anyio
 
 from substantial.codec import decode_payload, encode_payload
-from substantial.constants import RESULT_POLL_MAX_SECONDS, RESULT_POLL_MIN_SECONDS
+from substantial.constants import (
+    MAX_PAYLOAD_BYTES,
+    RESULT_POLL_MAX_SECONDS,
+    RESULT_POLL_MIN_SECONDS,
+)
 from substantial.errors import RunCancelled, RunFailed, RunNotFound, RunReverted
 from substantial.protocol import substantial_pb2 as pb
 from substantial.runs import RunStore, check_run_id
@@ -137,8 +141,10 @@ class Handle(Generic[R]):
         notifier: Notifier | None = None,
         *,
         created: anyio.Event | None = None,
+        max_payload: int = MAX_PAYLOAD_BYTES,
     ) -> None:
         self._store = store
+        self._max_payload = max_payload
         self._notifier = notifier or Notifier()
         self.run_id = check_run_id(run_id)
         # Set by a local start() that created the run: the notifier's event for the run,
@@ -154,10 +160,12 @@ class Handle(Generic[R]):
         Deliver an event to this run; it sees it at its next ``receive``/``handle``.
 
         :param name: the name ``c.receive()`` or ``c.handle()`` listens on
-        :raises CodecError: if ``value`` cannot be encoded
+        :raises CodecError: if ``value`` cannot be encoded, or is over the payload limit
+            (checked before anything is written)
         :raises RunNotFound: if the run does not exist
         """
-        entry = pb.InboxEntry(name=name, value=encode_payload(value))
+        payload = encode_payload(value, where=f"event {name!r}", limit=self._max_payload)
+        entry = pb.InboxEntry(name=name, value=payload)
         await self._post(entry)
 
     async def cancel(self) -> None:

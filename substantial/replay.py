@@ -98,9 +98,17 @@ TERMINAL_KINDS = frozenset({"completed", "failed", "cancelled", "reverted", "con
 class Execution:
     """One wake-up of one run: the workflow coroutine, its commands and its new events."""
 
-    def __init__(self, run_id: str, workflow: Workflow[Any]) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        workflow: Workflow[Any],
+        *,
+        max_payload: int = constants.MAX_PAYLOAD_BYTES,
+    ) -> None:
         self.run_id = run_id
         self.workflow = workflow
+        #: The most bytes an encoded value this run writes may take.
+        self.max_payload = max_payload
         self.context = Context(self)
         #: Whether the workflow code is re-running what an earlier wake-up already ran
         #: (``Context.log`` is silent then).
@@ -752,7 +760,7 @@ class Execution:
             return pb.Event(continued_as=continued)
         if error is None:
             try:
-                result = encode_payload(self._main.result())
+                result = encode_payload(self._main.result(), where="result", limit=self.max_payload)
             except CodecError as exc:
                 error = exc
             else:

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from substantial import _allow
 from substantial.errors import InvalidArguments
 
 if TYPE_CHECKING:
@@ -60,6 +61,9 @@ def workflow(
 
     Usable as ``@workflow()``, ``@workflow(name="orders.v1")`` or bare ``@workflow``.
     The name defaults to ``module.qualname``; give a stable name if you may move the code.
+    The classes its annotations name (parameters and return, through generics and the
+    fields of the classes found) are allowed in payloads: see
+    :func:`~substantial.codec.register_type`.
 
     :param name: the name stored in each run's log
     :raises TypeError: if the function is not ``async def`` or takes no ``Context``
@@ -72,6 +76,7 @@ def workflow(
         if not signature.parameters:
             raise TypeError(f"workflow {f.__qualname__} must take a Context as first parameter")
         wf_name = name or f"{f.__module__}.{f.__qualname__}"
+        _allow.note_function(f, skip_first=True)
         return Workflow(fn=f, name=wf_name, signature=signature)
 
     if fn is not None:
