@@ -14,8 +14,8 @@ from pathlib import Path
 
 import anyio
 
-from bench.servers import TEST_CREDENTIALS, RedisServer, S3Server, ServerUnavailable
 from substantial.backends import Backend, FSBackend, MemoryBackend
+from tests.server_processes import TEST_CREDENTIALS, RedisServer, S3Server, ServerUnavailable
 
 KINDS = ("memory", "files", "redis", "s3")
 

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from bench.servers import TEST_CREDENTIALS, RedisServer, S3Server, ServerUnavailable, free_port
+from tests.server_processes import (
+    TEST_CREDENTIALS,
+    RedisServer,
+    S3Server,
+    ServerUnavailable,
+    free_port,
+)
 
 __all__ = [
     "RedisServer",

@@ -284,7 +284,7 @@ async def test_agents_with_skewed_clocks_never_corrupt_a_log_or_lose_a_run(
             checked = await check_log(backend, run_id)
             assert checked.result == want
             lines = effect_lines(effects, run_id)
-            assert set(lines) == {"a", "b", "d"} if "mix" in run_id else {"s0", "s1", "s2", "s3"}
+            assert set(lines) == ({"a", "b", "d"} if "mix" in run_id else {"s0", "s1", "s2", "s3"})
             repeated += len(lines) - len(set(lines))
         print(f"\nclock skew [{kind}]: {len(runs)} runs, {repeated} steps repeated")
     finally:

@@ -1,8 +1,9 @@
 """
 redis-server and moto's S3 server as child processes on free 127.0.0.1 ports.
 
-The one implementation, used by the bench and by the tests (``tests/servers.py`` wraps
-it in pytest fixtures). It does not import pytest: a server that cannot start raises
+The one implementation, owned by the tests (``tests/servers.py`` wraps it in pytest
+fixtures) and imported by the bench; the bench never provides code to the tests. It does
+not import pytest: a server that cannot start raises
 ``ServerUnavailable`` and the caller decides (the bench skips that backend and says why;
 the tests skip, or fail under ``CI=true``).
 """
