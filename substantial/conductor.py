@@ -319,7 +319,7 @@ class Conductor:
 
     async def _poll_loop(self, work: TaskGroup) -> None:
         delay = constants.POLL_MIN_SECONDS
-        task = asyncio.current_task()
+        task = _asyncio_task()
         while True:
             if task is not None and task.cancelling():
                 # A cancel that a library swallowed (asyncio.wait_for in redis-py on 3.11
@@ -893,6 +893,14 @@ _END_STATUS = {
 class _LeaseHolder:
     lease: Lease
     lost: bool = False
+
+
+def _asyncio_task() -> asyncio.Task[Any] | None:
+    """The current asyncio task, or None on another event loop (trio)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
 
 
 async def _call(fn: Callable[[], Any]) -> Any:
