@@ -65,7 +65,6 @@ from substantial.runs import (
     RunStore,
     ScheduleEntry,
     StoredLog,
-    VirtualClock,
     check_run_id,
 )
 from substantial.step_threads import DaemonThreadPool
@@ -333,12 +332,9 @@ class Conductor:
                 delay = max(delay, constants.OUTAGE_RETRY_MIN_SECONDS)
             else:
                 self._store_trouble.recovered()
-            clock = self.store.clock
             idle = not claimed and not self._active and next_due_ms is not None
-            if idle and isinstance(clock, VirtualClock) and clock.auto_advance:
-                assert next_due_ms is not None
-                clock.advance_to(next_due_ms)  # idle on a virtual clock: jump to the next timer
-                continue
+            if idle and next_due_ms is not None and self.store.clock.skip_to(next_due_ms):
+                continue  # a virtual clock jumped to the next timer
             delay = constants.POLL_MIN_SECONDS if claimed else min(delay * 2, self.poll_max)
             wait = delay * random.uniform(0.5, 1.0) if self._store_trouble.active else delay
             if next_due_ms is not None:

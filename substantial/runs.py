@@ -64,6 +64,14 @@ class Clock:
     def now_ms(self) -> int:
         return now_ms()
 
+    def skip_to(self, when_ms: int) -> bool:
+        """
+        Called by an idle agent whose next timer is due at ``when_ms``. A clock that can
+        jump there does, and returns True (the agent polls again at once); the wall
+        clock cannot, and the agent waits.
+        """
+        return False
+
 
 class VirtualClock(Clock):
     """
@@ -81,6 +89,12 @@ class VirtualClock(Clock):
 
     def advance_to(self, when_ms: int) -> None:
         self._now = max(self._now, when_ms)
+
+    def skip_to(self, when_ms: int) -> bool:
+        if not self.auto_advance:
+            return False
+        self.advance_to(when_ms)
+        return True
 
 
 def check_run_id(run_id: str) -> str:
