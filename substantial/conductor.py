@@ -49,6 +49,7 @@ from substantial.errors import (
     CorruptLog,
     LeaseLost,
     NonDeterminismError,
+    RunNotFound,
     RunReverted,
     UnknownWorkflow,
 )
@@ -582,8 +583,8 @@ class Conductor:
                 now = self._now()
                 execution.fire_due_timers(now)
                 for child in execution.children_to_start():
-                    await self._start_child(execution.run_id, child)
-                    execution.child_started(child, self._now())
+                    taken_by = await self._start_child(execution.run_id, child)
+                    execution.child_started(child, self._now(), taken_by)
                 await commit()
                 if execution.outcome is not None:
                     break
@@ -614,7 +615,14 @@ class Conductor:
             tg.cancel_scope.cancel()
         await commit()
 
-    async def _start_child(self, parent_run_id: str, child: ChildCommand) -> None:
+    async def _start_child(self, parent_run_id: str, child: ChildCommand) -> str | None:
+        """
+        Start a child run. If its id is taken, it is this parent's child only if that
+        run's start names this parent (an agent died before recording the start).
+
+        :return: None if the child is this parent's; else the parent of the run that
+            holds the id (``""``: a top-level run), which is left alone
+        """
         started = pb.Started(
             run_id=child.run_id,
             workflow=child.workflow,
@@ -622,7 +630,19 @@ class Conductor:
             parent_run_id=parent_run_id,
             detached=child.detached,
         )
-        await self._create_run(started)
+        if await self._create_run(started):
+            return None
+        try:
+            stored = await self.store.read_log(child.run_id)
+        except CorruptLog as exc:
+            log.warning(
+                "run %s: child id %r is taken by a run: %s", parent_run_id, child.run_id, exc
+            )
+            return ""
+        if not stored.events:  # deleted since (gc): this wake-up fails, the next creates it
+            raise RunNotFound(child.run_id)
+        owner = stored.events[0].started.parent_run_id
+        return None if owner == parent_run_id else owner
 
     async def _after_end(self, run_id: str, events: list[pb.Event]) -> None:
         """
