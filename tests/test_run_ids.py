@@ -160,6 +160,19 @@ def test_a_schedule_key_with_an_invalid_run_id_parses_as_nothing() -> None:
     assert entry.run_id == EVERY_CHARACTER
 
 
+@pytest.mark.parametrize("run_id", ["x" * (MAX_RUN_ID_LENGTH + 1), "order-42/", ".."])
+def test_the_cli_refuses_an_invalid_id_and_writes_nothing(run_id: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from substantial.cli import main
+
+    store = tmp_path / "store"
+    done = CliRunner().invoke(main, ["send", run_id, "go", "--backend", f"file://{store}"])
+    assert done.exit_code == 2, done.output
+    assert "invalid run id" in done.output
+    assert not store.exists() or not any(store.rglob("*"))
+
+
 # ---- every valid id works everywhere ----
 
 
