@@ -22,16 +22,20 @@ from substantial import (
     Conductor,
     Context,
     InvalidRunId,
+    NonDeterminismError,
     RunCancelled,
+    RunError,
     RunStatus,
     SubstantialError,
     workflow,
 )
 from substantial.backends import Backend, from_url
-from substantial.codec import encode_payload
+from substantial.codec import decode_payload, encode_payload
 from substantial.protocol import substantial_pb2 as pb
+from substantial.replay import Execution, open_children
 from substantial.runids import MAX_RUN_ID_LENGTH, check_run_id, derived_run_id
 from substantial.runs import RunStore, ScheduleEntry, now_ms
+from substantial.testing import Replayer
 from tests import runids_app
 from tests.agents import Agent, backend_url, wait_for
 from tests.conftest import BACKENDS
@@ -40,6 +44,7 @@ WAIT = 30.0
 
 LONGEST = "L" + "o" * (MAX_RUN_ID_LENGTH - 1)
 EVERY_CHARACTER = string.ascii_letters + string.digits + "._:@+=,-"
+NO_ARGS = encode_payload([[], {}])
 INVALID = ["", ".", "..", "order-42/", "../../escape-child", "x" * 300, "-a", "a b", "é", "a\n"]
 
 
@@ -133,6 +138,14 @@ def test_an_invalid_id_says_where_it_came_from() -> None:
         check_run_id("x" * 300)
     with pytest.raises(InvalidRunId):
         check_run_id(42)  # type: ignore[arg-type]
+
+
+def test_child_run_id_taken_is_a_run_error_that_pickles() -> None:
+    error = ChildRunIdTaken("kid", "p2", "p1")
+    assert isinstance(error, RunError)
+    assert (error.run_id, error.parent_run_id, error.owner) == ("kid", "p2", "p1")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), str(copy), copy.__dict__) == (ChildRunIdTaken, str(error), error.__dict__)
 
 
 @pytest.mark.parametrize("run_id", [LONGEST, EVERY_CHARACTER, "a", "0"])
@@ -262,6 +275,61 @@ async def test_a_child_its_parent_already_created_is_its_own(backend: Backend) -
     kinds = [event.kind for event in await parent.history()]
     assert kinds.count("child_started") == 1
     assert kinds.count("child_ended") == 1
+
+
+@workflow(name="runids.derived")
+async def derived(c: Context) -> int:
+    return await c.child(kid, 4)
+
+
+def test_a_log_with_a_long_derived_child_id_from_before_the_limit_still_replays() -> None:
+    parent = "p" * (MAX_RUN_ID_LENGTH - 1)
+    legacy = f"{parent}-c0"  # what older versions derived: 202 characters
+    assert derived_run_id(parent, "-c0") != legacy
+    result = encode_payload(8)
+    events = [
+        pb.Event(started=pb.Started(run_id=parent, workflow=derived.name, args=NO_ARGS)),
+        pb.Event(child_started=pb.ChildStarted(position=0, run_id=legacy, workflow=kid.name)),
+        pb.Event(child_ended=pb.ChildEnded(id="e", run_id=legacy, result=result)),
+        pb.Event(completed=pb.Completed(result=result)),
+    ]
+    outcome = Replayer(derived).replay(events)
+    assert outcome is not None
+    assert outcome.WhichOneof("kind") == "completed"
+    chosen = pb.ChildStarted(position=0, run_id="someone-else", workflow=kid.name)
+    with pytest.raises(NonDeterminismError, match="someone-else"):
+        Replayer(derived).replay([events[0], pb.Event(child_started=chosen)])
+
+
+def test_a_recorded_refusal_replays_as_the_same_error() -> None:
+    events = [
+        pb.Event(
+            started=pb.Started(
+                run_id="a9", workflow=adopter.name, args=encode_payload([["top"], {}])
+            )
+        ),
+        pb.Event(
+            child_started=pb.ChildStarted(
+                position=0, run_id="top", workflow=waiter.name, detached=True, id_taken=True
+            )
+        ),
+        pb.Event(timer_started=pb.TimerStarted(position=1, fire_at_ms=10)),
+        pb.Event(timer_fired=pb.TimerFired(position=1)),
+    ]
+    execution = Execution("a9", adopter)
+    try:
+        execution.replay(events)
+        execution.go_live(20)  # the code runs on past the log: it meets the same refusal
+        outcome = execution.outcome
+    finally:
+        execution.close()
+    assert outcome is not None
+    assert decode_payload(outcome.completed.result) == {
+        "taken": "top",
+        "owner": "",
+        "message": "run 'a9' cannot start child 'top': that id belongs to a top-level run",
+    }
+    assert open_children(events) == []  # a refused id is no child: nothing to cancel
 
 
 # ---- schedule keys ----
