@@ -56,6 +56,7 @@ from substantial.errors import (
 from substantial.handle import STATUS_TO_PB, Handle, Notifier, RunStatus
 from substantial.protocol import substantial_pb2 as pb
 from substantial.replay import TERMINAL_KINDS, Execution, open_children
+from substantial.runids import is_stored_run_id
 from substantial.runs import (
     Clock,
     Lease,
@@ -653,7 +654,7 @@ class Conductor:
         last = events[-1]
         kind = last.WhichOneof("kind")
         now = self._now()
-        if kind == "continued_as":
+        if kind == "continued_as" and _names_run(run_id, last.continued_as.run_id):
             link = last.continued_as
             await self._create_run(
                 pb.Started(
@@ -667,7 +668,7 @@ class Conductor:
                     detached=started.detached,
                 )
             )
-        elif started.parent_run_id:
+        elif kind != "continued_as" and _names_run(run_id, started.parent_run_id):
             child_id = started.chain_root or run_id  # the id the parent knows
             ended = pb.ChildEnded(run_id=child_id, cancelled=kind == "cancelled")
             if kind == "completed":
@@ -679,6 +680,8 @@ class Conductor:
             entry = pb.InboxEntry(id=f"child-ended-{child_id}", sent_at_ms=now, child_ended=ended)
             await self.store.post(started.parent_run_id, entry)
         for child_id in open_children(events):
+            if not _names_run(run_id, child_id):
+                continue
             cancel = pb.InboxEntry(id=f"parent-ended-{run_id}", sent_at_ms=now, cancel=True)
             await self.store.post(child_id, cancel)
         self._notifier.kick()
@@ -846,6 +849,13 @@ class Conductor:
         await self.store.delete(stale)
         if len(stale) < len(entries):
             self._hold_off[run_id] = anyio.current_time() + constants.POLL_MIN_SECONDS * 5
+
+
+def _names_run(run_id: str, other: str) -> bool:
+    """Whether an id that run ``run_id``'s log names can be a run (``""``: none named)."""
+    if other and not is_stored_run_id(other):
+        log.error("run %s: its log names run id %r, which breaks the run-id rule", run_id, other)
+    return bool(other) and is_stored_run_id(other)
 
 
 _END_STATUS = {

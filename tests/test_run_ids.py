@@ -358,6 +358,36 @@ async def test_a_schedule_key_that_names_no_run_is_deleted_with_a_warning(
     assert entries == []
 
 
+async def test_a_log_naming_invalid_ids_ends_without_touching_them(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """
+    A log is input too: one whose end names an invalid continuation, parent and child
+    (written by a buggy or hostile writer) still ends, and nothing is written for them.
+    """
+    conductor = make_conductor(backend)
+    start = pb.Started(run_id="hostile", workflow=waiter.name, args=NO_ARGS, parent_run_id="../p")
+    assert await conductor._create_run(start)
+    end = [
+        pb.Event(child_started=pb.ChildStarted(position=0, run_id="../kid", workflow=kid.name)),
+        pb.Event(continued_as=pb.ContinuedAs(run_id="../../escape", workflow=kid.name)),
+    ]
+    assert await RunStore(backend).append("hostile", 1, end)
+    caplog.set_level(logging.ERROR, logger="substantial")
+    handle = conductor.handle("hostile")
+    async with conductor:
+
+        async def ended() -> bool:
+            return await handle.status() is RunStatus.CONTINUED
+
+        await wait_for(ended, WAIT, "the run to end")
+    runs = {key.split("/")[1] for key in await backend.list_all("runs/")}
+    assert runs == {"hostile"}
+    errors = " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+    for bad in ("'../../escape'", "'../kid'"):
+        assert bad in errors, errors
+
+
 # ---- real agent processes ----
 
 PROCESS_KINDS = [p for p in BACKENDS if p.values[0] in ("files", "redis")]
