@@ -52,6 +52,7 @@ from substantial.errors import (
     CorruptLog,
     LeaseLost,
     NonDeterminismError,
+    RunNotFound,
     RunReverted,
     UnknownWorkflow,
 )
@@ -59,6 +60,7 @@ from substantial.handle import STATUS_TO_PB, Handle, Notifier, RunStatus
 from substantial.health import RunTroubles, StoreTrouble, describe, mark_held
 from substantial.protocol import substantial_pb2 as pb
 from substantial.replay import TERMINAL_KINDS, Execution, open_children
+from substantial.runids import is_stored_run_id
 from substantial.runs import (
     Clock,
     Lease,
@@ -629,8 +631,8 @@ class Conductor:
                 now = self._now()
                 execution.fire_due_timers(now)
                 for child in execution.children_to_start():
-                    await self._start_child(execution.run_id, child)
-                    execution.child_started(child, self._now())
+                    taken_by = await self._start_child(execution.run_id, child)
+                    execution.child_started(child, self._now(), taken_by)
                 await commit()
                 if execution.outcome is not None:
                     break
@@ -661,7 +663,14 @@ class Conductor:
             tg.cancel_scope.cancel()
         await commit()
 
-    async def _start_child(self, parent_run_id: str, child: ChildCommand) -> None:
+    async def _start_child(self, parent_run_id: str, child: ChildCommand) -> str | None:
+        """
+        Start a child run. If its id is taken, it is this parent's child only if that
+        run's start names this parent (an agent died before recording the start).
+
+        :return: None if the child is this parent's; else the parent of the run that
+            holds the id (``""``: a top-level run), which is left alone
+        """
         started = pb.Started(
             run_id=child.run_id,
             workflow=child.workflow,
@@ -669,7 +678,19 @@ class Conductor:
             parent_run_id=parent_run_id,
             detached=child.detached,
         )
-        await self._create_run(started)
+        if await self._create_run(started):
+            return None
+        try:
+            stored = await self.store.read_log(child.run_id)
+        except CorruptLog as exc:
+            log.warning(
+                "run %s: child id %r is taken by a run: %s", parent_run_id, child.run_id, exc
+            )
+            return ""
+        if not stored.events:  # deleted since (gc): this wake-up fails, the next creates it
+            raise RunNotFound(child.run_id)
+        owner = stored.events[0].started.parent_run_id
+        return None if owner == parent_run_id else owner
 
     async def _after_end(self, run_id: str, events: list[pb.Event]) -> None:
         """
@@ -680,7 +701,7 @@ class Conductor:
         last = events[-1]
         kind = last.WhichOneof("kind")
         now = self._now()
-        if kind == "continued_as":
+        if kind == "continued_as" and _names_run(run_id, last.continued_as.run_id):
             link = last.continued_as
             await self._create_run(
                 pb.Started(
@@ -694,7 +715,7 @@ class Conductor:
                     detached=started.detached,
                 )
             )
-        elif started.parent_run_id:
+        elif kind != "continued_as" and _names_run(run_id, started.parent_run_id):
             child_id = started.chain_root or run_id  # the id the parent knows
             ended = pb.ChildEnded(run_id=child_id, cancelled=kind == "cancelled")
             if kind == "completed":
@@ -706,6 +727,8 @@ class Conductor:
             entry = pb.InboxEntry(id=f"child-ended-{child_id}", sent_at_ms=now, child_ended=ended)
             await self.store.post(started.parent_run_id, entry)
         for child_id in open_children(events):
+            if not _names_run(run_id, child_id):
+                continue
             cancel = pb.InboxEntry(id=f"parent-ended-{run_id}", sent_at_ms=now, cancel=True)
             await self.store.post(child_id, cancel)
         self._notifier.kick()
@@ -874,6 +897,13 @@ class Conductor:
         await self.store.delete(stale)
         if len(stale) < len(entries):
             self._hold_off[run_id] = anyio.current_time() + constants.POLL_MIN_SECONDS * 5
+
+
+def _names_run(run_id: str, other: str) -> bool:
+    """Whether an id that run ``run_id``'s log names can be a run (``""``: none named)."""
+    if other and not is_stored_run_id(other):
+        log.error("run %s: its log names run id %r, which breaks the run-id rule", run_id, other)
+    return bool(other) and is_stored_run_id(other)
 
 
 _END_STATUS = {
