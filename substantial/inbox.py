@@ -29,8 +29,9 @@ class Intake:
     The inbox entries one wake-up of ``run_id`` merges. :attr:`entries` holds the good
     ones read so far, in arrival order; :attr:`bad` those to set aside.
 
-    :param limit: most entries per wake-up
-    :param max_bytes: most bytes per wake-up (at least one entry is always taken)
+    :param limit: most entries per wake-up (default ``constants.MERGE_LIMIT``)
+    :param max_bytes: most bytes per wake-up, though at least one entry is always taken
+        (default ``constants.MERGE_BYTES``)
     """
 
     def __init__(
@@ -38,13 +39,13 @@ class Intake:
         store: RunStore,
         run_id: str,
         *,
-        limit: int = constants.MERGE_LIMIT,
-        max_bytes: int = constants.MERGE_BYTES,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         self.store = store
         self.run_id = run_id
-        self.limit = limit
-        self.max_bytes = max_bytes
+        self.limit = constants.MERGE_LIMIT if limit is None else limit
+        self.max_bytes = constants.MERGE_BYTES if max_bytes is None else max_bytes
         self.entries: list[tuple[str, pb.InboxEntry]] = []
         #: ``(key, raw bytes, reason)`` of entries that cannot be merged
         self.bad: list[tuple[str, bytes, str]] = []

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from substantial.backends.base import Backend
 from substantial.runs import RunStore, quarantine_key, quarantine_prefix
 
-__all__ = ["QuarantinedEntry", "drop", "list_quarantined", "set_aside"]
+__all__ = ["QuarantinedEntry", "drop", "full_key", "list_quarantined", "set_aside"]
 
 log = logging.getLogger("substantial.agent")
 
@@ -79,15 +79,20 @@ async def drop(backend: Backend, run_id: str, keys: Sequence[str] | None = None)
     :param keys: the entries' keys, or their last part; ``None`` drops them all
     :return: the keys deleted (a key given that is not in the quarantine is not among them)
     """
-    prefix = quarantine_prefix(run_id)
-    present = await backend.list_all(prefix)
+    present = await backend.list_all(quarantine_prefix(run_id))
     wanted = present
     if keys is not None:
-        named = {key if key.startswith(prefix) else prefix + key for key in keys}
+        named = {full_key(run_id, key) for key in keys}
         wanted = [key for key in present if key in named]
     for key in wanted:
         await backend.delete(key)
     return wanted
+
+
+def full_key(run_id: str, key: str) -> str:
+    """A quarantine key given in full or by its last part, in full."""
+    prefix = quarantine_prefix(run_id)
+    return key if key.startswith(prefix) else prefix + key
 
 
 def _entry(key: str, raw: bytes) -> QuarantinedEntry:
