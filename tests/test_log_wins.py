@@ -8,16 +8,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import anyio
 import pytest
 
 from substantial import Conductor, Context, RunStatus, constants, inspect, quarantine, workflow
-from substantial.backends import Backend
+from substantial.backends import Backend, from_url
 from substantial.handle import Handle
 from substantial.inbox import Intake
 from substantial.protocol import substantial_pb2 as pb
 from substantial.runs import RunStore, inbox_prefix, meta_key, quarantine_prefix
+from tests import chaos_app
+from tests.agents import Agent, backend_url, check_log
+from tests.conftest import BACKENDS
+from tests.test_cli_commands import cli, lines
 from tests.test_workflows import WAIT, make_conductor, wait_for_status
 
 
@@ -238,3 +243,79 @@ async def test_a_run_flooded_with_large_events_merges_them_a_budget_at_a_time(
         kinds = [e.WhichOneof("kind") for e in stored.events[start:end]]
         assert kinds.count("event_received") <= 2  # 3000 bytes hold two ~1 KB entries
         start = end
+
+
+# ---- through a real agent process, and the CLI ----
+
+PROCESS_BACKENDS = [p for p in BACKENDS if p.values[0] != "memory"]
+
+
+@pytest.mark.parametrize("kind", PROCESS_BACKENDS)
+async def test_an_agent_process_gets_past_garbage_inbox_poison_and_summary(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url = await backend_url(kind, request, tmp_path)
+    effects = tmp_path / "effects"
+    effects.mkdir()
+    backend = from_url(url)
+    client = Conductor(backend)  # no agent in this process
+    client.register(chaos_app.mix)
+    agent = Agent(url, effects, tmp_path, {"CHAOS_POLL": "0.05", "CHAOS_STEP_SECONDS": "0"})
+    try:
+        run = await client.start(chaos_app.mix, 0, run_id="mix-garbage")
+        await backend.put(early_key(run.run_id, "garbage"), b"\x00\xff garbage")
+        poison = pb.InboxEntry(id="poison", name="x", sent_at_ms=1, value=POISON)
+        await backend.put(early_key(run.run_id, "poison"), poison.SerializeToString())
+        await backend.put(meta_key(run.run_id), b"\xff\xfe garbage summary")
+        await run.send("x", 5)
+        agent.spawn()
+        agent.wait_ready()
+        assert await run.result(timeout=WAIT) == {"a": 10, "x": 5, "b": 50, "h": [], "d": 0}
+        set_aside = await quarantine.list_quarantined(backend, run.run_id)
+        assert sorted(q.inbox_key.rpartition("-")[2] for q in set_aside) == ["garbage", "poison"]
+        assert "run mix-garbage: inbox entry" in agent.stderr()  # one warning naming it
+        await check_log(backend, run.run_id)
+    finally:
+        agent.kill()
+        await backend.aclose()
+
+
+async def test_cli_gc_keeps_a_live_run_and_quarantine_lists_and_drops(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    backend = from_url(url)
+    async with make_conductor(backend) as conductor:
+        conductor.register(waits)
+        run = await conductor.start(waits, 5, run_id="live-1")
+        await wait_for_status(run, RunStatus.WAITING)
+        await backend.put(early_key(run.run_id, "garbage"), b"\x00\xff garbage")
+        await run.send("n", 0)  # the agent sets the garbage aside, then the run completes
+        assert await run.result(timeout=WAIT) == 0
+        live = await conductor.start(waits, 5, run_id="live-2")
+        await wait_for_status(live, RunStatus.WAITING)
+    await backend.put(meta_key("live-2"), lying_summary("live-2", pb.RUN_STATUS_COMPLETED, 1))
+
+    gc = await cli("gc", "--older-than", "0s", url=url)
+    assert gc.returncode == 0, gc.stderr
+    assert "skipped live-2: its summary says finished, its log does not" in gc.stdout
+    assert "deleted live-1" in gc.stdout
+    assert [line.split()[0] for line in lines((await cli("list", url=url)).stdout)[1:]] == [
+        "live-2"
+    ]
+
+    async with make_conductor(backend) as conductor:
+        conductor.register(waits)
+        await backend.put(early_key("live-2", "garbage"), b"\x00\xff garbage")
+        await conductor.handle("live-2").send("n", 2)
+        assert await conductor.handle("live-2").result(timeout=WAIT) == 10
+    key = quarantine_prefix("live-2") + f"{1:015d}-garbage"
+    shown = await cli("show", "live-2", url=url)
+    assert f"set aside {key}: not an InboxEntry record" in shown.stdout
+    listed = await cli("quarantine", "live-2", url=url)
+    assert listed.stdout.startswith(key)
+    missing = await cli("quarantine", "live-2", "--drop", "nope", url=url)
+    assert missing.returncode == 1
+    assert "not in the quarantine of run 'live-2': nope" in missing.stderr
+    dropped = await cli("quarantine", "live-2", "--drop", f"{1:015d}-garbage", url=url)
+    assert (dropped.returncode, dropped.stdout) == (0, f"dropped {key}\n")
+    assert (await cli("quarantine", "live-2", url=url)).stdout == ""
+    await backend.aclose()
