@@ -190,14 +190,16 @@ class Handle(Generic[R]):
         Wait for the run to finish and return its result.
 
         :param timeout: seconds to wait at most; ``None`` waits for ever
-        :raises RunFailed: if the run ended with an error (type name, message, traceback)
+        :raises RunFailed: if the run's log ends in a failure (type name, message, traceback)
         :raises RunCancelled: if the run was cancelled
         :raises RunReverted: if the run undid its steps with ``revert()``
         :raises TimeoutError: if ``timeout`` passed first
         :raises RunNotFound: if the run does not exist
 
         A run that continued as a new run (``continue_using``) is followed to the end of
-        its chain.
+        its chain. The outcome is read from the run's log: its summary only says when to
+        look (one extra read), and a summary that claims an end the log does not have is
+        ignored, and rewritten by an agent.
         """
         delay = RESULT_POLL_MIN_SECONDS
         run_id = self.run_id
