@@ -41,7 +41,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-from substantial import constants, logs, telemetry
+from substantial import constants, hints, logs, telemetry
 from substantial.backends.base import Backend
 from substantial.codec import encode_payload
 from substantial.commands import ChildCommand, SaveCommand, failure_from_exception
@@ -58,6 +58,7 @@ from substantial.errors import (
 )
 from substantial.handle import STATUS_TO_PB, Handle, Notifier, RunStatus
 from substantial.health import RunTroubles, StoreTrouble, describe, mark_held
+from substantial.inbox import Intake
 from substantial.protocol import substantial_pb2 as pb
 from substantial.replay import TERMINAL_KINDS, Execution, open_children
 from substantial.runids import is_stored_run_id
@@ -489,28 +490,24 @@ class Conductor:
     async def _wake(self, holder: _LeaseHolder, entries: list[ScheduleEntry]) -> None:
         run_id = holder.lease.run_id
         consumed = [entry.key for entry in entries]
+        intake = Intake(self.store, run_id)
+        inbox = intake.entries
         try:
-            stored, inbox, (meta, meta_version) = await _gather(
-                self.store.read_log(run_id),
-                self.store.read_inbox(run_id, limit=constants.MERGE_LIMIT),
-                self.store.read_meta_version(run_id),
+            stored, _, (meta, meta_version) = await _gather(
+                self.store.read_log(run_id), intake.read(), hints.read_summary(self.store, run_id)
             )
         except CorruptLog as exc:
-            log.error("agent %s: %s; the run is marked failed", self.name, exc)
-            telemetry.run_outcome("failed")
-            try:  # keep its summary, and write over it: it is of a later segment than -1
-                meta = await self.store.read_meta(run_id)
-            except CorruptLog:
-                meta = None
-            seq = meta.log_seq if meta is not None else -1
-            await self._write_meta(
-                run_id, meta, seq, RunStatus.FAILED, failure=failure_from_exception(exc)
-            )
-            await self.store.delete(consumed)
+            # The log itself cannot be read: park the run with the reason (a failure is
+            # final, and only the log can say the run failed); it is retried later.
+            meta, meta_version = await hints.read_summary(self.store, run_id)
+            seq = meta.log_seq if meta is not None else -1  # keep: of a later segment than -1
+            await self._park(run_id, StoredLog([], seq, [], -1), meta, exc, consumed, meta_version)
             return
         if not stored.events:
             await self._orphan(run_id, entries)
             return
+        await intake.set_aside()
+        meta = await hints.trusted_summary(self.store, run_id, meta, meta_version, stored)
         last_kind = stored.events[-1].WhichOneof("kind")
         if last_kind in TERMINAL_KINDS:
             await self._finish(
@@ -569,13 +566,8 @@ class Conductor:
 
             async def check_inbox() -> None:
                 """Merge events sent while this wake-up runs steps: a cancellation, above all."""
-                if len(inbox) >= constants.MERGE_LIMIT:
-                    return  # the rest waits for the next wake-up (scheduled at the end)
-                last = inbox[-1][0] if inbox else None
-                fresh = await self.store.read_inbox(
-                    run_id, after=last, limit=constants.MERGE_LIMIT - len(inbox)
-                )
-                inbox.extend(fresh)
+                fresh = await intake.read()  # none once full: the rest waits (see the end)
+                await intake.set_aside()
                 execution.merge((entry for _, entry in fresh), self._now())
 
             await self._drive(execution, commit, check_inbox)
@@ -608,7 +600,7 @@ class Conductor:
             self._notifier.changed(run_id)
         if wake is not None:
             await self.store.schedule(run_id, wake)
-        if execution.outcome is None and len(inbox) >= constants.MERGE_LIMIT:
+        if execution.outcome is None and intake.more:
             await self.store.schedule(run_id, self._now(), "more")  # events left unmerged
         await self.store.delete(consumed)
 

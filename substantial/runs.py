@@ -6,6 +6,7 @@ Key layout::
     runs/{run}/meta                     RunMeta: a summary, rebuilt from the log if lost
     runs/{run}/log/{seq:012d}           Segment: immutable, written with create (fencing)
     runs/{run}/inbox/{ms:015d}-{id}     InboxEntry: sent, not yet merged into the log
+    runs/{run}/quarantine/{ms}-{id}     an inbox entry set aside: unreadable, or undecodable
     schedule/{due_ms:015d}-{run}~{tag}  ScheduleEntry: look at this run at that time
     leases/{run}                        Lease: who works on the run, until when
 
@@ -118,6 +119,15 @@ def snapshot_key(run_id: str, seq: int) -> str:
 
 def inbox_prefix(run_id: str) -> str:
     return f"runs/{run_id}/inbox/"
+
+
+def quarantine_prefix(run_id: str) -> str:
+    return f"runs/{run_id}/quarantine/"
+
+
+def quarantine_key(run_id: str, inbox_key: str) -> str:
+    """Where the inbox entry ``inbox_key`` is kept once it is set aside."""
+    return quarantine_prefix(run_id) + inbox_key.rpartition("/")[2]
 
 
 def lease_key(run_id: str) -> str:
@@ -365,9 +375,13 @@ class RunStore:
                 if await self.backend.create(key, data) is not None:
                     return
                 continue
-            stored = _parse(pb.RunMeta, entry[0], meta.run_id, key)
-            if stored.log_seq > meta.log_seq:
-                return
+            try:
+                stored = _parse(pb.RunMeta, entry[0], meta.run_id, key)
+            except CorruptLog:  # a summary is a hint: an unreadable one is overwritten
+                pass
+            else:
+                if stored.log_seq > meta.log_seq:
+                    return
             if await self.backend.replace(key, data, entry[1]) is not None:
                 return
 
