@@ -24,11 +24,11 @@ from bench.scale import Scale
 from bench.targets import Spec, Target
 from bench.workloads import WORKFLOWS, clone, sleeper, snapshot, steps, steps_then_receive
 from substantial import Conductor
+from substantial._client.handle import RunStatus
+from substantial._engine.replay import Execution
+from substantial._store.runs import RunStore, now_ms
 from substantial.backends import Backend, MemoryBackend
-from substantial.handle import RunStatus
 from substantial.protocol import substantial_pb2 as pb
-from substantial.replay import Execution
-from substantial.runs import RunStore, now_ms
 
 VALUE = bytes(range(200))  # the floor's 200-byte value
 

@@ -8,8 +8,10 @@ agents share the work through atomic operations on that storage.
 
 from __future__ import annotations
 
-from substantial.conductor import Conductor
-from substantial.context import ChildHandle, Context, RetryPolicy
+from substantial._client.handle import Handle, HistoryEvent, RunStatus
+from substantial._conductor import Conductor
+from substantial._engine.context import ChildHandle, Context, RetryPolicy
+from substantial._engine.workflow import Workflow, workflow
 from substantial.errors import (
     BackendError,
     BackendRefused,
@@ -32,8 +34,6 @@ from substantial.errors import (
     SubstantialError,
     UnknownWorkflow,
 )
-from substantial.handle import Handle, HistoryEvent, RunStatus
-from substantial.workflow import Workflow, workflow
 
 __all__ = [
     "BackendError",

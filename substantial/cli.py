@@ -1,6 +1,6 @@
 """
 The ``substantial`` command. It parses arguments, imports, and calls the public API;
-the logic lives in the library (operator commands: :mod:`substantial.inspect`).
+the logic lives in the library (operator commands: :mod:`substantial._ops.inspection`).
 
     substantial worker myapp.flows:conductor
     substantial worker --app myapp.flows --backend redis://127.0.0.1:6379/0
@@ -27,13 +27,15 @@ from typing import Any, NoReturn, TypeVar
 import anyio
 import click
 
-from substantial import inspect, logs, quarantine
+from substantial._client.handle import HistoryEvent, RunStatus
+from substantial._conductor import Conductor
+from substantial._core import logs
+from substantial._engine.workflow import Workflow
+from substantial._ops import inspection as inspect
+from substantial._store import quarantine
+from substantial._store.runs import check_run_id
 from substantial.backends import Backend, from_url
-from substantial.conductor import Conductor
 from substantial.errors import BackendError, CodecError, RunNotFound, SubstantialError
-from substantial.handle import HistoryEvent, RunStatus
-from substantial.runs import check_run_id
-from substantial.workflow import Workflow
 
 __all__ = ["main"]
 
@@ -216,7 +218,7 @@ def check(backend_url: str | None) -> None:
     click.echo(f"healthy: {backend_url}")
 
 
-# ---- operator commands: presentation only; the logic is in substantial.inspect ----
+# ---- operator commands: presentation only; the logic is in substantial._ops.inspection ----
 
 T = TypeVar("T")
 

@@ -125,7 +125,7 @@ class InvalidArguments(SubstantialError, TypeError):
 
 class InvalidRunId(SubstantialError, ValueError):
     """
-    A run id that breaks the rule (see :mod:`substantial.runids`). Raised where the id
+    A run id that breaks the rule (see :mod:`substantial._core.runids`). Raised where the id
     enters: ``start``, ``handle``, and inside a workflow at ``child``/``start_child``.
 
     :ivar run_id: the id as given (a long one is shortened in the message only)

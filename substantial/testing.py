@@ -25,15 +25,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from substantial._client.handle import Handle
+from substantial._conductor import Conductor
+from substantial._engine.replay import Execution
+from substantial._engine.workflow import Workflow
+from substantial._store.runs import RunStore, VirtualClock
 from substantial.backends.base import Backend
 from substantial.backends.memory import MemoryBackend
-from substantial.conductor import Conductor
 from substantial.errors import UnknownWorkflow
-from substantial.handle import Handle
 from substantial.protocol import substantial_pb2 as pb
-from substantial.replay import Execution
-from substantial.runs import RunStore, VirtualClock
-from substantial.workflow import Workflow
 
 __all__ = ["Replayer", "WorkflowEnvironment"]
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from substantial._store.runs import RunStore, StoredLog, segment_key
 from substantial.backends import Backend
 from substantial.protocol import substantial_pb2 as pb
-from substantial.runs import RunStore, StoredLog, segment_key
 
 APP = Path(__file__).with_name("chaos_app.py")
 

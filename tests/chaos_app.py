@@ -31,19 +31,19 @@ from pathlib import Path
 
 import anyio
 
-import substantial.conductor
-import substantial.handle
-import substantial.runs
+import substantial._client.handle
+import substantial._conductor
+import substantial._store.runs
 from substantial import Conductor, Context, StepFailed, workflow
 
 _offset = int(os.environ.get("CHAOS_CLOCK_OFFSET_MS", "0"))
 if _offset:
-    _real_now_ms = substantial.runs.now_ms
+    _real_now_ms = substantial._store.runs.now_ms
 
     def _skewed_now_ms() -> int:
         return _real_now_ms() + _offset
 
-    for _module in (substantial.runs, substantial.conductor, substantial.handle):
+    for _module in (substantial._store.runs, substantial._conductor, substantial._client.handle):
         _module.now_ms = _skewed_now_ms  # type: ignore[attr-defined]
 
 EFFECTS = Path(os.environ.get("CHAOS_EFFECTS", "./chaos-effects"))

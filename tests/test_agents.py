@@ -15,9 +15,9 @@ import anyio.lowlevel
 import pytest
 
 from substantial import Conductor, Context, workflow
+from substantial._client.handle import RunStatus
+from substantial._store.runs import RunStore, lease_key
 from substantial.backends import Backend, from_url
-from substantial.handle import RunStatus
-from substantial.runs import RunStore, lease_key
 from tests import chaos_app
 from tests.agents import Agent, backend_url, check_log, effect_lines, wait_for
 from tests.conftest import BACKENDS

@@ -131,9 +131,12 @@ async def takes_anything(c: Context, value: Any) -> Any:
 @pytest.mark.parametrize(
     ("name", "fields"),
     [
-        ("substantial.workflow:Workflow", '{"fn":"os.system","name":"x","signature":null}'),
-        ("substantial.runs:Lease", '{"run_id":"r","owner":"me","version":"1","expires_ms":0}'),
-        ("substantial.context:RetryPolicy", '{"max_attempts":1}'),
+        ("substantial._engine.workflow:Workflow", '{"fn":"os.system","name":"x","signature":null}'),
+        (
+            "substantial._store.runs:Lease",
+            '{"run_id":"r","owner":"me","version":"1","expires_ms":0}',
+        ),
+        ("substantial._engine.context:RetryPolicy", '{"max_attempts":1}'),
         (f"{__name__}:Unlisted", '{"command":"rm -rf /"}'),
     ],
 )
@@ -145,7 +148,7 @@ def test_crafted_payload_naming_an_imported_class_is_refused(name: str, fields: 
 
 
 def test_crafted_log_is_refused_on_replay() -> None:
-    crafted = b'{"$t":"dataclass","c":"substantial.runs:Lease","v":{}}'
+    crafted = b'{"$t":"dataclass","c":"substantial._store.runs:Lease","v":{}}'
     events = [
         pb.Event(
             at_ms=1,

@@ -15,8 +15,8 @@ import anyio
 import pytest
 
 from substantial import Conductor
+from substantial._client.handle import RunStatus
 from substantial.backends import from_url
-from substantial.handle import RunStatus
 from tests import chaos_app
 from tests.agents import Agent, backend_url, check_log, effect_lines, wait_for
 from tests.conftest import BACKENDS

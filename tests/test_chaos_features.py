@@ -16,10 +16,10 @@ import anyio
 import pytest
 
 from substantial import Conductor, RunReverted
+from substantial._client.handle import RunStatus
+from substantial._store.runs import RunStore
 from substantial.backends import Backend, from_url
 from substantial.codec import decode_payload
-from substantial.handle import RunStatus
-from substantial.runs import RunStore
 from tests import chaos_app
 from tests.agents import Agent, backend_url, check_log, effect_lines, wait_for
 from tests.conftest import BACKENDS

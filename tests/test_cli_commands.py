@@ -16,8 +16,8 @@ import anyio
 import pytest
 
 from substantial import Conductor
+from substantial._client.handle import Handle, RunStatus
 from substantial.backends import Backend, FSBackend, from_url
-from substantial.handle import Handle, RunStatus
 from tests import ops_app
 
 ROOT = Path(__file__).resolve().parent.parent

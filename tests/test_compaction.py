@@ -6,11 +6,12 @@ import os
 
 import pytest
 
-from substantial import CompactionError, Conductor, Context, RunFailed, constants, workflow
+from substantial import CompactionError, Conductor, Context, RunFailed, workflow
+from substantial._core import constants
+from substantial._store.runs import RunStore, inbox_prefix, log_prefix, now_ms
 from substantial.backends import Backend, MemoryBackend
 from substantial.codec import encode_payload
 from substantial.protocol import substantial_pb2 as pb
-from substantial.runs import RunStore, inbox_prefix, log_prefix, now_ms
 from substantial.testing import Replayer
 from tests.agents import wait_for
 

@@ -25,8 +25,8 @@ from substantial import (
     UnknownWorkflow,
     workflow,
 )
+from substantial._store.runs import segment_key
 from substantial.backends import Backend
-from substantial.runs import segment_key
 from tests.test_workflows import WAIT, Counter, make_conductor, wait_for_status
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from substantial import Context, NonDeterminismError, workflow
+from substantial._engine.replay import Execution
+from substantial._engine.workflow import Workflow
 from substantial.protocol import substantial_pb2 as pb
-from substantial.replay import Execution
-from substantial.workflow import Workflow
 from tests.golden_workflows import GOLDEN, WORKFLOWS
 
 BY_NAME = {wf.name: wf for wf in WORKFLOWS}

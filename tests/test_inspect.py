@@ -1,4 +1,4 @@
-"""substantial.inspect (the operator commands' logic) and substantial.logs, on every backend."""
+"""The operator views (substantial._ops.inspection) and logging context, on every backend."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import anyio
 import pytest
 
 from substantial import Conductor
-from substantial.backends import Backend
-from substantial.handle import Handle, RunStatus
-from substantial.inspect import (
+from substantial._client.handle import Handle, RunStatus
+from substantial._core.logs import RunContextFilter
+from substantial._ops.inspection import (
     check_replay,
     describe_run,
     gc,
@@ -20,9 +20,9 @@ from substantial.inspect import (
     iter_run_ids,
     list_runs,
 )
-from substantial.logs import RunContextFilter
+from substantial._store.runs import RunStore, schedule_key
+from substantial.backends import Backend
 from substantial.protocol import substantial_pb2 as pb
-from substantial.runs import RunStore, schedule_key
 from tests import ops_app, ops_app_v2
 
 

@@ -13,12 +13,15 @@ from pathlib import Path
 import anyio
 import pytest
 
-from substantial import Conductor, Context, RunStatus, constants, inspect, quarantine, workflow
+from substantial import Conductor, Context, RunStatus, workflow
+from substantial._client.handle import Handle
+from substantial._core import constants
+from substantial._ops import inspection as inspect
+from substantial._store import quarantine
+from substantial._store.inbox import Intake
+from substantial._store.runs import RunStore, inbox_prefix, meta_key, quarantine_prefix
 from substantial.backends import Backend, from_url
-from substantial.handle import Handle
-from substantial.inbox import Intake
 from substantial.protocol import substantial_pb2 as pb
-from substantial.runs import RunStore, inbox_prefix, meta_key, quarantine_prefix
 from tests import chaos_app
 from tests.agents import Agent, backend_url, check_log
 from tests.conftest import BACKENDS

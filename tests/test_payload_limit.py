@@ -17,9 +17,9 @@ from substantial import (
     RunNotFound,
     workflow,
 )
+from substantial._core.constants import MAX_PAYLOAD_BYTES
+from substantial._store.runs import inbox_prefix
 from substantial.backends import Backend
-from substantial.constants import MAX_PAYLOAD_BYTES
-from substantial.runs import inbox_prefix
 from tests.conftest import open_test_backend
 from tests.test_workflows import WAIT, Counter
 

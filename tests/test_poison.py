@@ -21,9 +21,9 @@ import pytest
 import redis.asyncio
 
 from substantial import Conductor, Context, RunStatus, workflow
+from substantial._store.runs import lease_key, now_ms
 from substantial.backends import Backend, FSBackend, MemoryBackend, from_url
 from substantial.protocol import substantial_pb2 as pb
-from substantial.runs import lease_key, now_ms
 from tests import chaos_app
 from tests.agents import Agent, backend_url, effect_lines, wait_for
 from tests.conftest import BACKENDS

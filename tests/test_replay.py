@@ -16,10 +16,10 @@ from substantial import (
     Workflow,
     workflow,
 )
+from substantial._engine.replay import Execution
+from substantial._store.runs import now_ms
 from substantial.backends import MemoryBackend
 from substantial.protocol import substantial_pb2 as pb
-from substantial.replay import Execution
-from substantial.runs import now_ms
 from tests.test_workflows import WAIT, make_conductor, wait_for_status
 
 

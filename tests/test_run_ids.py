@@ -29,12 +29,12 @@ from substantial import (
     SubstantialError,
     workflow,
 )
+from substantial._core.runids import MAX_RUN_ID_LENGTH, check_run_id, derived_run_id
+from substantial._engine.replay import Execution, open_children
+from substantial._store.runs import RunStore, ScheduleEntry, now_ms
 from substantial.backends import Backend, from_url
 from substantial.codec import decode_payload, encode_payload
 from substantial.protocol import substantial_pb2 as pb
-from substantial.replay import Execution, open_children
-from substantial.runids import MAX_RUN_ID_LENGTH, check_run_id, derived_run_id
-from substantial.runs import RunStore, ScheduleEntry, now_ms
 from substantial.testing import Replayer
 from tests import runids_app
 from tests.agents import Agent, backend_url, wait_for

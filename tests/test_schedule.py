@@ -14,9 +14,9 @@ import anyio
 import pytest
 
 from substantial import Conductor, Context, workflow
+from substantial._client.handle import RunStatus
+from substantial._store.runs import SCHEDULE_PREFIX, RunStore, ScheduleEntry, now_ms
 from substantial.backends import Backend, FSBackend, MemoryBackend
-from substantial.handle import RunStatus
-from substantial.runs import SCHEDULE_PREFIX, RunStore, ScheduleEntry, now_ms
 from tests.agents import check_log, wait_for
 
 SLEEPING = 10_000

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from substantial import Conductor, Context, CorruptLog, RunStatus, workflow
+from substantial._store.runs import RunStore, log_prefix, snapshot_prefix
 from substantial.backends import Backend
 from substantial.protocol import substantial_pb2 as pb
-from substantial.runs import RunStore, log_prefix, snapshot_prefix
 from substantial.testing import Replayer
 from tests.agents import wait_for
 

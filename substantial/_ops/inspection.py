@@ -23,15 +23,12 @@ from typing import Any
 
 import anyio
 
-from substantial import hints
-from substantial.backends.base import Backend
-from substantial.codec import decode_payload
-from substantial.errors import CodecError, CorruptLog, NonDeterminismError, RunNotFound
-from substantial.handle import STATUS_FROM_PB, HistoryEvent, RunStatus
-from substantial.protocol import substantial_pb2 as pb
-from substantial.quarantine import QuarantinedEntry, list_quarantined
-from substantial.replay import Execution
-from substantial.runs import (
+from substantial._client.handle import STATUS_FROM_PB, HistoryEvent, RunStatus
+from substantial._engine.replay import Execution
+from substantial._engine.workflow import Workflow
+from substantial._store import hints
+from substantial._store.quarantine import QuarantinedEntry, list_quarantined
+from substantial._store.runs import (
     SCHEDULE_PREFIX,
     RunStore,
     ScheduleEntry,
@@ -41,7 +38,10 @@ from substantial.runs import (
     now_ms,
     segment_key,
 )
-from substantial.workflow import Workflow
+from substantial.backends.base import Backend
+from substantial.codec import decode_payload
+from substantial.errors import CodecError, CorruptLog, NonDeterminismError, RunNotFound
+from substantial.protocol import substantial_pb2 as pb
 
 __all__ = [
     "GcResult",

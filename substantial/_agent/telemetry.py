@@ -5,16 +5,16 @@ OpenTelemetry tracing and metrics for the agent, with the ``otel`` extra
 Spans (tracer ``substantial``):
 
 * ``substantial.run``: one wake-up of one run by this agent. Attributes
-  ``substantial.run_id``, ``substantial.workflow`` and ``substantial.outcome``: what the
+  ``substantial.run_id``, ``substantial._engine.workflow`` and ``substantial.outcome``: what the
   wake-up ended in (see :data:`OUTCOMES`).
-* ``substantial.replay``: re-running the workflow code over the stored log, inside the run
+* ``substantial._engine.replay``: re-running the workflow code over the stored log, inside the run
   span. Attribute ``substantial.events``: how many events were replayed.
 * ``substantial.step``: one attempt of one ``save`` step, inside the run span. Attributes
   ``substantial.run_id``, ``substantial.position``, ``substantial.step`` (its name) and
   ``substantial.attempt`` (1, 2, ...); a failed attempt has status ERROR, the exception
   as an event and ``error.type``. A step function's own spans nest inside it.
 
-Counters (meter ``substantial``), each with ``substantial.workflow``:
+Counters (meter ``substantial``), each with ``substantial._engine.workflow``:
 
 * ``substantial.steps``: step attempts run, by ``substantial.outcome`` (``ok``, ``error``,
   or ``cancelled`` when the run ended or the agent stopped while it ran)
@@ -36,14 +36,14 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from substantial import logs
+from substantial._core import logs
 from substantial.errors import BackendUnavailable, LeaseLost
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
-    from substantial.commands import SaveCommand
+    from substantial._engine.commands import SaveCommand
     from substantial.protocol import substantial_pb2 as pb
 
 try:
@@ -87,7 +87,7 @@ _NULL: AbstractContextManager[None] = nullcontext()
 _END_KINDS = {"continued_as": "continued"}
 
 RUN_ID = "substantial.run_id"
-WORKFLOW = "substantial.workflow"
+WORKFLOW = "substantial._engine.workflow"
 OUTCOME = "substantial.outcome"
 
 
@@ -235,7 +235,7 @@ if ENABLED:
 
     def replay_span(events: int) -> AbstractContextManager[None]:
         """The span of a replay of ``events`` stored events."""
-        return _ReplaySpan("substantial.replay", {"substantial.events": events})
+        return _ReplaySpan("substantial._engine.replay", {"substantial.events": events})
 
     def step_span(command: SaveCommand, attempt: int) -> AbstractContextManager[None]:
         """The span of one attempt of a step."""

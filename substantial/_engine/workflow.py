@@ -11,7 +11,7 @@ from substantial import _allow
 from substantial.errors import InvalidArguments
 
 if TYPE_CHECKING:
-    from substantial.context import Context
+    from substantial._engine.context import Context
 
 __all__ = ["Workflow", "workflow"]
 

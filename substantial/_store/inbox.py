@@ -2,7 +2,7 @@
 What one wake-up takes from a run's inbox: at most ``MERGE_LIMIT`` entries and about
 ``MERGE_BYTES`` of them (always at least one entry, so a run flooded with large events
 still moves), read in small chunks so the byte budget bounds what is held in memory.
-Entries it cannot merge are set aside (:mod:`substantial.quarantine`) rather than stop
+Entries it cannot merge are set aside (:mod:`substantial._store.quarantine`) rather than stop
 the run.
 """
 
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from google.protobuf.message import DecodeError
 
-from substantial import constants, quarantine
+from substantial._core import constants
+from substantial._store import quarantine
+from substantial._store.runs import RunStore, inbox_prefix
 from substantial.codec import decode_payload
 from substantial.errors import CodecError
 from substantial.protocol import substantial_pb2 as pb
-from substantial.runs import RunStore, inbox_prefix
 
 __all__ = ["Intake", "unmergeable"]
 

@@ -24,9 +24,10 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
-from substantial import compaction, constants
-from substantial.codec import decode_payload, encode_payload
-from substantial.commands import (
+from substantial._core import constants
+from substantial._core.runids import derived_run_id
+from substantial._engine import compaction
+from substantial._engine.commands import (
     C,
     ChildCommand,
     Command,
@@ -40,7 +41,10 @@ from substantial.commands import (
     failure_from_exception,
     same_step,
 )
-from substantial.context import ChildHandle, Context, RetryPolicy
+from substantial._engine.context import ChildHandle, Context, RetryPolicy
+from substantial._engine.loop import DeterministicLoop
+from substantial._engine.workflow import Workflow
+from substantial.codec import decode_payload, encode_payload
 from substantial.errors import (
     ChildRunIdTaken,
     CodecError,
@@ -50,10 +54,7 @@ from substantial.errors import (
     RunFailed,
     StepFailed,
 )
-from substantial.loop import DeterministicLoop
 from substantial.protocol import substantial_pb2 as pb
-from substantial.runids import derived_run_id
-from substantial.workflow import Workflow
 
 __all__ = ["TERMINAL_KINDS", "Execution", "SaveCommand", "failure_from_exception"]
 
@@ -151,7 +152,7 @@ class Execution:
         self._fatal: BaseException | None = None
         self._cancel_requested = False
         self._closing = False
-        #: Every event applied, with the slot it fills (see :mod:`substantial.compaction`).
+        #: Every event applied, with the slot it fills (see :mod:`substantial._engine.compaction`).
         self.history: list[compaction.Entry] = []
         #: Whether the workflow called ``compact()`` since the last compaction.
         self.compact_requested = False

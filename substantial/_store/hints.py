@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 from google.protobuf.message import DecodeError
 
+from substantial._store.runs import RunStore, StoredLog, log_prefix, meta_key, segment_key
 from substantial.backends.base import Backend
 from substantial.errors import CorruptLog
 from substantial.protocol import substantial_pb2 as pb
-from substantial.runs import RunStore, StoredLog, log_prefix, meta_key, segment_key
 
 __all__ = [
     "END_STATUS",

@@ -15,14 +15,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
 from substantial import _allow
+from substantial._core.runids import check_run_id
 from substantial.codec import encode_payload
-from substantial.runids import check_run_id
 
 if TYPE_CHECKING:
     import asyncio
 
-    from substantial.replay import Execution
-    from substantial.workflow import Workflow
+    from substantial._engine.replay import Execution
+    from substantial._engine.workflow import Workflow
 
 __all__ = ["ChildHandle", "Context", "RetryPolicy"]
 
@@ -354,7 +354,7 @@ class Context:
         (and drop events already taken), so a workflow that loops for ever stores and
         replays a fixed amount. The agent writes the compacted history as a snapshot
         and deletes the old segments. On replay the loop runs once more with the newest
-        values, which brings it back to where it was; see :mod:`substantial.compaction`.
+        values, which brings it back to where it was; see :mod:`substantial._engine.compaction`.
 
         :raises CompactionError: if an unkeyed ``save``, ``sleep``, timeout or child
             comes after the first keyed record

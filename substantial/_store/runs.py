@@ -27,11 +27,11 @@ from typing import TypeVar
 import anyio
 from google.protobuf.message import DecodeError
 
+from substantial._core.constants import LEASE_MAX_AHEAD
+from substantial._core.runids import check_run_id, is_stored_run_id
 from substantial.backends.base import Backend
-from substantial.constants import LEASE_MAX_AHEAD
 from substantial.errors import CorruptLog
 from substantial.protocol import substantial_pb2 as pb
-from substantial.runids import check_run_id, is_stored_run_id
 
 __all__ = [
     "FORMAT_VERSION",

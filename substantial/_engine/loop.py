@@ -1,7 +1,7 @@
 """
 The event loop workflow code runs on: it runs ready callbacks and nothing else (no
 timers, no I/O), so a workflow's tasks advance only when the replay engine resolves
-one of their futures. See :mod:`substantial.replay`.
+one of their futures. See :mod:`substantial._engine.replay`.
 """
 
 from __future__ import annotations

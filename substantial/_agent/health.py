@@ -20,9 +20,9 @@ import logging
 import random
 from dataclasses import dataclass, field
 
+from substantial._store.runs import RunStore
 from substantial.errors import BackendRefused, BackendUnavailable, CorruptLog
 from substantial.protocol import substantial_pb2 as pb
-from substantial.runs import RunStore
 
 __all__ = ["RunTroubles", "StoreTrouble", "backoff", "describe", "mark_held"]
 

@@ -2,7 +2,7 @@
 The agent: poll the schedule, lease a due run, replay it, execute new work, commit,
 schedule its next wake-up, release. Any number of agents share one backend.
 
-Clocks. Agents read their own wall clock (:func:`substantial.runs.now_ms`) for two
+Clocks. Agents read their own wall clock (:func:`substantial._store.runs.now_ms`) for two
 things only: whether a lease has expired, and whether a timer or schedule entry is due.
 An agent whose clock is ``s`` ahead of another's sees that agent's leases expire ``s``
 early and takes its runs over, so a step in flight may run again (at-least-once, as
@@ -41,10 +41,27 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-from substantial import constants, hints, logs, telemetry
+from substantial._agent import telemetry
+from substantial._agent.health import RunTroubles, StoreTrouble, describe, mark_held
+from substantial._agent.step_threads import DaemonThreadPool
+from substantial._client.handle import STATUS_TO_PB, Handle, Notifier, RunStatus
+from substantial._core import constants, logs
+from substantial._core.runids import is_stored_run_id
+from substantial._engine.commands import ChildCommand, SaveCommand, failure_from_exception
+from substantial._engine.replay import TERMINAL_KINDS, Execution, open_children
+from substantial._engine.workflow import Workflow
+from substantial._store import hints
+from substantial._store.inbox import Intake
+from substantial._store.runs import (
+    Clock,
+    Lease,
+    RunStore,
+    ScheduleEntry,
+    StoredLog,
+    check_run_id,
+)
 from substantial.backends.base import Backend
 from substantial.codec import encode_payload
-from substantial.commands import ChildCommand, SaveCommand, failure_from_exception
 from substantial.errors import (
     BackendRefused,
     BackendUnavailable,
@@ -56,22 +73,7 @@ from substantial.errors import (
     RunReverted,
     UnknownWorkflow,
 )
-from substantial.handle import STATUS_TO_PB, Handle, Notifier, RunStatus
-from substantial.health import RunTroubles, StoreTrouble, describe, mark_held
-from substantial.inbox import Intake
 from substantial.protocol import substantial_pb2 as pb
-from substantial.replay import TERMINAL_KINDS, Execution, open_children
-from substantial.runids import is_stored_run_id
-from substantial.runs import (
-    Clock,
-    Lease,
-    RunStore,
-    ScheduleEntry,
-    StoredLog,
-    check_run_id,
-)
-from substantial.step_threads import DaemonThreadPool
-from substantial.workflow import Workflow
 
 __all__ = ["Conductor"]
 
@@ -401,7 +403,7 @@ class Conductor:
 
     async def _process(self, lease: Lease, entries: list[ScheduleEntry]) -> None:
         run_id = lease.run_id
-        logs.run_id_var.set(run_id)  # this task's log lines name the run (substantial.logs)
+        logs.run_id_var.set(run_id)  # this task's log lines name the run (substantial._core.logs)
         holder = _LeaseHolder(lease)
         try:
             with anyio.CancelScope(shield=True) as scope, telemetry.run_span(run_id):

@@ -12,16 +12,16 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from substantial import hints
-from substantial.codec import decode_payload, encode_payload
-from substantial.constants import (
+from substantial._core.constants import (
     MAX_PAYLOAD_BYTES,
     RESULT_POLL_MAX_SECONDS,
     RESULT_POLL_MIN_SECONDS,
 )
+from substantial._store import hints
+from substantial._store.runs import RunStore, check_run_id
+from substantial.codec import decode_payload, encode_payload
 from substantial.errors import RunCancelled, RunFailed, RunNotFound, RunReverted
 from substantial.protocol import substantial_pb2 as pb
-from substantial.runs import RunStore, check_run_id
 
 __all__ = ["Handle", "HistoryEvent", "Notifier", "RunStatus"]
 

@@ -1,0 +1,1 @@
+"""The agent: polling, claiming, waking runs, running steps, recording state."""

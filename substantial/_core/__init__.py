@@ -1,0 +1,1 @@
+"""Values every layer may use: constants, run ids, statuses, clocks, logging context."""

@@ -1,0 +1,1 @@
+"""The replay engine: workflows, the Context, commands, and the run's execution."""

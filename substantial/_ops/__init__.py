@@ -1,0 +1,1 @@
+"""Operator views over a backend: listing, showing, checking and collecting runs."""

@@ -1,0 +1,1 @@
+"""The run layout on top of a backend: keys, segments, inbox, summaries, leases, schedule."""
