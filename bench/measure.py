@@ -24,9 +24,10 @@ from bench.scale import Scale
 from bench.targets import Spec, Target
 from bench.workloads import WORKFLOWS, clone, sleeper, snapshot, steps, steps_then_receive
 from substantial import Conductor
-from substantial._client.handle import RunStatus
+from substantial._core.clock import now_ms
+from substantial._core.status import RunStatus
 from substantial._engine.replay import Execution
-from substantial._store.runs import RunStore, now_ms
+from substantial._store.runs import RunStore
 from substantial.backends import Backend, MemoryBackend
 from substantial.protocol import substantial_pb2 as pb
 

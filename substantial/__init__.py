@@ -8,9 +8,11 @@ agents share the work through atomic operations on that storage.
 
 from __future__ import annotations
 
-from substantial._client.handle import Handle, HistoryEvent, RunStatus
+from substantial._client.handle import Handle, HistoryEvent
 from substantial._conductor import Conductor
-from substantial._engine.context import ChildHandle, Context, RetryPolicy
+from substantial._core.retry import RetryPolicy
+from substantial._core.status import RunStatus
+from substantial._engine.context import ChildHandle, Context
 from substantial._engine.workflow import Workflow, workflow
 from substantial.errors import (
     BackendError,

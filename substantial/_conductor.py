@@ -44,22 +44,18 @@ from anyio.streams.memory import MemoryObjectSendStream
 from substantial._agent import telemetry
 from substantial._agent.health import RunTroubles, StoreTrouble, describe, mark_held
 from substantial._agent.step_threads import DaemonThreadPool
-from substantial._client.handle import STATUS_TO_PB, Handle, Notifier, RunStatus
+from substantial._client.handle import Handle
 from substantial._core import constants, logs
+from substantial._core.clock import Clock
+from substantial._core.notify import Notifier
 from substantial._core.runids import is_stored_run_id
+from substantial._core.status import END_STATUS, STATUS_TO_PB, TERMINAL_KINDS, RunStatus
 from substantial._engine.commands import ChildCommand, SaveCommand, failure_from_exception
-from substantial._engine.replay import TERMINAL_KINDS, Execution, open_children
+from substantial._engine.replay import Execution, open_children
 from substantial._engine.workflow import Workflow
 from substantial._store import hints
 from substantial._store.inbox import Intake
-from substantial._store.runs import (
-    Clock,
-    Lease,
-    RunStore,
-    ScheduleEntry,
-    StoredLog,
-    check_run_id,
-)
+from substantial._store.runs import Lease, RunStore, ScheduleEntry, StoredLog, check_run_id
 from substantial.backends.base import Backend
 from substantial.codec import encode_payload
 from substantial.errors import (
@@ -775,7 +771,7 @@ class Conductor:
         version: str | None = None,
     ) -> None:
         if outcome is not None:
-            status = _END_STATUS[outcome.WhichOneof("kind") or ""]
+            status = END_STATUS[outcome.WhichOneof("kind") or ""]
             await self._write_meta(
                 run_id, meta, seq, status, end=outcome, published=published, version=version
             )
@@ -858,7 +854,7 @@ class Conductor:
         ended it died before finishing up, so do what its end sets off and fix the summary.
         Then drop leftovers.
         """
-        status = _END_STATUS[last.WhichOneof("kind") or ""]
+        status = END_STATUS[last.WhichOneof("kind") or ""]
         if meta is None or meta.status != STATUS_TO_PB[status]:
             await self._after_end(run_id, stored.events)
             await self._write_meta(
@@ -898,15 +894,6 @@ def _names_run(run_id: str, other: str) -> bool:
     if other and not is_stored_run_id(other):
         log.error("run %s: its log names run id %r, which breaks the run-id rule", run_id, other)
     return bool(other) and is_stored_run_id(other)
-
-
-_END_STATUS = {
-    "completed": RunStatus.COMPLETED,
-    "failed": RunStatus.FAILED,
-    "cancelled": RunStatus.CANCELLED,
-    "reverted": RunStatus.REVERTED,
-    "continued_as": RunStatus.CONTINUED,
-}
 
 
 @dataclass

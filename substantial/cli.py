@@ -27,9 +27,10 @@ from typing import Any, NoReturn, TypeVar
 import anyio
 import click
 
-from substantial._client.handle import HistoryEvent, RunStatus
+from substantial._client.handle import HistoryEvent
 from substantial._conductor import Conductor
 from substantial._core import logs
+from substantial._core.status import RunStatus
 from substantial._engine.workflow import Workflow
 from substantial._ops import inspection as inspect
 from substantial._store import quarantine

@@ -27,9 +27,10 @@ from typing import Any, TypeVar
 
 from substantial._client.handle import Handle
 from substantial._conductor import Conductor
+from substantial._core.clock import VirtualClock
 from substantial._engine.replay import Execution
 from substantial._engine.workflow import Workflow
-from substantial._store.runs import RunStore, VirtualClock
+from substantial._store.runs import RunStore
 from substantial.backends.base import Backend
 from substantial.backends.memory import MemoryBackend
 from substantial.errors import UnknownWorkflow

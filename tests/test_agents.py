@@ -15,7 +15,7 @@ import anyio.lowlevel
 import pytest
 
 from substantial import Conductor, Context, workflow
-from substantial._client.handle import RunStatus
+from substantial._core.status import RunStatus
 from substantial._store.runs import RunStore, lease_key
 from substantial.backends import Backend, from_url
 from tests import chaos_app

@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from substantial import Conductor
-from substantial._client.handle import RunStatus
+from substantial._core.status import RunStatus
 from substantial.backends import from_url
 from tests import chaos_app
 from tests.agents import Agent, backend_url, check_log, effect_lines, wait_for

@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from substantial import Conductor, RunReverted
-from substantial._client.handle import RunStatus
+from substantial._core.status import RunStatus
 from substantial._store.runs import RunStore
 from substantial.backends import Backend, from_url
 from substantial.codec import decode_payload

@@ -16,7 +16,8 @@ import anyio
 import pytest
 
 from substantial import Conductor
-from substantial._client.handle import Handle, RunStatus
+from substantial._client.handle import Handle
+from substantial._core.status import RunStatus
 from substantial.backends import Backend, FSBackend, from_url
 from tests import ops_app
 

@@ -10,8 +10,9 @@ import anyio
 import pytest
 
 from substantial import Conductor
-from substantial._client.handle import Handle, RunStatus
+from substantial._client.handle import Handle
 from substantial._core.logs import RunContextFilter
+from substantial._core.status import RunStatus
 from substantial._ops.inspection import (
     check_replay,
     describe_run,

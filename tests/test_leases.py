@@ -16,8 +16,9 @@ import anyio
 import pytest
 
 from substantial import Conductor, Context, workflow
-from substantial._client.handle import RunStatus
-from substantial._store.runs import RunStore, lease_key, now_ms
+from substantial._core.clock import now_ms
+from substantial._core.status import RunStatus
+from substantial._store.runs import RunStore, lease_key
 from substantial.backends import Backend, from_url
 from tests import chaos_app
 from tests.agents import Agent, backend_url, check_log, effect_lines, lease_of, wait_for

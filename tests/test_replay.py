@@ -16,8 +16,8 @@ from substantial import (
     Workflow,
     workflow,
 )
+from substantial._core.clock import now_ms
 from substantial._engine.replay import Execution
-from substantial._store.runs import now_ms
 from substantial.backends import MemoryBackend
 from substantial.protocol import substantial_pb2 as pb
 from tests.test_workflows import WAIT, make_conductor, wait_for_status

@@ -14,8 +14,9 @@ import anyio
 import pytest
 
 from substantial import Conductor, Context, workflow
-from substantial._client.handle import RunStatus
-from substantial._store.runs import SCHEDULE_PREFIX, RunStore, ScheduleEntry, now_ms
+from substantial._core.clock import now_ms
+from substantial._core.status import RunStatus
+from substantial._store.runs import SCHEDULE_PREFIX, RunStore, ScheduleEntry
 from substantial.backends import Backend, FSBackend, MemoryBackend
 from tests.agents import check_log, wait_for
 

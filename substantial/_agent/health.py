@@ -20,21 +20,12 @@ import logging
 import random
 from dataclasses import dataclass, field
 
+from substantial._core.status import FINAL_PB
 from substantial._store.runs import RunStore
 from substantial.errors import BackendRefused, BackendUnavailable, CorruptLog
 from substantial.protocol import substantial_pb2 as pb
 
 __all__ = ["RunTroubles", "StoreTrouble", "backoff", "describe", "mark_held"]
-
-_FINAL = frozenset(
-    {
-        pb.RUN_STATUS_COMPLETED,
-        pb.RUN_STATUS_FAILED,
-        pb.RUN_STATUS_CANCELLED,
-        pb.RUN_STATUS_REVERTED,
-        pb.RUN_STATUS_CONTINUED,
-    }
-)
 
 
 def backoff(first: float, attempt: int, ceiling: float) -> float:
@@ -140,7 +131,7 @@ async def mark_held(store: RunStore, run_id: str, reason: str, now_ms: int) -> N
         meta, version = await store.read_meta_version(run_id)
     except CorruptLog:
         meta, version = None, None
-    if meta is not None and meta.status in _FINAL:
+    if meta is not None and meta.status in FINAL_PB:
         return
     updated = pb.RunMeta(run_id=run_id, created_ms=now_ms)
     if meta is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import math
 import time
 import uuid
@@ -17,99 +16,17 @@ from substantial._core.constants import (
     RESULT_POLL_MAX_SECONDS,
     RESULT_POLL_MIN_SECONDS,
 )
+from substantial._core.notify import Notifier
+from substantial._core.status import STATUS_FROM_PB, RunStatus
 from substantial._store import hints
 from substantial._store.runs import RunStore, check_run_id
 from substantial.codec import decode_payload, encode_payload
 from substantial.errors import RunCancelled, RunFailed, RunNotFound, RunReverted
 from substantial.protocol import substantial_pb2 as pb
 
-__all__ = ["Handle", "HistoryEvent", "Notifier", "RunStatus"]
+__all__ = ["Handle", "HistoryEvent"]
 
 R = TypeVar("R")
-
-
-class RunStatus(str, enum.Enum):
-    """Where a run is in its life."""
-
-    #: started; no agent has picked it up yet
-    PENDING = "pending"
-    #: an agent is working on it, or it has steps left to run
-    RUNNING = "running"
-    #: waiting for a timer (a sleep or a retry)
-    SLEEPING = "sleeping"
-    #: waiting for an event
-    WAITING = "waiting"
-    #: finished with a result
-    COMPLETED = "completed"
-    #: finished with an error
-    FAILED = "failed"
-    #: cancelled
-    CANCELLED = "cancelled"
-    #: its code no longer replays its log; agents retry it after a pause
-    PARKED = "parked"
-    #: its compensations ran after ``revert()``
-    REVERTED = "reverted"
-    #: it continued as a new run (``continue_using``); handles follow the chain
-    CONTINUED = "continued"
-
-    @property
-    def finished(self) -> bool:
-        return self in _FINISHED
-
-
-_FINISHED = {
-    RunStatus.COMPLETED,
-    RunStatus.FAILED,
-    RunStatus.CANCELLED,
-    RunStatus.REVERTED,
-    RunStatus.CONTINUED,
-}
-
-STATUS_TO_PB = {
-    RunStatus.PENDING: pb.RUN_STATUS_PENDING,
-    RunStatus.RUNNING: pb.RUN_STATUS_RUNNING,
-    RunStatus.SLEEPING: pb.RUN_STATUS_SLEEPING,
-    RunStatus.WAITING: pb.RUN_STATUS_WAITING,
-    RunStatus.COMPLETED: pb.RUN_STATUS_COMPLETED,
-    RunStatus.FAILED: pb.RUN_STATUS_FAILED,
-    RunStatus.CANCELLED: pb.RUN_STATUS_CANCELLED,
-    RunStatus.PARKED: pb.RUN_STATUS_PARKED,
-    RunStatus.REVERTED: pb.RUN_STATUS_REVERTED,
-    RunStatus.CONTINUED: pb.RUN_STATUS_CONTINUED,
-}
-STATUS_FROM_PB = {value: key for key, value in STATUS_TO_PB.items()}
-
-
-class Notifier:
-    """
-    In-process wake-ups: a local ``start``/``send`` wakes the local agent at once, and a
-    run that changes state wakes local ``result()`` waiters, so nothing in one process
-    waits for a poll interval.
-    """
-
-    def __init__(self) -> None:
-        self._watchers: dict[str, anyio.Event] = {}
-        self._kick = anyio.Event()
-
-    def watch(self, run_id: str) -> anyio.Event:
-        event = self._watchers.get(run_id)
-        if event is None or event.is_set():
-            event = self._watchers[run_id] = anyio.Event()
-        return event
-
-    def changed(self, run_id: str) -> None:
-        event = self._watchers.pop(run_id, None)
-        if event is not None:
-            event.set()
-
-    def kick(self) -> None:
-        self._kick.set()
-
-    async def wait_kick(self, timeout: float) -> None:
-        with anyio.move_on_after(timeout):
-            await self._kick.wait()
-        if self._kick.is_set():
-            self._kick = anyio.Event()
 
 
 @dataclass(frozen=True)
@@ -222,7 +139,7 @@ class Handle(Generic[R]):
                 meta = await self._require_meta(run_id)
                 status = STATUS_FROM_PB.get(meta.status)
                 # The summary is a hint: an end it reports is taken from the log.
-                finished = status in _FINISHED
+                finished = status is not None and status.finished
                 end = await hints.log_end(self._store, run_id, meta) if finished else None
                 kind = end.WhichOneof("kind") if end is not None else None
                 if kind == "completed":

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from substantial._engine.context import RetryPolicy
+from substantial._core.retry import RetryPolicy
 from substantial.errors import CodecError, StepFailed
 from substantial.protocol import substantial_pb2 as pb
 

@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 from substantial._core import constants
+from substantial._core.retry import RetryPolicy
 from substantial._core.runids import derived_run_id
+from substantial._core.status import TERMINAL_KINDS
 from substantial._engine import compaction
 from substantial._engine.commands import (
     C,
@@ -41,7 +43,7 @@ from substantial._engine.commands import (
     failure_from_exception,
     same_step,
 )
-from substantial._engine.context import ChildHandle, Context, RetryPolicy
+from substantial._engine.context import ChildHandle, Context
 from substantial._engine.loop import DeterministicLoop
 from substantial._engine.workflow import Workflow
 from substantial.codec import decode_payload, encode_payload
@@ -56,7 +58,7 @@ from substantial.errors import (
 )
 from substantial.protocol import substantial_pb2 as pb
 
-__all__ = ["TERMINAL_KINDS", "Execution", "SaveCommand", "failure_from_exception"]
+__all__ = ["Execution"]
 
 
 class _Suspend(BaseException):
@@ -94,8 +96,6 @@ _LOGGED = {
     "reverted": "the run's reversal",
     "continued_as": "the run's continuation",
 }
-
-TERMINAL_KINDS = frozenset({"completed", "failed", "cancelled", "reverted", "continued_as"})
 
 
 class Execution:

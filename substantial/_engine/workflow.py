@@ -5,13 +5,10 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 from substantial import _allow
 from substantial.errors import InvalidArguments
-
-if TYPE_CHECKING:
-    from substantial._engine.context import Context
 
 __all__ = ["Workflow", "workflow"]
 
@@ -41,7 +38,8 @@ class Workflow(Generic[R]):
         except TypeError as exc:
             raise InvalidArguments(self.name, str(exc)) from None
 
-    async def __call__(self, context: Context, *args: Any, **kwargs: Any) -> R:
+    async def __call__(self, context: Any, *args: Any, **kwargs: Any) -> R:
+        """Run the function with a :class:`~substantial.Context` and the run's arguments."""
         return await self.fn(context, *args, **kwargs)
 
 

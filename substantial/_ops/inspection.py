@@ -23,7 +23,9 @@ from typing import Any
 
 import anyio
 
-from substantial._client.handle import STATUS_FROM_PB, HistoryEvent, RunStatus
+from substantial._client.handle import HistoryEvent
+from substantial._core.clock import now_ms
+from substantial._core.status import STATUS_FROM_PB, RunStatus
 from substantial._engine.replay import Execution
 from substantial._engine.workflow import Workflow
 from substantial._store import hints
@@ -35,7 +37,6 @@ from substantial._store.runs import (
     check_run_id,
     inbox_prefix,
     lease_key,
-    now_ms,
     segment_key,
 )
 from substantial.backends.base import Backend

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 from google.protobuf.message import DecodeError
 
+from substantial._core.status import END_STATUS as _END_STATUS
+from substantial._core.status import STATUS_TO_PB
 from substantial._store.runs import RunStore, StoredLog, log_prefix, meta_key, segment_key
 from substantial.backends.base import Backend
 from substantial.errors import CorruptLog
@@ -30,13 +32,7 @@ __all__ = [
 log = logging.getLogger("substantial.agent")
 
 #: A log's terminal event kind -> the status its summary shows.
-END_STATUS = {
-    "completed": pb.RUN_STATUS_COMPLETED,
-    "failed": pb.RUN_STATUS_FAILED,
-    "cancelled": pb.RUN_STATUS_CANCELLED,
-    "reverted": pb.RUN_STATUS_REVERTED,
-    "continued_as": pb.RUN_STATUS_CONTINUED,
-}
+END_STATUS = {kind: STATUS_TO_PB[status] for kind, status in _END_STATUS.items()}
 
 
 async def read_summary(store: RunStore, run_id: str) -> tuple[pb.RunMeta | None, str | None]:

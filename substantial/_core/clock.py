@@ -1,0 +1,51 @@
+"""Where agents and handles read the time: the wall clock, or a virtual one in tests."""
+
+from __future__ import annotations
+
+import time
+
+__all__ = ["Clock", "VirtualClock", "now_ms"]
+
+
+def now_ms() -> int:
+    """Wall-clock time in milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+class Clock:
+    """Where agents and handles read the time: the wall clock, unless a test says so."""
+
+    def now_ms(self) -> int:
+        return now_ms()
+
+    def skip_to(self, when_ms: int) -> bool:
+        """
+        Called by an idle agent whose next timer is due at ``when_ms``. A clock that can
+        jump there does, and returns True (the agent polls again at once); the wall
+        clock cannot, and the agent waits.
+        """
+        return False
+
+
+class VirtualClock(Clock):
+    """
+    A clock that moves only when told. An agent on a virtual clock, finding nothing to
+    do, jumps it to the next due timer instead of waiting (see ``substantial.testing``).
+    """
+
+    def __init__(self, start_ms: int | None = None, *, auto_advance: bool = True) -> None:
+        self._now = now_ms() if start_ms is None else start_ms
+        #: Whether an idle agent may jump this clock to its next timer.
+        self.auto_advance = auto_advance
+
+    def now_ms(self) -> int:
+        return self._now
+
+    def advance_to(self, when_ms: int) -> None:
+        self._now = max(self._now, when_ms)
+
+    def skip_to(self, when_ms: int) -> bool:
+        if not self.auto_advance:
+            return False
+        self.advance_to(when_ms)
+        return True
