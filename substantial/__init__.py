@@ -12,7 +12,8 @@ from substantial._client.handle import Handle, HistoryEvent
 from substantial._conductor import Conductor
 from substantial._core.retry import RetryPolicy
 from substantial._core.status import RunStatus
-from substantial._engine.context import ChildHandle, Context
+from substantial._engine.children import ChildHandle
+from substantial._engine.context import Context
 from substantial._engine.workflow import Workflow, workflow
 from substantial.errors import (
     BackendError,

@@ -315,7 +315,7 @@ async def test_context_run_id(conductor: Conductor) -> None:
 async def test_log_is_silent_on_replay(
     conductor: Conductor, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="substantial._engine.workflow")
+    caplog.set_level(logging.INFO, logger="substantial.workflow")
 
     @workflow(name="logging")
     async def logs(c: Context) -> None:
@@ -328,7 +328,7 @@ async def test_log_is_silent_on_replay(
     conductor.register(logs)
     w = await conductor.start(logs)
     await w.result(timeout=WAIT)
-    messages = [r.getMessage() for r in caplog.records if r.name == "substantial._engine.workflow"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "substantial.workflow"]
     assert messages == [f"[{w.run_id}] {m}" for m in ("one", "two", "three")]
 
 

@@ -1,1 +1,4 @@
-"""The replay engine: workflows, the Context, commands, and the run's execution."""
+"""
+The replay engine: workflows, the Context, commands, and the run's execution; the
+docstring of :mod:`substantial._engine.replay` maps its parts.
+"""

@@ -12,16 +12,20 @@ brings it back to where it was.
 For that to be sound, every record after the first keyed one must be keyed or an event
 still waiting: an unkeyed ``save``, ``sleep``, timeout or child in between would lose its
 place, and ``compact()`` refuses with :class:`~substantial.errors.CompactionError`.
+
+:class:`History` holds a run's applied events and tags each with its slot as the engine
+applies it; the tagging rules live here, next to the rules that use them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from substantial._core import constants
 from substantial.errors import CompactionError
 from substantial.protocol import substantial_pb2 as pb
 
-__all__ = ["Entry", "check", "compacted"]
+__all__ = ["Entry", "History", "check", "compacted"]
 
 #: Records matched to the code by position: they cannot move, so they cannot be
 #: dropped from between keyed records.
@@ -84,3 +88,84 @@ def compacted(history: list[Entry]) -> list[Entry]:
         for entry in history
         if entry.cover is None or entry.cover[2] == newest[entry.cover[0], entry.cover[1]]
     ]
+
+
+class History:
+    """
+    Every event a run applied, oldest first, each tagged with the slot it fills; compacted
+    when the workflow asks.
+
+    :ivar entries: the applied events, as compacted at the last :meth:`compact`
+    :ivar compact_requested: whether :meth:`compact` compacted since the agent last took
+        the compacted history
+    :ivar compactions: how many times the agent took a compacted history
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.entries: list[Entry] = []
+        self.compact_requested = False
+        self.compactions = 0
+        self._order = 0
+        self._compacted_size = 0
+        self._checked = 0  # entries compact() has checked
+        self._keyed = False  # whether a checked entry was keyed
+        self._handler_keys: dict[str, str] = {}
+
+    def add(self, event: pb.Event) -> Entry:
+        """Append an applied event, untagged so far."""
+        entry = Entry(event, self._order)
+        self._order += 1
+        self.entries.append(entry)
+        return entry
+
+    def tag_step(self, entry: Entry, key: str, position: int) -> None:
+        """A step record: a keyed one fills the slot of its ``save``."""
+        if key:
+            entry.cover = ("save", key, position)
+
+    def tag_taken(self, entry: Entry, key: str) -> None:
+        """An event a ``receive`` took: a keyed one fills its slot, an unkeyed one holds
+        its place."""
+        if key:
+            entry.cover = ("recv", key, entry.order)
+        else:
+            entry.received_unkeyed = True
+
+    def tag_delivered(self, name: str, entry: Entry) -> None:
+        """An event just delivered: it fills the slot of a keyed handler of its name."""
+        key = self._handler_keys.get(name)
+        if key:
+            entry.cover = ("handle", key, entry.order)
+
+    def add_handler(self, name: str, key: str | None) -> None:
+        """A handler for ``name``: with a key, the events it sees from now on fill its slot."""
+        if key:
+            self._handler_keys[name] = key
+
+    def tag_handled(self, entry: Entry, key: str | None) -> None:
+        """An event delivered before a handler with ``key`` was added, as the handler sees
+        it: it fills the handler's slot, unless a ``receive`` took it or it fills one."""
+        if key and entry.cover is None and not entry.received_unkeyed:
+            entry.cover = ("handle", key, entry.order)
+
+    def compact(self) -> None:
+        """
+        Compact the entries if enough were added since the last compaction.
+
+        :raises CompactionError: if an unkeyed record follows a keyed one
+        """
+        fresh = self.entries[self._checked :]
+        self._keyed = check(self.run_id, fresh, self._keyed)
+        self._checked = len(self.entries)
+        if len(self.entries) < self._compacted_size + constants.COMPACT_MIN_RECORDS:
+            return  # a later call compacts; any call is as good a point as another
+        self.entries = compacted(self.entries)
+        self._compacted_size = self._checked = len(self.entries)
+        self.compact_requested = True
+
+    def take_compacted(self) -> list[pb.Event]:
+        """The history as compacted at the last :meth:`compact`, plus what followed."""
+        self.compact_requested = False
+        self.compactions += 1
+        return [entry.event for entry in self.entries]

@@ -11,66 +11,85 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, overload
 
 from substantial import _allow
 from substantial._core.retry import RetryPolicy
 from substantial._core.runids import check_run_id
+from substantial._engine.children import ChildHandle
 from substantial.codec import encode_payload
 
 if TYPE_CHECKING:
     import asyncio
+    import random
 
-    from substantial._engine.replay import Execution
     from substantial._engine.workflow import Workflow
+    from substantial.protocol import substantial_pb2 as pb
 
-__all__ = ["ChildHandle", "Context"]
+__all__ = ["Context", "Engine"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-class ChildHandle(Generic[R]):
+class Engine(Protocol):
     """
-    A child run started with :meth:`Context.start_child`, seen from its parent workflow.
-
-    :ivar run_id: the child's run id
+    The execution a :class:`Context` belongs to, as the Context sees it: the run's state
+    it reads and the primitives it forwards to, which number each call and check it
+    against the log. :class:`substantial._engine.replay.Execution` is the one engine.
     """
 
-    def __init__(self, run_id: str, outcome: asyncio.Future[Any]) -> None:
-        self.run_id = run_id
-        self._outcome = outcome
+    run_id: str
+    workflow: Workflow[Any]
+    max_payload: int
+    #: Whether the workflow re-runs what an earlier wake-up already ran.
+    replaying: bool
+    #: The run's logical time: that of the last event applied.
+    now_ms: int
+    rng: random.Random
 
-    def __repr__(self) -> str:
-        return f"<ChildHandle run_id={self.run_id!r}>"
-
-    async def result(self) -> R:
-        """
-        Wait for the child to end, durably.
-
-        :raises RunFailed: if the child failed
-        :raises RunCancelled: if the child was cancelled
-        """
-        result: R = await self._outcome
-        return result
+    def save(
+        self,
+        fn: Callable[[], Any],
+        retry: RetryPolicy | None,
+        timeout: float | None,
+        compensate_with: Callable[[], Any] | None,
+        key: str | None = None,
+    ) -> asyncio.Future[Any]: ...
+    def sleep(self, seconds: float) -> asyncio.Future[Any]: ...
+    def receive(
+        self, name: str, timeout: float | None, key: str | None = None
+    ) -> asyncio.Future[Any]: ...
+    def add_handler(
+        self, name: str, callback: Callable[[Any], object], key: str | None = None
+    ) -> None: ...
+    def ensure(self, predicate: Callable[[], bool]) -> asyncio.Future[Any]: ...
+    def set_status(self, value: Any) -> None: ...
+    def version(self, change_id: str) -> bool: ...
+    async def revert(self) -> NoReturn: ...
+    def continue_using(self, workflow: str, args: pb.Payload) -> NoReturn: ...
+    async def start_child(
+        self, workflow: str, args: pb.Payload, run_id: str | None, detached: bool
+    ) -> ChildHandle[Any]: ...
+    def compact(self) -> None: ...
 
 
 class _ReplayAwareLogger(logging.LoggerAdapter[logging.Logger]):
     """A logger that stays silent while the run is replaying events already recorded."""
 
-    def __init__(self, execution: Execution) -> None:
+    def __init__(self, engine: Engine) -> None:
         super().__init__(logging.getLogger("substantial.workflow"), {})
-        self._execution = execution
+        self._engine = engine
 
     def isEnabledFor(self, level: int) -> bool:
-        return not self._execution.replaying and self.logger.isEnabledFor(level)
+        return not self._engine.replaying and self.logger.isEnabledFor(level)
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         extra = dict(kwargs.get("extra") or {})
-        extra.setdefault("run_id", self._execution.run_id)
-        extra.setdefault("workflow", self._execution.workflow.name)
+        extra.setdefault("run_id", self._engine.run_id)
+        extra.setdefault("workflow", self._engine.workflow.name)
         kwargs["extra"] = extra
-        return f"[{self._execution.run_id}] {msg}", kwargs
+        return f"[{self._engine.run_id}] {msg}", kwargs
 
 
 class Context:
@@ -83,14 +102,14 @@ class Context:
     and :meth:`uuid4`, which replay their first answers.
     """
 
-    def __init__(self, execution: Execution) -> None:
-        self._execution = execution
-        self._log = _ReplayAwareLogger(execution)
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._log = _ReplayAwareLogger(engine)
 
     @property
     def run_id(self) -> str:
         """This run's id."""
-        return self._execution.run_id
+        return self._engine.run_id
 
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -147,7 +166,7 @@ class Context:
         """
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         _allow.note_function(fn, return_only=True)
-        return await self._execution.save(fn, retry, seconds, compensate_with, key)
+        return await self._engine.save(fn, retry, seconds, compensate_with, key)
 
     async def sleep(self, duration: timedelta | float) -> None:
         """
@@ -159,7 +178,7 @@ class Context:
         seconds = duration.total_seconds() if isinstance(duration, timedelta) else duration
         if seconds < 0:
             raise ValueError(f"cannot sleep for a negative duration ({seconds}s)")
-        await self._execution.sleep(seconds)
+        await self._engine.sleep(seconds)
 
     async def receive(
         self, name: str, *, timeout: float | timedelta | None = None, key: str | None = None
@@ -175,7 +194,7 @@ class Context:
         :raises TimeoutError: if ``timeout`` passed first
         """
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
-        return await self._execution.receive(name, seconds, key)
+        return await self._engine.receive(name, seconds, key)
 
     def handle(
         self, name: str, callback: Callable[[Any], object], *, key: str | None = None
@@ -185,7 +204,7 @@ class Context:
         before this call too, in arrival order, and each new one before the workflow
         continues past any primitive.
         """
-        self._execution.add_handler(name, callback, key)
+        self._engine.add_handler(name, callback, key)
 
     async def ensure(self, predicate: Callable[[], bool]) -> bool:
         """
@@ -193,19 +212,19 @@ class Context:
 
         :return: ``True``
         """
-        return bool(await self._execution.ensure(predicate))
+        return bool(await self._engine.ensure(predicate))
 
     def now(self) -> datetime:
         """The run's current time (aware, UTC): the time of the last recorded event."""
-        return datetime.fromtimestamp(self._execution.now_ms / 1000, UTC)
+        return datetime.fromtimestamp(self._engine.now_ms / 1000, UTC)
 
     def random(self) -> float:
         """A float in [0, 1) from the run's own seeded generator; replays identically."""
-        return self._execution.rng.random()
+        return self._engine.rng.random()
 
     def uuid4(self) -> uuid.UUID:
         """A random UUID from the run's own seeded generator; replays identically."""
-        return uuid.UUID(int=self._execution.rng.getrandbits(128), version=4)
+        return uuid.UUID(int=self._engine.rng.getrandbits(128), version=4)
 
     def set_status(self, value: Any) -> None:
         """
@@ -214,8 +233,8 @@ class Context:
 
         :raises CodecError: if ``value`` cannot be encoded or is over the payload limit
         """
-        encode_payload(value, where="status", limit=self._execution.max_payload)  # fail here
-        self._execution.set_status(value)
+        encode_payload(value, where="status", limit=self._engine.max_payload)  # fail here
+        self._engine.set_status(value)
 
     def version(self, change_id: str) -> bool:
         """
@@ -227,7 +246,7 @@ class Context:
         (``substantial versions --app APP CHANGE_ID`` lists them), delete the old branch
         and the call.
         """
-        return self._execution.version(change_id)
+        return self._engine.version(change_id)
 
     async def revert(self) -> NoReturn:
         """
@@ -238,7 +257,7 @@ class Context:
         :raises CompensationFailed: if a compensation fails for good; the run then
             ends failed, naming both that error and the one being handled, if any
         """
-        await self._execution.revert()
+        await self._engine.revert()
 
     async def continue_using(self, workflow: Workflow[Any], *args: Any, **kwargs: Any) -> NoReturn:
         """
@@ -250,10 +269,8 @@ class Context:
             limit
         """
         workflow.check_arguments(args, kwargs)
-        payload = encode_payload(
-            [list(args), kwargs], where="args", limit=self._execution.max_payload
-        )
-        self._execution.continue_using(workflow.name, payload)
+        payload = encode_payload([list(args), kwargs], where="args", limit=self._engine.max_payload)
+        self._engine.continue_using(workflow.name, payload)
 
     async def start_child(
         self,
@@ -279,10 +296,8 @@ class Context:
         if run_id is not None:
             check_run_id(run_id, f"child of run {self.run_id!r}")
         workflow.check_arguments(args, kwargs)
-        payload = encode_payload(
-            [list(args), kwargs], where="args", limit=self._execution.max_payload
-        )
-        return await self._execution.start_child(workflow.name, payload, run_id, detached)
+        payload = encode_payload([list(args), kwargs], where="args", limit=self._engine.max_payload)
+        return await self._engine.start_child(workflow.name, payload, run_id, detached)
 
     async def child(
         self,
@@ -314,4 +329,4 @@ class Context:
         :raises CompactionError: if an unkeyed ``save``, ``sleep``, timeout or child
             comes after the first keyed record
         """
-        self._execution.compact()
+        self._engine.compact()
