@@ -90,12 +90,20 @@ class Conductor:
         a status; a larger one raises :class:`CodecError` before anything is written
     """
 
+    # Each lives in ``self._settings``, which every part of the agent reads.
+    #: this agent's name in leases and logs
     name = Setting[str]()
+    #: how many runs this agent works on at once
     concurrency = Setting[int]()
+    #: how long a claim on a run lasts unless renewed, in seconds
     lease_seconds = Setting[float]()
+    #: how long a run that no longer replays waits before a retry, in seconds
     park_retry = Setting[float]()
+    #: how long stopping the agent waits for in-flight steps, in seconds
     shutdown_grace = Setting[float]()
+    #: the longest wait between two polls of the schedule, in seconds
     poll_max = Setting[float]()
+    #: compact a run's log into a snapshot every this many segments (0: never)
     snapshot_every = Setting[int]()
 
     def __init__(
@@ -122,7 +130,7 @@ class Conductor:
             raise ValueError(f"max_payload must be at least 1 byte, got {max_payload}")
         self.backend = backend
         self.store = RunStore(backend, clock)
-        self.settings = AgentSettings(
+        self._settings = AgentSettings(
             name=name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
             concurrency=concurrency,
             lease_seconds=_seconds(lease),
@@ -133,10 +141,10 @@ class Conductor:
         )
         self._client = Client(self.store, max_payload=max_payload)
         parts = AgentParts(
-            settings=self.settings,
+            settings=self._settings,
             client=self._client,
-            holdoffs=HoldOffs(self.settings.park_retry),
-            trouble=StoreTrouble(self.settings.name, log),
+            holdoffs=HoldOffs(self._settings.park_retry),
+            trouble=StoreTrouble(self._settings.name, log),
             steps=StepRunner(self._client),
             endings=Endings(self._client),
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast, overload
 
 __all__ = ["AgentSettings", "Setting"]
 
@@ -34,13 +34,19 @@ class AgentSettings:
 
 
 class Setting(Generic[T]):
-    """An attribute of its owner that lives in the owner's ``settings`` (AgentSettings)."""
+    """An attribute of its owner that lives in the owner's ``_settings`` (AgentSettings)."""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def __get__(self, owner: Any, owner_type: type | None = None) -> T:
-        return cast(T, getattr(owner.settings, self.name))
+    @overload
+    def __get__(self, owner: None, owner_type: type) -> Setting[T]: ...
+    @overload
+    def __get__(self, owner: object, owner_type: type | None = None) -> T: ...
+    def __get__(self, owner: Any, owner_type: type | None = None) -> T | Setting[T]:
+        if owner is None:  # looked up on the class (help(), documentation tools)
+            return self
+        return cast(T, getattr(owner._settings, self.name))
 
     def __set__(self, owner: Any, value: T) -> None:
-        setattr(owner.settings, self.name, value)
+        setattr(owner._settings, self.name, value)

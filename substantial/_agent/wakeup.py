@@ -44,7 +44,9 @@ class WakeUp:
     loop calls while steps run.
     """
 
-    def __init__(self, parts: AgentParts, holder: LeaseHolder, entries: list[ScheduleEntry]):
+    def __init__(
+        self, parts: AgentParts, holder: LeaseHolder, entries: list[ScheduleEntry]
+    ) -> None:
         self._parts = parts
         self._store = parts.store
         self._holder = holder
