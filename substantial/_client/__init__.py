@@ -1,1 +1,1 @@
-"""The client side: handles to runs."""
+"""The client side: registering workflows, starting runs, handles to them."""

@@ -1,0 +1,76 @@
+"""The drive loop of a wake-up: run steps and fire timers until the run ends or waits."""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import anyio
+
+from substantial._agent.parts import AgentParts
+from substantial._agent.steps import StepOutcome
+from substantial._engine.replay import Execution
+
+__all__ = ["Driven", "drive"]
+
+
+class Driven(Protocol):
+    """The wake-up a drive loop works for."""
+
+    @property
+    def execution(self) -> Execution: ...
+
+    async def commit(self) -> None:
+        """Commit the execution's new events as the run's next log segment."""
+
+    async def check_inbox(self) -> None:
+        """Merge events sent since the wake-up began."""
+
+
+async def drive(wakeup: Driven, parts: AgentParts) -> None:
+    """
+    Execute steps and fire timers until the run ends or waits on the outside world.
+    While steps run, the inbox is read every ``poll_max`` seconds, so that a cancellation
+    reaches the workflow at its current primitive and not after its last step.
+    """
+    execution = wakeup.execution
+    now_ms = parts.store.clock.now_ms
+    send, receive = anyio.create_memory_object_stream[StepOutcome](math.inf)
+    running: set[int] = set()
+    inbox_due = anyio.current_time() + parts.settings.poll_max
+    async with send, receive, anyio.create_task_group() as tg:
+        while execution.outcome is None:
+            now = now_ms()
+            execution.fire_due_timers(now)
+            for child in execution.children_to_start():
+                taken_by = await parts.endings.start_child(execution.run_id, child)
+                execution.child_started(child, now_ms(), taken_by)
+            await wakeup.commit()
+            if execution.outcome is not None:
+                break
+            if execution.children_to_start():
+                continue
+            for command in execution.runnable_steps(now):
+                if command.position not in running:
+                    running.add(command.position)
+                    tg.start_soon(parts.steps.execute, command, send.clone())
+            if not running:
+                break
+            wake = execution.next_wake_ms()
+            # a wake time not in the future is a due retry that is already running
+            timeout = math.inf if wake is None or wake <= now else (wake - now) / 1000
+            timeout = min(timeout, max(0.0, inbox_due - anyio.current_time()))
+            with anyio.move_on_after(timeout):
+                outcome = await receive.receive()
+                while True:
+                    running.discard(outcome.command.position)
+                    parts.steps.apply(execution, outcome)
+                    try:
+                        outcome = receive.receive_nowait()
+                    except anyio.WouldBlock:
+                        break
+            if anyio.current_time() >= inbox_due and execution.outcome is None:
+                await wakeup.check_inbox()
+                inbox_due = anyio.current_time() + parts.settings.poll_max
+        tg.cancel_scope.cancel()
+    await wakeup.commit()

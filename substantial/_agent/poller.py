@@ -1,0 +1,143 @@
+"""The poller: read the schedule for due runs, claim them by lease, hand them on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import KeysView
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from substantial._agent.health import describe
+from substantial._agent.parts import AgentParts
+from substantial._agent.processor import RunProcessor
+from substantial._core import constants
+from substantial._store.runs import ScheduleEntry
+from substantial.errors import BackendRefused, BackendUnavailable
+
+__all__ = ["Poller"]
+
+log = logging.getLogger("substantial.agent")
+
+
+class Poller:
+    """
+    Polls the schedule with a back-off while idle (a local start or send wakes it at
+    once), claims due runs up to the agent's free capacity and starts a wake-up of each.
+    """
+
+    def __init__(self, parts: AgentParts, processor: RunProcessor) -> None:
+        self._parts = parts
+        self._store = parts.store
+        self._processor = processor
+
+    async def loop(self, work: TaskGroup) -> None:
+        """Poll until cancelled, starting wake-ups in ``work``. Store trouble never ends it."""
+        parts = self._parts
+        delay = constants.POLL_MIN_SECONDS
+        task = _asyncio_task()
+        while True:
+            if task is not None and task.cancelling():
+                # A cancel that a library swallowed (asyncio.wait_for in redis-py on 3.11
+                # drops one that races its inner task): the agent.cancel() must still stop us.
+                raise asyncio.CancelledError
+            try:
+                claimed, next_due_ms = await self.claim_due(work)
+            except Exception as exc:  # store-wide: logged once, retried; the agent goes on
+                parts.trouble.failed(exc)
+                claimed, next_due_ms = 0, None
+                delay = max(delay, constants.OUTAGE_RETRY_MIN_SECONDS)
+            else:
+                parts.trouble.recovered()
+            idle = not claimed and not self._processor.active and next_due_ms is not None
+            if idle and next_due_ms is not None and self._store.clock.skip_to(next_due_ms):
+                continue  # a virtual clock jumped to the next timer
+            poll_max = parts.settings.poll_max
+            delay = constants.POLL_MIN_SECONDS if claimed else min(delay * 2, poll_max)
+            wait = delay * random.uniform(0.5, 1.0) if parts.trouble.active else delay
+            if next_due_ms is not None:
+                wait = min(wait, max(0.0, (next_due_ms - self._store.clock.now_ms()) / 1000))
+            await parts.client.notifier.wait_kick(wait)
+
+    async def claim_due(self, work: TaskGroup) -> tuple[int, int | None]:
+        """
+        Lease due runs, up to this agent's free capacity, and start working on them.
+
+        :return: how many runs were claimed, and when the next not-yet-due entry is due
+        """
+        now = self._store.clock.now_ms()
+        clock = anyio.current_time()
+        held = self._parts.holdoffs.current(clock)
+        wanted, next_due = await self._due_runs(now, held.keys())
+        if held:
+            soonest = now + round((min(held.values()) - clock) * 1000)
+            next_due = soonest if next_due is None else min(next_due, soonest)
+        claimed = 0
+        for run_id, entries in wanted.items():
+            if await self._claim(run_id, entries, clock, work):
+                claimed += 1
+        return claimed, next_due
+
+    async def _due_runs(
+        self, now: int, held: KeysView[str]
+    ) -> tuple[dict[str, list[ScheduleEntry]], int | None]:
+        """Due runs to claim (up to free capacity) with their entries; the next due time."""
+        concurrency = self._parts.settings.concurrency
+        active = self._processor.active
+        skip = active | self._parts.client.starting | held
+        wanted: dict[str, list[ScheduleEntry]] = {}
+        after = None
+        next_due = None
+        for _ in range(4):
+            free = concurrency - len(active) - len(wanted)
+            if free <= 0:
+                break
+            # The first page is small: an idle poll reads one page whatever sleeps.
+            page = constants.POLL_FIRST_PAGE if after is None else max(2 * free, 32)
+            entries, next_due, more = await self._store.due(now, after=after, limit=page)
+            for entry in entries:
+                if entry.run_id in skip:
+                    continue
+                if entry.run_id in wanted or len(wanted) < free:
+                    wanted.setdefault(entry.run_id, []).append(entry)
+            if not more:
+                break
+            after = entries[-1].key if entries else after
+        return wanted, next_due
+
+    async def _claim(
+        self, run_id: str, entries: list[ScheduleEntry], clock: float, work: TaskGroup
+    ) -> bool:
+        """Take the run's lease and start its wake-up in ``work``; whether it was taken."""
+        parts = self._parts
+        try:
+            lease = await self._store.acquire(
+                run_id, parts.settings.name, round(parts.settings.lease_seconds * 1000)
+            )
+        except (BackendUnavailable, BackendRefused):
+            raise  # the store's trouble, not this run's
+        except Exception as exc:  # this run's records: hold it off, go on with others
+            tries, wait = parts.holdoffs.run_errors.failed(run_id)
+            log.error(
+                "agent %s: cannot claim run %s (failure %d in a row), holding it off "
+                "for %.1fs: %s", parts.settings.name, run_id, tries, wait, describe(exc),
+            )  # fmt: skip
+            parts.holdoffs.hold(run_id, wait, since=clock)
+            return False
+        if lease is None:
+            parts.holdoffs.hold(run_id, constants.POLL_MIN_SECONDS * 10, since=clock)
+            return False
+        self._processor.active.add(run_id)
+        work.start_soon(self._processor.process, lease, entries, name=f"run {run_id}")
+        return True
+
+
+def _asyncio_task() -> asyncio.Task[Any] | None:
+    """The current asyncio task, or None on another event loop (trio)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None

@@ -1,0 +1,142 @@
+"""
+Working one claimed run: keep its lease renewed while a wake-up runs, sort out what
+went wrong (a lost lease, a store outage, an error of the run's own), release the lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+
+import anyio
+
+from substantial._agent import telemetry
+from substantial._agent.health import describe, mark_held
+from substantial._agent.leases import LeaseHolder, keep_renewed
+from substantial._agent.parts import AgentParts
+from substantial._agent.wakeup import WakeUp
+from substantial._core import logs
+from substantial._store.runs import Lease, ScheduleEntry
+from substantial.errors import BackendRefused, BackendUnavailable, LeaseLost
+
+__all__ = ["RunProcessor"]
+
+log = logging.getLogger("substantial.agent")
+
+
+class RunProcessor:
+    """Takes claimed runs through one wake-up each, and knows which are in flight."""
+
+    def __init__(self, parts: AgentParts) -> None:
+        self._parts = parts
+        self._store = parts.store
+        #: runs this agent works on now
+        self.active: set[str] = set()
+        self._scopes: dict[str, anyio.CancelScope] = {}
+
+    async def process(self, lease: Lease, entries: list[ScheduleEntry]) -> None:
+        """
+        One wake-up of the run ``lease`` is for (``run_id`` in ``active`` already),
+        answering schedule ``entries``. Raises nothing: failures become hold-offs.
+        """
+        parts, run_id = self._parts, lease.run_id
+        logs.run_id_var.set(run_id)  # this task's log lines name the run (substantial._core.logs)
+        holder = LeaseHolder(lease)
+        try:
+            with anyio.CancelScope(shield=True) as scope, telemetry.run_span(run_id):
+                self._scopes[run_id] = scope
+                await self._wake_under_lease(holder, entries)
+        except LeaseLost as exc:
+            log.warning("agent %s dropped run %s: %s", parts.settings.name, run_id, exc)
+        except (BackendUnavailable, BackendRefused) as exc:
+            parts.trouble.failed(exc)
+            # Jittered exponential backoff per run, so a long outage is not a retry storm.
+            _, wait = parts.holdoffs.outages.failed(run_id)
+            parts.holdoffs.hold(run_id, wait)
+        except Exception as exc:
+            await self._hold(run_id, entries, exc)
+        else:
+            parts.holdoffs.succeeded(run_id)
+        finally:
+            self._scopes.pop(run_id, None)
+            with anyio.CancelScope(shield=True):
+                if not holder.lost:
+                    with contextlib.suppress(BackendUnavailable):  # it expires on its own
+                        await self._store.release(holder.lease)
+            self.active.discard(run_id)
+            parts.client.notifier.changed(run_id)
+            parts.client.notifier.kick()
+
+    async def _wake_under_lease(self, holder: LeaseHolder, entries: list[ScheduleEntry]) -> None:
+        parts, run_id = self._parts, holder.lease.run_id
+        error: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            renew = functools.partial(
+                keep_renewed, store=self._store, settings=parts.settings, trouble=parts.trouble
+            )
+            tg.start_soon(renew, holder, tg.cancel_scope)
+            try:
+                await WakeUp(parts, holder, entries).run()
+            except Exception as exc:  # raised below, not wrapped in an ExceptionGroup
+                error = exc
+            finally:
+                tg.cancel_scope.cancel()
+        if error is not None:
+            raise _unwrapped(error)
+        if holder.lost:
+            raise LeaseLost(run_id, "renewal failed: another agent took the run")
+
+    async def drain(self) -> None:
+        """Let runs in flight finish for up to ``shutdown_grace`` seconds, then cancel them."""
+        with anyio.move_on_after(self._parts.settings.shutdown_grace):
+            while self.active:
+                await self._parts.client.notifier.wait_kick(0.05)
+        for scope in list(self._scopes.values()):
+            scope.cancel()
+
+    async def _hold(self, run_id: str, entries: list[ScheduleEntry], error: Exception) -> None:
+        """
+        An error of this run's own (not the store's) ended its wake-up: hold the run off
+        with a back-off that doubles up to ``park_retry``, durably (a schedule entry at
+        the end of the back-off replaces the ones consumed) and in its summary (status
+        ``parked``, with the reason), so one bad run costs its agents next to nothing.
+        Called while this agent still holds the run's lease.
+        """
+        parts, name = self._parts, self._parts.settings.name
+        tries, wait = parts.holdoffs.run_errors.failed(run_id)
+        reason = f"{describe(error)} (failure {tries} in a row; next try in {wait:.0f}s)"
+        if tries == 1:
+            log.error("agent %s: error on run %s, holding it off", name, run_id, exc_info=error)
+        else:
+            log.error("agent %s: run %s held off: %s", name, run_id, reason)
+        parts.holdoffs.hold(run_id, wait)
+        now_ms = self._store.clock.now_ms
+        with anyio.CancelScope(shield=True), anyio.move_on_after(parts.settings.lease_seconds):
+            try:
+                await mark_held(self._store, run_id, reason, now_ms())
+                await self._store.schedule(run_id, now_ms() + round(wait * 1000), "h")
+                await self._store.delete([entry.key for entry in entries])
+            except Exception as exc:  # best effort: the in-memory hold-off still stands
+                log.warning("agent %s: could not record the hold-off of run %s: %s",
+                            name, run_id, describe(exc))  # fmt: skip
+
+
+def _unwrapped(error: Exception) -> Exception:
+    """
+    The storage error an ExceptionGroup from a wake-up's nested task groups stands for,
+    if it holds nothing else: an outage (any BackendUnavailable) before a lost lease.
+    """
+    if not isinstance(error, ExceptionGroup):
+        return error
+    storage, rest = error.split((BackendUnavailable, LeaseLost))
+    if storage is None or rest is not None:
+        return error
+    for kind in (BackendUnavailable, LeaseLost):
+        found, _ = storage.split(kind)
+        leaf: Exception | None = found
+        while isinstance(leaf, ExceptionGroup):
+            leaf = leaf.exceptions[0]
+        if leaf is not None:
+            return leaf
+    return error

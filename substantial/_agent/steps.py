@@ -1,0 +1,119 @@
+"""The step runner: one attempt of one ``save`` step, its timeout and its retry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from substantial._agent import telemetry
+from substantial._agent.step_threads import DaemonThreadPool
+from substantial._client.client import Client
+from substantial._engine.commands import SaveCommand, failure_from_exception
+from substantial._engine.replay import Execution
+from substantial.codec import encode_payload
+from substantial.errors import CodecError
+from substantial.protocol import substantial_pb2 as pb
+
+__all__ = ["StepOutcome", "StepRunner"]
+
+
+@dataclass
+class StepOutcome:
+    """What one attempt of a step came to: a result, or a failure and maybe a retry time."""
+
+    command: SaveCommand
+    result: pb.Payload | None
+    failure: pb.Failure | None
+    retry_at_ms: int | None
+
+
+class StepRunner:
+    """
+    Runs step functions (async ones on the event loop, sync ones in worker threads),
+    encodes their results and decides retries by each step's policy.
+
+    :param client: whose ``max_payload`` limits a step's result
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._now = client.store.clock.now_ms
+
+    async def execute(
+        self, command: SaveCommand, send: MemoryObjectSendStream[StepOutcome]
+    ) -> None:
+        """Run one attempt of ``command`` and send its outcome (then close ``send``)."""
+        attempt = command.attempts + 1
+        async with send:
+            try:
+                deadline = anyio.fail_after(command.timeout) if command.timeout else nullcontext()
+                with telemetry.step_span(command, attempt), deadline:
+                    value = await call(command.fn)
+                where = f"the result of step {command.position} ({command.name})"
+                payload = encode_payload(value, where=where, limit=self._client.max_payload)
+            except CodecError as exc:
+                failure = failure_from_exception(exc, non_retryable=True)
+                await send.send(StepOutcome(command, None, failure, None))
+            except Exception as exc:
+                retry_at = None
+                policy = command.retry
+                if policy is not None and policy.retries(exc, attempt):
+                    retry_at = self._now() + round(policy.delay_after(attempt) * 1000)
+                    telemetry.step_retried()
+                failure = failure_from_exception(exc, non_retryable=retry_at is None)
+                await send.send(StepOutcome(command, None, failure, retry_at))
+            else:
+                await send.send(StepOutcome(command, payload, None, None))
+
+    def apply(self, execution: Execution, outcome: StepOutcome) -> None:
+        """Hand an outcome to the run's execution, which records it as events."""
+        if outcome.result is not None:
+            execution.step_succeeded(outcome.command, outcome.result, self._now())
+        else:
+            assert outcome.failure is not None
+            execution.step_failed(
+                outcome.command, outcome.failure, outcome.retry_at_ms, self._now()
+            )
+
+
+async def call(fn: Callable[[], Any]) -> Any:
+    """Call a step function: async ones on the event loop, sync ones in a worker thread."""
+    target = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    if inspect.iscoroutinefunction(target):
+        return await fn()
+    value = await in_thread(fn)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+_step_threads: DaemonThreadPool | None = None
+
+
+async def in_thread(fn: Callable[[], Any]) -> Any:
+    """
+    Run a sync step function in a worker thread, so blocking code does not stall the
+    agent; on cancellation the thread is abandoned. On asyncio this is the loop's
+    ``run_in_executor`` on a pool of this module's (as many threads as anyio's default
+    limit): about half the CPU of ``anyio.to_thread.run_sync`` per call. Context
+    variables are copied in, as anyio does.
+    """
+    global _step_threads
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # another event loop (trio)
+        return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
+    if _step_threads is None:
+        _step_threads = DaemonThreadPool(max_workers=40)
+    return await loop.run_in_executor(_step_threads, contextvars.copy_context().run, fn)

@@ -1,0 +1,123 @@
+"""
+The summary writer: after a wake-up, bring a run's summary (``runs/{run}/meta``, a hint
+rebuilt from the log) up to date with the state the log left the run in.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from substantial._core.status import END_STATUS, STATUS_TO_PB, RunStatus
+from substantial._store.runs import RunStore, StoredLog
+from substantial.protocol import substantial_pb2 as pb
+
+__all__ = ["RunSummary", "SummaryChange"]
+
+log = logging.getLogger("substantial.agent")
+
+
+@dataclass(frozen=True)
+class SummaryChange:
+    """What a write sets in a run's summary, over what was read."""
+
+    #: the run's status now
+    status: RunStatus
+    #: the log's last segment
+    seq: int
+    #: the terminal event, for a run that ended: its result, failure or continuation
+    end: pb.Event | None = None
+    #: when a sleeping run wakes up
+    wake_at_ms: int | None = None
+    #: the encoded value of the run's last ``Context.set_status``, if it set one
+    published: pb.Payload | None = None
+    #: why agents hold the run off (status ``parked``)
+    parked_reason: str = ""
+    #: the run's log, to fill in a summary that could not be read
+    stored: StoredLog | None = None
+
+
+class RunSummary:
+    """
+    A run's summary as a wake-up read it, and the writes that update it.
+
+    :param meta: the summary read (None: none, or unreadable)
+    :param version: its version as read; a write then starts with one conditional write
+    """
+
+    def __init__(
+        self, store: RunStore, run_id: str, meta: pb.RunMeta | None, version: str | None
+    ) -> None:
+        self._store = store
+        self.run_id = run_id
+        self.meta = meta
+        self.version = version
+
+    def says(self, status: RunStatus) -> bool:
+        """Whether the summary read has this status."""
+        return self.meta is not None and self.meta.status == STATUS_TO_PB[status]
+
+    async def record_state(
+        self,
+        seq: int,
+        outcome: pb.Event | None,
+        *,
+        wake: int | None,
+        waiting: bool,
+        published: pb.Payload | None,
+    ) -> None:
+        """
+        Write the state a wake-up left the run in (ended, sleeping until ``wake``,
+        waiting for events, or running), unless the summary already says so.
+        """
+        if outcome is not None:
+            status = END_STATUS[outcome.WhichOneof("kind") or ""]
+            await self.write(SummaryChange(status, seq, end=outcome, published=published))
+            log.info("run %s %s", self.run_id, status.value)
+            return
+        if wake is not None:
+            status = RunStatus.SLEEPING
+        elif waiting:
+            status = RunStatus.WAITING
+        else:
+            status = RunStatus.RUNNING
+        meta = self.meta
+        if (
+            meta is not None
+            and self.says(status)
+            and meta.wake_at_ms == (wake or 0)
+            and (published is None or meta.custom_status == published)
+        ):
+            return
+        if not self.says(status):
+            log.info("run %s %s", self.run_id, status.value)  # one line per state change
+        await self.write(SummaryChange(status, seq, wake_at_ms=wake, published=published))
+
+    async def write(self, change: SummaryChange) -> None:
+        """Write the summary read, with ``change`` applied."""
+        updated = pb.RunMeta()
+        if self.meta is not None:
+            updated.CopyFrom(self.meta)
+        elif change.stored is not None and change.stored.events:
+            first = change.stored.events[0]
+            updated.workflow = first.started.workflow
+            updated.args.CopyFrom(first.started.args)
+            updated.created_ms = first.at_ms
+        updated.run_id = self.run_id
+        updated.status = STATUS_TO_PB[change.status]
+        updated.updated_ms = self._store.clock.now_ms()
+        updated.log_seq = max(change.seq, 0)
+        updated.wake_at_ms = change.wake_at_ms or 0
+        updated.parked_reason = change.parked_reason
+        end = change.end
+        kind = end.WhichOneof("kind") if end is not None else None
+        if end is not None and kind == "completed":
+            updated.result.CopyFrom(end.completed.result)
+        elif end is not None and kind == "failed":
+            updated.failure.CopyFrom(end.failed.failure)
+        elif end is not None and kind == "continued_as":
+            updated.continued_as = end.continued_as.run_id
+        if change.published is not None:
+            updated.custom_status.CopyFrom(change.published)
+        current = (self.meta, self.version) if self.version else None
+        await self._store.write_meta(updated, current=current)
