@@ -21,7 +21,8 @@ from substantial._ops.inspection import (
     iter_run_ids,
     list_runs,
 )
-from substantial._store.runs import RunStore, schedule_key
+from substantial._store.keys import schedule_key
+from substantial._store.runs import RunStore
 from substantial.backends import Backend
 from substantial.protocol import substantial_pb2 as pb
 from tests import ops_app, ops_app_v2
