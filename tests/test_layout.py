@@ -16,7 +16,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "substantial"
 
 #: Each layer may import from its own layer and from the layers after it, never before.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("face", ("substantial", "substantial.cli", "substantial.__main__", "substantial.testing")),
+    (
+        "face",
+        (
+            "substantial",
+            "substantial.cli",
+            "substantial._cli",
+            "substantial.__main__",
+            "substantial.testing",
+        ),
+    ),
     (
         "client/agent",
         ("substantial._conductor", "substantial._client", "substantial._agent", "substantial._ops"),
