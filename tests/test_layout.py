@@ -33,7 +33,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engine", ("substantial._engine",)),
     ("store", ("substantial._store",)),
     ("core", ("substantial._core",)),
-    ("wire/codec", ("substantial.codec", "substantial._allow", "substantial.protocol")),
+    (
+        "wire/codec",
+        (
+            "substantial.codec",
+            "substantial._json_tags",
+            "substantial._allow",
+            "substantial.protocol",
+        ),
+    ),
     ("backends", ("substantial.backends",)),
     ("errors", ("substantial.errors",)),
 ]
