@@ -27,19 +27,29 @@ A dataclass is rebuilt through its ``__init__`` from its ``init`` fields only.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import datetime as dt
 import json
 import math
-import sys
-import uuid
 from collections.abc import Callable, Iterable
-from decimal import Decimal
 from typing import Any, Protocol
 
 from substantial import _allow
 from substantial._allow import kind_of, name_of
+from substantial._json_tags import (
+    ASCII_ENCODER,
+    CLASS_KINDS,
+    DECODERS,
+    ENCODER,
+    HOW,
+    PLAIN_DECODER,
+    SIMPLE,
+    TAG,
+    Unencodable,
+    is_plain,
+    lookup,
+    rebuild,
+    registrable,
+)
 from substantial.errors import CodecError
 from substantial.protocol import substantial_pb2 as pb
 
@@ -54,15 +64,6 @@ __all__ = [
     "register_type",
 ]
 
-_TAG = "$t"
-_ENCODER = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
-)
-_ASCII_ENCODER = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=True, allow_nan=False, check_circular=False
-)
-_PLAIN_DECODER = json.JSONDecoder()
-
 
 class Codec(Protocol):
     """Turns values into bytes and back. ``name`` is stored with every payload."""
@@ -76,34 +77,6 @@ class Codec(Protocol):
     def decode(self, data: bytes) -> object:
         """Decode bytes written by :meth:`encode`; raise :class:`CodecError` if they are bad."""
         ...
-
-
-class _Unencodable(Exception):
-    """Raised inside the walk; each container on the way out adds its part of the path."""
-
-    def __init__(self, value: object, reason: str = "") -> None:
-        super().__init__()
-        self.type_name = type(value).__qualname__
-        self.reason = reason
-        self.parts: list[str] = []
-
-
-def _is_plain(v: object) -> bool:
-    """Whether ``v`` is JSON as it stands: the fast path that needs no walk."""
-    t = type(v)
-    if t is str or t is int or t is bool or v is None:
-        return True
-    if t is float:
-        return math.isfinite(v)  # type: ignore[arg-type]
-    if t is list:
-        return all(map(_is_plain, v))  # type: ignore[call-overload]
-    if t is dict:
-        return (
-            _TAG not in v  # type: ignore[operator]
-            and all(type(k) is str for k in v)  # type: ignore[attr-defined]
-            and all(map(_is_plain, v.values()))  # type: ignore[attr-defined]
-        )
-    return False
 
 
 _REGISTERED = _allow._REGISTERED  # classes given to register_type(), by name
@@ -121,39 +94,7 @@ def register_type(cls: type) -> None:
     :param cls: a dataclass, Enum, pydantic model or NamedTuple class
     :raises CodecError: if ``cls`` is none of those
     """
-    _allow.register(_registrable(cls), cls)
-
-
-def _registrable(cls: object) -> str:
-    if not isinstance(cls, type) or kind_of(cls) is None:
-        raise CodecError(
-            f"cannot register {cls!r}: not a dataclass, Enum, pydantic model, NamedTuple"
-        )
-    return name_of(cls)
-
-
-_HOW = (
-    "allow it with substantial.codec.register_type(), or name it in the annotations "
-    "of a workflow or of a step function"
-)
-
-
-def _lookup(name: str) -> tuple[type | None, str]:
-    """Find ``module:qualname`` among already imported modules, without importing."""
-    module_name, _, qualname = name.partition(":")
-    module = sys.modules.get(module_name)
-    if module is None:
-        return None, f"module {module_name!r} is not imported (the codec never imports)"
-    if "<locals>" in qualname:
-        return None, "it is defined inside a function; register it with register_type()"
-    obj: object = module
-    for part in qualname.split("."):  # __dict__, not getattr: a module __getattr__ may import
-        obj = getattr(obj, "__dict__", {}).get(part)
-        if obj is None:
-            return None, f"module {module_name!r} has no attribute {qualname!r}"
-    if not isinstance(obj, type):
-        return None, f"{qualname!r} is not a class"
-    return obj, ""
+    _allow.register(registrable(cls), cls)
 
 
 class JSONCodec:
@@ -182,7 +123,7 @@ class JSONCodec:
         self.trust_imported = trust_imported and not registered_only
         self._types: dict[str, type] = {}
         for cls in types:
-            self._types[_registrable(cls)] = cls
+            self._types[registrable(cls)] = cls
         self._tagged = json.JSONDecoder(object_hook=self._hook)
 
     # ---- encoding
@@ -195,12 +136,12 @@ class JSONCodec:
         :raises CodecError: naming the type and its place, e.g. ``value[0]['lock']``
         """
         try:
-            tree = value if _is_plain(value) else self._walk(value)
+            tree = value if is_plain(value) else self._walk(value)
             try:
-                return _ENCODER.encode(tree).encode("utf-8")
+                return ENCODER.encode(tree).encode("utf-8")
             except UnicodeEncodeError:  # lone surrogates: let JSON escape them
-                return _ASCII_ENCODER.encode(tree).encode("ascii")
-        except _Unencodable as exc:
+                return ASCII_ENCODER.encode(tree).encode("ascii")
+        except Unencodable as exc:
             path = where + "".join(reversed(exc.parts))
             reason = f": {exc.reason}" if exc.reason else ""
             raise CodecError(
@@ -218,18 +159,18 @@ class JSONCodec:
         if t is str or t is int or t is bool or v is None:
             return v
         if t is float:
-            return v if math.isfinite(v) else {_TAG: "float", "v": repr(v)}  # type: ignore[arg-type]
+            return v if math.isfinite(v) else {TAG: "float", "v": repr(v)}  # type: ignore[arg-type]
         if t is list:
             return self._items(v)  # type: ignore[arg-type]
         if t is dict:
             return self._dict(v)  # type: ignore[arg-type]
-        simple = _SIMPLE.get(t)
+        simple = SIMPLE.get(t)
         if simple is not None:
-            return {_TAG: simple[0], "v": simple[1](v)}
+            return {TAG: simple[0], "v": simple[1](v)}
         if t is tuple:
-            return {_TAG: "tuple", "v": self._items(v)}  # type: ignore[arg-type]
+            return {TAG: "tuple", "v": self._items(v)}  # type: ignore[arg-type]
         if t is set or t is frozenset:
-            return {_TAG: t.__name__, "v": self._set(v)}  # type: ignore[arg-type]
+            return {TAG: t.__name__, "v": self._set(v)}  # type: ignore[arg-type]
         return self._object(v)
 
     def _items(self, items: list[object] | tuple[object, ...]) -> list[object]:
@@ -238,34 +179,34 @@ class JSONCodec:
         try:
             for i, x in enumerate(items):  # noqa: B007 (i is read on failure)
                 out.append(self._walk(x))
-        except _Unencodable as exc:
+        except Unencodable as exc:
             exc.parts.append(f"[{i}]")
             raise
         return out
 
     def _dict(self, d: dict[Any, Any]) -> object:
-        if _TAG not in d and all(type(k) is str for k in d):
+        if TAG not in d and all(type(k) is str for k in d):
             return self._members(d, "[{!r}]")
         pairs = []
         for k, x in d.items():
             try:
                 key = self._walk(k)
-            except _Unencodable as exc:
+            except Unencodable as exc:
                 exc.parts.append(f"<key {k!r}>")
                 raise
             try:
                 pairs.append([key, self._walk(x)])
-            except _Unencodable as exc:
+            except Unencodable as exc:
                 exc.parts.append(f"[{k!r}]")
                 raise
-        return {_TAG: "dict", "v": pairs}
+        return {TAG: "dict", "v": pairs}
 
     def _members(self, d: dict[str, object], part: str) -> dict[str, object]:
         out = {}
         for k, x in d.items():
             try:
                 out[k] = self._walk(x)
-            except _Unencodable as exc:
+            except Unencodable as exc:
                 exc.parts.append(part.format(k))
                 raise
         return out
@@ -273,18 +214,18 @@ class JSONCodec:
     def _set(self, s: set[object] | frozenset[object]) -> list[object]:
         try:
             items = [self._walk(x) for x in s]
-        except _Unencodable as exc:
+        except Unencodable as exc:
             exc.parts.append("{item}")
             raise
         # Set order depends on hashing (seeded per process for str): sort by the encoding.
-        items.sort(key=_ENCODER.encode)
+        items.sort(key=ENCODER.encode)
         return items
 
     def _object(self, v: object) -> object:
         cls = type(v)
         kind = kind_of(cls)
         if kind is None:
-            raise _Unencodable(v)
+            raise Unencodable(v)
         name = self._class_name(v, cls)
         inner: object
         if kind == "enum":
@@ -297,8 +238,8 @@ class JSONCodec:
         else:
             values = {f: getattr(v, f) for f in cls.model_fields}  # type: ignore[attr-defined]
             values.update(getattr(v, "__pydantic_extra__", None) or {})  # may hold a "$t"
-            inner = self._dict(values) if _TAG in values else self._members(values, ".{}")
-        return {_TAG: kind, "c": name, "v": inner}
+            inner = self._dict(values) if TAG in values else self._members(values, ".{}")
+        return {TAG: kind, "c": name, "v": inner}
 
     def _class_name(self, v: object, cls: type) -> str:
         name = name_of(cls)
@@ -307,14 +248,14 @@ class JSONCodec:
         if _allow.allowed(name, annotated=not self.registered_only) is cls:
             return name
         if self.registered_only:
-            raise _Unencodable(v, f"class {name!r} is not registered with this codec")
+            raise Unencodable(v, f"class {name!r} is not registered with this codec")
         if not self.trust_imported:
-            raise _Unencodable(v, f"class {name!r} is not allowed; {_HOW}")
+            raise Unencodable(v, f"class {name!r} is not allowed; {HOW}")
         if _RESOLVED.get(cls):
             return name
-        found, why = _lookup(name)
+        found, why = lookup(name)
         if found is not cls:
-            raise _Unencodable(
+            raise Unencodable(
                 v, f"class {name!r} cannot be found by name: {why or 'another class has that name'}"
             )
         _RESOLVED[cls] = name
@@ -337,7 +278,7 @@ class JSONCodec:
             text = read().decode("utf-8")  # the bytes are freed here, before parsing
             if '"$t"' in text or "\\u" in text:
                 return self._tagged.decode(text)
-            return _PLAIN_DECODER.decode(text)
+            return PLAIN_DECODER.decode(text)
         except CodecError:
             raise
         except (ValueError, RecursionError, TypeError) as exc:
@@ -346,19 +287,19 @@ class JSONCodec:
             raise CodecError(f"codec 'json' could not decode {size} bytes: {reason}") from None
 
     def _hook(self, d: dict[str, Any]) -> object:
-        if _TAG not in d:
+        if TAG not in d:
             return d
-        tag = d[_TAG]
-        if tag not in _CLASS_KINDS and tag not in _DECODERS:
+        tag = d[TAG]
+        if tag not in CLASS_KINDS and tag not in DECODERS:
             raise CodecError(f"codec 'json' found an unknown tag {tag!r}")
         try:
-            if tag in _CLASS_KINDS:
+            if tag in CLASS_KINDS:
                 if len(d) != 3 or "c" not in d or "v" not in d:
                     raise ValueError("expected the keys '$t', 'c' and 'v'")
                 return self._rebuild(tag, d["c"], d["v"])
             if len(d) != 2 or "v" not in d:
                 raise ValueError("expected the keys '$t' and 'v'")
-            return _DECODERS[tag](d["v"])
+            return DECODERS[tag](d["v"])
         except CodecError:
             raise
         except Exception as exc:
@@ -372,82 +313,12 @@ class JSONCodec:
                     f"cannot resolve class {name!r}: it is not registered with this codec"
                 )
             if not self.trust_imported:
-                raise CodecError(f"cannot resolve class {name!r}: it is not allowed; {_HOW}")
-            cls, why = _lookup(name)
+                raise CodecError(f"cannot resolve class {name!r}: it is not allowed; {HOW}")
+            cls, why = lookup(name)
             if cls is None:
                 raise CodecError(f"cannot resolve class {name!r}: {why}")
-        if kind_of(cls) != kind:
-            raise CodecError(f"cannot resolve class {name!r}: it is not {_KIND_NAMES[kind]}")
-        try:
-            if kind == "enum":
-                return cls(v)
-            if kind == "namedtuple":
-                return cls(*v)
-            if kind == "pydantic":
-                return cls.model_validate(v, **_by_name())  # type: ignore[attr-defined]
-            return _make_dataclass(cls, v)
-        except Exception as exc:
-            raise CodecError(f"cannot rebuild {kind} {name!r}: {exc}") from None
+        return rebuild(cls, kind, name, v)
 
-
-def _by_name() -> dict[str, bool]:
-    version = sys.modules["pydantic"].VERSION.split(".")
-    return {"by_name": True} if (int(version[0]), int(version[1])) >= (2, 11) else {}
-
-
-def _make_dataclass(cls: type, v: dict[str, Any]) -> object:
-    """Call ``cls(**v)``: ``__init__`` and ``__post_init__`` run, and set the other fields."""
-    if not isinstance(v, dict):
-        raise ValueError(f"expected an object of fields, got {type(v).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(v) - set(fields)
-    if unknown:
-        raise ValueError(f"unknown fields {sorted(unknown)}")
-    # init=False fields are ignored (older logs hold them): __init__ sets them
-    return cls(**{k: x for k, x in v.items() if fields[k].init})
-
-
-def _decode_float(s: str) -> float:
-    if s not in ("nan", "inf", "-inf"):
-        raise ValueError(f"not a special float: {s!r}")
-    return float(s)
-
-
-def _timedelta(v: list[int]) -> dt.timedelta:
-    days, seconds, micros = v
-    return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
-
-
-_SIMPLE: dict[type, tuple[str, Callable[[Any], object]]] = {
-    bytes: ("bytes", lambda b: base64.b64encode(b).decode("ascii")),
-    dt.datetime: ("datetime", dt.datetime.isoformat),
-    dt.date: ("date", dt.date.isoformat),
-    dt.time: ("time", dt.time.isoformat),
-    dt.timedelta: ("timedelta", lambda d: [d.days, d.seconds, d.microseconds]),
-    uuid.UUID: ("uuid", str),
-    Decimal: ("decimal", str),
-}
-_DECODERS: dict[str, Callable[[Any], object]] = {
-    "float": _decode_float,
-    "tuple": tuple,
-    "set": set,
-    "frozenset": frozenset,
-    "dict": lambda pairs: {k: x for k, x in pairs},
-    "bytes": lambda s: base64.b64decode(s, validate=True),
-    "datetime": dt.datetime.fromisoformat,
-    "date": dt.date.fromisoformat,
-    "time": dt.time.fromisoformat,
-    "timedelta": _timedelta,
-    "uuid": uuid.UUID,
-    "decimal": Decimal,
-}
-_KIND_NAMES = {
-    "enum": "an Enum",
-    "dataclass": "a dataclass",
-    "pydantic": "a pydantic model",
-    "namedtuple": "a NamedTuple",
-}
-_CLASS_KINDS = frozenset(_KIND_NAMES)
 
 DEFAULT_CODEC: Codec = JSONCodec()
 _CODECS: dict[str, Codec] = {DEFAULT_CODEC.name: DEFAULT_CODEC}

@@ -18,7 +18,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from substantial._store.runs import RunStore, StoredLog, segment_key
+from substantial._store.keys import segment_key
+from substantial._store.runs import RunStore, StoredLog
 from substantial.backends import Backend
 from substantial.protocol import substantial_pb2 as pb
 

@@ -16,7 +16,8 @@ import pytest
 
 from substantial import Conductor, Context, workflow
 from substantial._core.status import RunStatus
-from substantial._store.runs import RunStore, lease_key
+from substantial._store.keys import lease_key
+from substantial._store.runs import RunStore
 from substantial.backends import Backend, from_url
 from tests import chaos_app
 from tests.agents import Agent, backend_url, check_log, effect_lines, wait_for

@@ -9,7 +9,8 @@ import pytest
 from substantial import CompactionError, Conductor, Context, RunFailed, workflow
 from substantial._core import constants
 from substantial._core.clock import now_ms
-from substantial._store.runs import RunStore, inbox_prefix, log_prefix
+from substantial._store.keys import inbox_prefix, log_prefix
+from substantial._store.runs import RunStore
 from substantial.backends import Backend, MemoryBackend
 from substantial.codec import encode_payload
 from substantial.protocol import substantial_pb2 as pb

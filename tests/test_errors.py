@@ -25,7 +25,7 @@ from substantial import (
     UnknownWorkflow,
     workflow,
 )
-from substantial._store.runs import segment_key
+from substantial._store.keys import segment_key
 from substantial.backends import Backend
 from tests.test_workflows import WAIT, Counter, make_conductor, wait_for_status
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import anyio
 import pytest
+from click.testing import CliRunner
 
 from substantial import Conductor
+from substantial._cli import common as cli_common
 from substantial._client.handle import Handle
 from substantial._core.logs import RunContextFilter
 from substantial._core.status import RunStatus
@@ -21,8 +25,10 @@ from substantial._ops.inspection import (
     iter_run_ids,
     list_runs,
 )
-from substantial._store.runs import RunStore, schedule_key
+from substantial._store.keys import schedule_key, segment_key
+from substantial._store.runs import RunStore
 from substantial.backends import Backend
+from substantial.cli import main
 from substantial.protocol import substantial_pb2 as pb
 from tests import ops_app, ops_app_v2
 
@@ -197,3 +203,57 @@ async def test_log_lines_carry_run_id_and_workflow(
     assert (done.run_id, done.workflow) == ("logged-1", "ops.greet")  # type: ignore[attr-defined]
     outside = by_message["outside any run"]
     assert (outside.run_id, outside.workflow) == ("-", "-")  # type: ignore[attr-defined]
+
+
+# ---- a run whose first segment is corrupt is shown, never skipped ----
+
+
+async def _plant_corrupt_run(backend: Backend) -> None:
+    """A run with no summary whose first segment is garbage bytes."""
+    await backend.put(segment_key("broken-1", 0), b"\xff\xfe garbage, not a segment \x00\x01")
+
+
+async def test_list_and_gc_show_a_run_whose_first_segment_is_corrupt(runs: Backend) -> None:
+    await _plant_corrupt_run(runs)
+    every = {r.run_id: r for r in await list_runs(runs)}
+    assert set(every) == {"greet-1", "wait-1", "boom-1", "broken-1"}
+    broken = every["broken-1"]
+    assert broken.status is RunStatus.CORRUPT
+    assert broken.error.startswith("CorruptLog: ")
+    assert [r.run_id for r in await list_runs(runs, status=RunStatus.CORRUPT)] == ["broken-1"]
+    assert (await get_run(runs, "broken-1")).status is RunStatus.CORRUPT
+
+    later = datetime.now(UTC) + timedelta(days=31)
+    done = await gc(runs, timedelta(days=30), now=later)
+    assert "broken-1" not in done.runs
+    assert await runs.get(segment_key("broken-1", 0)) is not None
+
+
+def _cli_url(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A URL the CLI opens ``backend``'s data with (memory: the same object)."""
+    kind = type(backend).__name__
+    if kind == "FSBackend":
+        return f"file://{backend.root}"  # type: ignore[attr-defined]
+    if kind == "RedisBackend":
+        return f"{backend.url}?prefix={backend.prefix}"  # type: ignore[attr-defined]
+    if kind == "S3Backend":
+        s3 = cast(Any, backend)
+        return f"s3://{s3.bucket}/{s3.prefix}?endpoint_url={s3.endpoint_url}&region=us-east-1"
+    monkeypatch.setattr(cli_common, "from_url", lambda url: backend)
+    return "memory://"
+
+
+async def test_cli_list_shows_a_run_whose_first_segment_is_corrupt(
+    runs: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _plant_corrupt_run(runs)
+    url = _cli_url(runs, monkeypatch)
+    invoke = partial(CliRunner().invoke, main)
+    table = await anyio.to_thread.run_sync(invoke, ["list", "--backend", url])
+    assert table.exit_code == 0, table.output
+    rows = {line.split()[0]: line.split()[1:] for line in table.stdout.splitlines()[1:]}
+    assert rows["broken-1"][0] == "corrupt"
+    as_json = await anyio.to_thread.run_sync(invoke, ["list", "--json", "--backend", url])
+    (broken,) = [run for run in json.loads(as_json.stdout) if run["run_id"] == "broken-1"]
+    assert broken["status"] == "corrupt"
+    assert broken["error"].startswith("CorruptLog: ")

@@ -19,7 +19,8 @@ from substantial._core import constants
 from substantial._ops import inspection as inspect
 from substantial._store import quarantine
 from substantial._store.inbox import Intake
-from substantial._store.runs import RunStore, inbox_prefix, meta_key, quarantine_prefix
+from substantial._store.keys import inbox_prefix, meta_key, quarantine_prefix
+from substantial._store.runs import RunStore
 from substantial.backends import Backend, from_url
 from substantial.protocol import substantial_pb2 as pb
 from tests import chaos_app

@@ -18,7 +18,7 @@ from substantial import (
     workflow,
 )
 from substantial._core.constants import MAX_PAYLOAD_BYTES
-from substantial._store.runs import inbox_prefix
+from substantial._store.keys import inbox_prefix
 from substantial.backends import Backend
 from tests.conftest import open_test_backend
 from tests.test_workflows import WAIT, Counter

@@ -22,7 +22,7 @@ import redis.asyncio
 
 from substantial import Conductor, Context, RunStatus, workflow
 from substantial._core.clock import now_ms
-from substantial._store.runs import lease_key
+from substantial._store.keys import lease_key
 from substantial.backends import Backend, FSBackend, MemoryBackend, from_url
 from substantial.protocol import substantial_pb2 as pb
 from tests import chaos_app

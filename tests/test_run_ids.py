@@ -32,7 +32,8 @@ from substantial import (
 from substantial._core.clock import now_ms
 from substantial._core.runids import MAX_RUN_ID_LENGTH, check_run_id, derived_run_id
 from substantial._engine.replay import Execution, open_children
-from substantial._store.runs import RunStore, ScheduleEntry
+from substantial._store.keys import ScheduleEntry
+from substantial._store.runs import RunStore
 from substantial.backends import Backend, from_url
 from substantial.codec import decode_payload, encode_payload
 from substantial.protocol import substantial_pb2 as pb

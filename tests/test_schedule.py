@@ -16,7 +16,8 @@ import pytest
 from substantial import Conductor, Context, workflow
 from substantial._core.clock import now_ms
 from substantial._core.status import RunStatus
-from substantial._store.runs import SCHEDULE_PREFIX, RunStore, ScheduleEntry
+from substantial._store.keys import SCHEDULE_PREFIX, ScheduleEntry
+from substantial._store.runs import RunStore
 from substantial.backends import Backend, FSBackend, MemoryBackend
 from tests.agents import check_log, wait_for
 

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from substantial import Conductor, Context, CorruptLog, RunStatus, workflow
-from substantial._store.runs import RunStore, log_prefix, snapshot_prefix
+from substantial._store.keys import log_prefix, snapshot_prefix
+from substantial._store.runs import RunStore
 from substantial.backends import Backend
 from substantial.protocol import substantial_pb2 as pb
 from substantial.testing import Replayer

@@ -1,4 +1,4 @@
-"""Timing defaults, in one place. Key layout lives in :mod:`substantial._store.runs`."""
+"""Timing defaults, in one place. Key layout lives in :mod:`substantial._store.keys`."""
 
 from __future__ import annotations
 

@@ -42,6 +42,9 @@ class RunStatus(str, enum.Enum):
     REVERTED = "reverted"
     #: it continued as a new run (``continue_using``); handles follow the chain
     CONTINUED = "continued"
+    #: operator views only (never stored): neither its summary nor its log's first
+    #: segment can be read, so nothing is known of it; ``gc`` leaves it alone
+    CORRUPT = "corrupt"
 
     @property
     def finished(self) -> bool:

@@ -14,7 +14,8 @@ from google.protobuf.message import DecodeError
 
 from substantial._core.status import END_STATUS as _END_STATUS
 from substantial._core.status import STATUS_TO_PB
-from substantial._store.runs import RunStore, StoredLog, log_prefix, meta_key, segment_key
+from substantial._store.keys import log_prefix, meta_key, segment_key
+from substantial._store.runs import RunStore, StoredLog
 from substantial.backends.base import Backend
 from substantial.errors import CorruptLog
 from substantial.protocol import substantial_pb2 as pb

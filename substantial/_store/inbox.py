@@ -12,7 +12,8 @@ from google.protobuf.message import DecodeError
 
 from substantial._core import constants
 from substantial._store import quarantine
-from substantial._store.runs import RunStore, inbox_prefix
+from substantial._store.keys import inbox_prefix
+from substantial._store.runs import RunStore
 from substantial.codec import decode_payload
 from substantial.errors import CodecError
 from substantial.protocol import substantial_pb2 as pb

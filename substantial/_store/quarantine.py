@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from substantial._store.runs import RunStore, quarantine_key, quarantine_prefix
+from substantial._store.keys import quarantine_key, quarantine_prefix
+from substantial._store.runs import RunStore
 from substantial.backends.base import Backend
 
 __all__ = ["QuarantinedEntry", "drop", "full_key", "list_quarantined", "set_aside"]

@@ -67,51 +67,63 @@ def from_url(url: str) -> Backend:
     if scheme == "memory":
         return MemoryBackend()
     if scheme == "file":
-        if rest.startswith("localhost/"):
-            rest = rest[len("localhost") :]
-        if not rest:
-            raise ValueError(f"no path in backend URL {url!r}")
-        return FSBackend(Path(rest))
+        return _files_from_url(url, rest)
     if scheme in ("redis", "rediss"):
-        from substantial.backends.redis import RedisBackend
-
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        ours = ("prefix", "wait_replicas", "wait_timeout")
-        options = {name: value for name, value in query if name in ours}
-        rest_query = urlencode([(name, value) for name, value in query if name not in ours])
-        try:
-            wait_replicas = int(options.get("wait_replicas", "0"))
-            wait_timeout = float(options.get("wait_timeout", "1"))
-        except ValueError:
-            raise ValueError(
-                f"wait_replicas (a whole number) or wait_timeout (seconds) is malformed in {url!r}"
-            ) from None
-        prefix = options.get("prefix") or "substantial"
-        return RedisBackend(
-            urlunsplit(parts._replace(query=rest_query)),
-            prefix=prefix,
-            wait_replicas=wait_replicas,
-            wait_timeout=wait_timeout,
-        )
+        return _redis_from_url(url)
     if scheme == "s3":
-        from substantial.backends.s3 import S3Backend
-
-        parts = urlsplit(url)
-        if not parts.netloc:
-            raise ValueError(f"no bucket in backend URL {url!r}")
-        options = dict(parse_qsl(parts.query))
-        unknown = sorted(set(options) - {"endpoint_url", "region"})
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) {', '.join(unknown)} in backend URL {url!r}; "
-                "s3:// takes endpoint_url and region"
-            )
-        return S3Backend(
-            parts.netloc,
-            parts.path.lstrip("/"),
-            endpoint_url=options.get("endpoint_url"),
-            region=options.get("region"),
-        )
+        return _s3_from_url(url)
     known = ", ".join(f"{name}://" for name in SCHEMES)
     raise ValueError(f"unknown backend URL scheme {scheme!r} in {url!r}; known: {known}")
+
+
+def _files_from_url(url: str, rest: str) -> FSBackend:
+    if rest.startswith("localhost/"):
+        rest = rest[len("localhost") :]
+    if not rest:
+        raise ValueError(f"no path in backend URL {url!r}")
+    return FSBackend(Path(rest))
+
+
+def _redis_from_url(url: str) -> RedisBackend:
+    from substantial.backends.redis import RedisBackend
+
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = ("prefix", "wait_replicas", "wait_timeout")
+    options = {name: value for name, value in query if name in ours}
+    rest_query = urlencode([(name, value) for name, value in query if name not in ours])
+    try:
+        wait_replicas = int(options.get("wait_replicas", "0"))
+        wait_timeout = float(options.get("wait_timeout", "1"))
+    except ValueError:
+        raise ValueError(
+            f"wait_replicas (a whole number) or wait_timeout (seconds) is malformed in {url!r}"
+        ) from None
+    prefix = options.get("prefix") or "substantial"
+    return RedisBackend(
+        urlunsplit(parts._replace(query=rest_query)),
+        prefix=prefix,
+        wait_replicas=wait_replicas,
+        wait_timeout=wait_timeout,
+    )
+
+
+def _s3_from_url(url: str) -> S3Backend:
+    from substantial.backends.s3 import S3Backend
+
+    parts = urlsplit(url)
+    if not parts.netloc:
+        raise ValueError(f"no bucket in backend URL {url!r}")
+    options = dict(parse_qsl(parts.query))
+    unknown = sorted(set(options) - {"endpoint_url", "region"})
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} in backend URL {url!r}; "
+            "s3:// takes endpoint_url and region"
+        )
+    return S3Backend(
+        parts.netloc,
+        parts.path.lstrip("/"),
+        endpoint_url=options.get("endpoint_url"),
+        region=options.get("region"),
+    )

@@ -8,18 +8,29 @@ files being written and ``root/.locks/`` the lock files, so neither name can sta
 from __future__ import annotations
 
 import builtins
-import errno
 import fcntl
 import hashlib
 import heapq
 import os
 import secrets
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import TypeVar
 
 import anyio.to_thread
 
+from substantial.backends._files import (
+    LOCKS,
+    REFUSED,
+    RESERVED,
+    TMP,
+    UNAVAILABLE,
+    content_version,
+    fsync_dir,
+    key_problem,
+    read_file,
+    unlink_quietly,
+)
 from substantial.backends.base import Backend, Entry
 from substantial.errors import BackendRefused, BackendUnavailable
 
@@ -27,90 +38,9 @@ __all__ = ["FSBackend"]
 
 _T = TypeVar("_T")
 
-_TMP = ".tmp"
-_LOCKS = ".locks"
-_RESERVED = frozenset({_TMP, _LOCKS})
 #: Keys hash onto this many lock files. Mutual exclusion per key is all a lock must give;
 #: a fixed set keeps the lock files from growing with every key ever written.
 _LOCK_STRIPES = 4096
-_MAX_NAME_BYTES = 255
-
-#: errno values that mean "the storage is not usable right now", as opposed to a bug.
-_UNAVAILABLE = frozenset(
-    getattr(errno, name)
-    for name in (
-        "EIO",
-        "ESTALE",
-        "ETIMEDOUT",
-        "ENOTCONN",
-        "EHOSTDOWN",
-        "EHOSTUNREACH",
-        "ENETDOWN",
-        "ENETUNREACH",
-        "ENOLCK",
-        "ENODEV",
-        "ENXIO",
-        "ENOMEDIUM",
-    )
-    if hasattr(errno, name)
-)
-#: errno values that mean "the storage refuses this process's writes until someone acts".
-_REFUSED = frozenset(
-    getattr(errno, name)
-    for name in ("EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT")
-    if hasattr(errno, name)
-)
-
-
-def _version(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def _key_problem(key: str) -> str | None:
-    """Why ``key`` cannot name a file under the root, or ``None`` if it can."""
-    if not key:
-        return "it is empty"
-    if "\0" in key:
-        return "it contains NUL"
-    if key.startswith("/"):
-        return "it starts with '/'"
-    parts = key.split("/")
-    for part in parts:
-        if not part:
-            return "it has an empty component"
-        if part in (".", ".."):
-            return f"it has a {part!r} component"
-        try:
-            size = len(part.encode())
-        except UnicodeEncodeError:
-            return "it is not valid unicode"
-        if size > _MAX_NAME_BYTES:
-            return f"a component is longer than {_MAX_NAME_BYTES} bytes"
-    if parts[0] in _RESERVED:
-        return f"{parts[0]!r} is reserved by the files backend"
-    return None
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: str) -> None:
-    with suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def _read(path: str) -> bytes | None:
-    """A file's bytes, or ``None`` if it is absent (or vanished under us) or a directory."""
-    try:
-        with open(path, "rb") as file:
-            return file.read()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
 
 
 class FSBackend(Backend):
@@ -140,8 +70,8 @@ class FSBackend(Backend):
         super().__init__()
         self.root = os.path.abspath(os.fspath(root))
         self.fsync = fsync
-        self._tmp = os.path.join(self.root, _TMP)
-        self._locks = os.path.join(self.root, _LOCKS)
+        self._tmp = os.path.join(self.root, TMP)
+        self._locks = os.path.join(self.root, LOCKS)
 
     def __repr__(self) -> str:
         return f"FSBackend({self.root!r}, fsync={self.fsync})"
@@ -217,7 +147,7 @@ class FSBackend(Backend):
     # -- helpers run on the event loop -------------------------------------------------
 
     def _path(self, key: str) -> str:
-        problem = _key_problem(key)
+        problem = key_problem(key)
         if problem is not None:
             raise ValueError(f"illegal key {key!r}: {problem}")
         return f"{self.root}/{key}"
@@ -227,17 +157,17 @@ class FSBackend(Backend):
         try:
             return await anyio.to_thread.run_sync(call)
         except OSError as exc:
-            if exc.errno in _UNAVAILABLE:
+            if exc.errno in UNAVAILABLE:
                 raise BackendUnavailable(self.name, operation, str(exc)) from exc
-            if exc.errno in _REFUSED:
+            if exc.errno in REFUSED:
                 raise BackendRefused(self.name, operation, str(exc)) from exc
             raise
 
     # -- helpers run in a worker thread ------------------------------------------------
 
     def _get(self, path: str) -> Entry | None:
-        data = _read(path)
-        return None if data is None else (data, _version(data))
+        data = read_file(path)
+        return None if data is None else (data, content_version(data))
 
     def _create(self, key: str, path: str, data: bytes) -> str | None:
         temp = self._write_temp(data)
@@ -254,28 +184,28 @@ class FSBackend(Backend):
         except NotADirectoryError as exc:
             raise self._conflict(key) from exc
         finally:
-            _unlink_quietly(temp)
+            unlink_quietly(temp)
         self._sync_dir(os.path.dirname(path))
-        return _version(data)
+        return content_version(data)
 
     def _put(self, key: str, path: str, data: bytes) -> str:
         with self._locked(key):
             self._install(key, path, data)
-        return _version(data)
+        return content_version(data)
 
     def _replace(self, key: str, path: str, data: bytes, version: str) -> str | None:
         with self._locked(key):
-            current = _read(path)
-            if current is None or _version(current) != version:
+            current = read_file(path)
+            if current is None or content_version(current) != version:
                 return None
             self._install(key, path, data)
-        return _version(data)
+        return content_version(data)
 
     def _delete(self, key: str, path: str, version: str | None) -> bool:
         with self._locked(key):
             if version is not None:
-                current = _read(path)
-                if current is None or _version(current) != version:
+                current = read_file(path)
+                if current is None or content_version(current) != version:
                     return False
             try:
                 os.unlink(path)
@@ -286,7 +216,7 @@ class FSBackend(Backend):
 
     def _list(self, prefix: str, after: str | None, limit: int) -> builtins.list[str]:
         head, slash, partial = prefix.rpartition("/")
-        if limit <= 0 or "\0" in partial or (slash and _key_problem(head) is not None):
+        if limit <= 0 or "\0" in partial or (slash and key_problem(head) is not None):
             return []  # no legal key starts with this prefix
         folder = f"{self.root}/{head}" if slash else self.root
         keys: list[str] = []
@@ -310,7 +240,7 @@ class FSBackend(Backend):
             with os.scandir(folder) as entries:
                 for entry in entries:
                     name = entry.name
-                    if not name.startswith(partial) or (not base and name in _RESERVED):
+                    if not name.startswith(partial) or (not base and name in RESERVED):
                         continue
                     is_dir = entry.is_dir(follow_symlinks=False)
                     full = base + name + "/" if is_dir else base + name
@@ -348,7 +278,7 @@ class FSBackend(Backend):
                 if self.fsync:
                     os.fsync(fd)
         except BaseException:
-            _unlink_quietly(temp)
+            unlink_quietly(temp)
             raise
         return temp
 
@@ -362,10 +292,10 @@ class FSBackend(Backend):
                 self._make_parents(key)
                 os.replace(temp, path)
         except (NotADirectoryError, IsADirectoryError) as exc:
-            _unlink_quietly(temp)
+            unlink_quietly(temp)
             raise self._conflict(key) from exc
         except BaseException:
-            _unlink_quietly(temp)
+            unlink_quietly(temp)
             raise
         self._sync_dir(os.path.dirname(path))
 
@@ -399,7 +329,7 @@ class FSBackend(Backend):
 
     def _sync_dir(self, path: str) -> None:
         if self.fsync:
-            _fsync_dir(path)
+            fsync_dir(path)
 
     def _conflict(self, key: str) -> ValueError:
         return ValueError(

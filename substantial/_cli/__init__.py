@@ -1,0 +1,1 @@
+"""The commands of the ``substantial`` CLI, one module per group of jobs (private)."""

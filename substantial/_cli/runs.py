@@ -1,0 +1,169 @@
+"""The commands on single runs and their listing: ``list``, ``show``, ``send``, ``cancel``,
+``result``. Presentation only; the logic is in :mod:`substantial._ops.inspection`."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import click
+
+from substantial._cli.common import When, backend_option, fail, run_id_argument, with_backend
+from substantial._cli.formatting import (
+    Progress,
+    call_args,
+    count,
+    event_text,
+    json_text,
+    table,
+    time_text,
+)
+from substantial._conductor import Conductor
+from substantial._core.status import RunStatus
+from substantial._ops import inspection as inspect
+from substantial.backends import Backend
+from substantial.errors import CodecError
+
+__all__ = ["cancel", "list_command", "result", "send", "show"]
+
+
+@click.command("list")
+@backend_option
+@click.option("--workflow", help="Only runs of this workflow name.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in RunStatus]),
+    help="Only runs in this status (repeatable).",
+)
+@click.option("--started-before", type=When(), help="ISO time, or an age like 2h or 30d.")
+@click.option("--started-after", type=When(), help="ISO time, or an age like 2h or 30d.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
+def list_command(
+    backend_url: str | None,
+    workflow: str | None,
+    statuses: tuple[str, ...],
+    started_before: datetime | None,
+    started_after: datetime | None,
+    as_json: bool,
+) -> None:
+    """List runs, oldest first. Reads every key under runs/: an operator command."""
+    progress = Progress("runs read")
+
+    async def body(backend: Backend) -> list[inspect.RunSummary]:
+        return await inspect.list_runs(
+            backend,
+            workflow=workflow,
+            status=[RunStatus(s) for s in statuses] or None,
+            started_before=started_before,
+            started_after=started_after,
+            progress=progress,
+        )
+
+    runs = with_backend(backend_url, body)
+    progress.finish()
+    if as_json:
+        click.echo(json.dumps([run.to_json() for run in runs], indent=2))
+    elif runs:
+        rows = [["RUN", "WORKFLOW", "STATUS", "STARTED", "UPDATED"]]
+        for run in runs:
+            rows.append(
+                [
+                    run.run_id,
+                    run.workflow,
+                    run.status.value,
+                    time_text(run.created),
+                    time_text(run.updated),
+                ]
+            )
+        table(rows)
+    click.echo(count(len(runs), "run"), err=True)
+
+
+@click.command()
+@backend_option
+@click.argument("run_id", metavar="RUN", callback=run_id_argument)
+def show(backend_url: str | None, run_id: str) -> None:
+    """Show a run: status, arguments, outcome, and the timeline of its log."""
+    details = with_backend(backend_url, lambda backend: inspect.describe_run(backend, run_id))
+    run = details.summary
+    lines = [
+        ("run", run.run_id),
+        ("workflow", run.workflow),
+        ("status", run.status.value),
+        ("started", time_text(run.created)),
+        ("updated", time_text(run.updated)),
+        ("args", call_args(run.args)),
+    ]
+    if run.status is RunStatus.COMPLETED:
+        lines.append(("result", json_text(run.result)))
+    if run.error:
+        lines.append(("error", run.error))
+    if run.parked_reason:
+        lines.append(("parked", run.parked_reason))
+    if run.wake_at is not None:
+        lines.append(("wakes at", time_text(run.wake_at)))
+    if details.lease_owner:
+        lines.append(
+            ("agent", f"{details.lease_owner} (lease until {time_text(details.lease_expires)})")
+        )
+    if details.inbox:
+        lines.append(("inbox", f"{details.inbox} event(s) not yet merged into the log"))
+    for entry in details.quarantined:  # `substantial quarantine RUN --drop KEY` deletes one
+        lines.append(("set aside", f"{entry.key}: {entry.reason}"))
+    for label, value in lines:
+        click.echo(f"{label:<9} {value}".rstrip())
+    click.echo("")
+    click.echo("timeline")
+    for event in details.history:
+        click.echo(
+            f"  {time_text(event.at, ms=True)}  {event.kind:<19} {event_text(event)}".rstrip()
+        )
+
+
+@click.command()
+@backend_option
+@click.argument("run_id", metavar="RUN", callback=run_id_argument)
+@click.argument("name")
+@click.argument("value", metavar="[JSON]", required=False)
+def send(backend_url: str | None, run_id: str, name: str, value: str | None) -> None:
+    """Send event NAME to a run, with an optional JSON value (default: null)."""
+    try:
+        decoded = None if value is None else json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="JSON") from None
+    with_backend(backend_url, lambda backend: Conductor(backend).handle(run_id).send(name, decoded))
+    click.echo(f"sent {name} to {run_id}")
+
+
+@click.command()
+@backend_option
+@click.argument("run_id", metavar="RUN", callback=run_id_argument)
+def cancel(backend_url: str | None, run_id: str) -> None:
+    """Ask a run to stop; it ends cancelled after its finally blocks run."""
+    with_backend(backend_url, lambda backend: Conductor(backend).handle(run_id).cancel())
+    click.echo(f"cancel requested for {run_id}")
+
+
+@click.command()
+@backend_option
+@click.argument("run_id", metavar="RUN", callback=run_id_argument)
+@click.option("--timeout", type=click.FloatRange(min=0), help="Seconds to wait at most.")
+def result(backend_url: str | None, run_id: str, timeout: float | None) -> None:
+    """Wait for a run to finish and print its result as JSON; exit 1 if it failed."""
+
+    async def body(backend: Backend) -> tuple[bool, Any]:
+        try:
+            await Conductor(backend).handle(run_id).result(timeout=timeout)
+        except CodecError:
+            pass  # its classes are not importable here: print it as plain JSON below
+        except TimeoutError:
+            return False, None
+        return True, (await inspect.get_run(backend, run_id)).result
+
+    finished, value = with_backend(backend_url, body)
+    if not finished:
+        fail(f"run {run_id!r} has not finished after {timeout:g}s")
+    click.echo(json_text(value))

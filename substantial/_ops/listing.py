@@ -1,0 +1,257 @@
+"""
+Listing runs: one :class:`RunSummary` per run, read from its summary record, or rebuilt
+from its log when the summary is missing or torn. A run whose log cannot be read even
+from its first segment is listed as ``corrupt``, never skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from substantial._core.status import STATUS_FROM_PB, RunStatus
+from substantial._ops.values import safe_plain, time_of
+from substantial._store import hints
+from substantial._store.keys import RUNS_PREFIX, meta_key, past_run, run_id_of, segment_key
+from substantial._store.runs import RunStore, check_run_id
+from substantial.backends.base import Backend
+from substantial.errors import CorruptLog, RunNotFound
+from substantial.protocol import substantial_pb2 as pb
+
+__all__ = ["Progress", "RunSummary", "get_run", "iter_run_ids", "list_runs", "no_progress"]
+
+PAGE = 1000
+
+#: ``progress(done, total)``; ``total`` is ``None`` while it is not known yet.
+Progress = Callable[[int, int | None], None]
+
+
+def no_progress(done: int, total: int | None) -> None:
+    """The default ``progress``: report nothing."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """
+    One run as its summary record (``runs/{run}/meta``) describes it, or as its first
+    log segment does when the summary is missing.
+
+    :ivar run_id: the run's id
+    :ivar workflow: the workflow's registered name
+    :ivar status: where the run is (the summary is a hint written after each wake-up);
+        ``corrupt`` if neither its summary nor its log can be read
+    :ivar created: when it was started
+    :ivar updated: when its summary was last written
+    :ivar wake_at: when a sleeping run wakes
+    :ivar args: the positional and keyword arguments, as plain data
+    :ivar result: the result of a completed run, as plain data
+    :ivar error: ``Type: message`` of a failed run, or of what makes a run corrupt
+    :ivar parked_reason: why a parked run no longer replays
+    """
+
+    run_id: str
+    workflow: str
+    status: RunStatus
+    created: datetime | None
+    updated: datetime | None
+    wake_at: datetime | None = None
+    args: Any = None
+    result: Any = None
+    error: str = ""
+    parked_reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as a JSON-compatible dict (times as ISO 8601 strings)."""
+
+        def iso(value: datetime | None) -> str | None:
+            return None if value is None else value.isoformat()
+
+        return {
+            "run_id": self.run_id,
+            "workflow": self.workflow,
+            "status": self.status.value,
+            "created": iso(self.created),
+            "updated": iso(self.updated),
+            "wake_at": iso(self.wake_at),
+            "args": self.args,
+            "result": self.result,
+            "error": self.error or None,
+            "parked_reason": self.parked_reason or None,
+        }
+
+
+def _summary(meta: pb.RunMeta) -> RunSummary:
+    status = STATUS_FROM_PB.get(meta.status, RunStatus.PENDING)
+    error = ""
+    if meta.HasField("failure"):
+        error = f"{meta.failure.type}: {meta.failure.message}"
+    return RunSummary(
+        run_id=meta.run_id,
+        workflow=meta.workflow,
+        status=status,
+        created=time_of(meta.created_ms),
+        updated=time_of(meta.updated_ms or meta.created_ms),
+        wake_at=time_of(meta.wake_at_ms),
+        args=safe_plain(meta.args) if meta.HasField("args") else None,
+        result=safe_plain(meta.result) if meta.HasField("result") else None,
+        error=error,
+        parked_reason=meta.parked_reason,
+    )
+
+
+async def iter_run_ids(backend: Backend, *, page: int = PAGE) -> AsyncIterator[str]:
+    """
+    Every run id on the backend, in key order. Lists ``runs/`` a page at a time and skips
+    past the rest of the last run seen on each page, so a run with many log segments
+    costs one request, not one per thousand segments.
+    """
+    after: str | None = None
+    last: str | None = None
+    while True:
+        keys = await backend.list(RUNS_PREFIX, after=after, limit=page)
+        for key in keys:
+            run_id = run_id_of(key)
+            if run_id != last:
+                last = run_id
+                yield run_id
+        if len(keys) < page or last is None:
+            return
+        after = past_run(last)
+
+
+async def _summaries(backend: Backend, run_ids: Sequence[str]) -> list[RunSummary | None]:
+    store = RunStore(backend)
+    entries = await backend.get_many([meta_key(run_id) for run_id in run_ids])
+    found: list[RunSummary | None] = []
+    for run_id, entry in zip(run_ids, entries, strict=True):
+        if entry is not None:
+            try:
+                found.append(_summary(pb.RunMeta.FromString(entry[0])))
+                continue
+            except Exception:  # a torn summary: fall back to the log, the truth
+                pass
+        found.append(await _summary_from_log(store, run_id))
+    return found
+
+
+async def _summary_from_log(store: RunStore, run_id: str) -> RunSummary | None:
+    """
+    A run whose summary is missing (a start that died before writing it) or unreadable:
+    rebuilt from its log, or, if the log cannot be read, from its start. A run whose
+    start cannot be read either is ``corrupt``: shown, so an operator can see to it.
+
+    :return: None if the run has no log at all
+    """
+    try:
+        stored = await store.read_log(run_id)
+    except CorruptLog as exc:
+        error = exc
+    else:
+        return _summary(hints.summary_from_log(run_id, stored)) if stored.events else None
+    entry = await store.backend.get(segment_key(run_id, 0))
+    try:
+        segment = pb.Segment.FromString(entry[0]) if entry is not None else None
+    except Exception:
+        segment = None
+    if segment is None or not segment.events or not segment.events[0].HasField("started"):
+        return _corrupt(run_id, error)
+    first = segment.events[0]
+    return RunSummary(
+        run_id=run_id,
+        workflow=first.started.workflow,
+        status=RunStatus.PENDING,
+        created=time_of(first.at_ms),
+        updated=time_of(first.at_ms),
+        args=safe_plain(first.started.args),
+    )
+
+
+def _corrupt(run_id: str, error: CorruptLog) -> RunSummary:
+    return RunSummary(
+        run_id=run_id,
+        workflow="",
+        status=RunStatus.CORRUPT,
+        created=None,
+        updated=None,
+        error=f"{type(error).__name__}: {error}",
+    )
+
+
+async def list_runs(
+    backend: Backend,
+    workflow: str | None = None,
+    status: RunStatus | Iterable[RunStatus] | None = None,
+    started_before: datetime | None = None,
+    started_after: datetime | None = None,
+    *,
+    progress: Progress = no_progress,
+) -> list[RunSummary]:
+    """
+    The runs on ``backend`` that match every filter given, oldest first.
+
+    Enumerating runs lists every key under ``runs/`` (skipping long logs), which is fine
+    for an operator command but not for a hot path.
+
+    :param workflow: only runs of this workflow name
+    :param status: only runs in this status (or one of these)
+    :param started_before: only runs started before this time
+    :param started_after: only runs started at or after this time
+    :param progress: called with the number of runs read so far
+    :raises BackendUnavailable: if the storage cannot be reached
+    """
+    wanted: set[RunStatus] | None = None
+    if status is not None:
+        wanted = {status} if isinstance(status, RunStatus) else set(status)
+    found: list[RunSummary] = []
+    batch: list[str] = []
+    seen = 0
+
+    async def flush() -> None:
+        nonlocal seen
+        for summary in await _summaries(backend, batch):
+            if summary is not None and _matches(
+                summary, workflow, wanted, started_before, started_after
+            ):
+                found.append(summary)
+        seen += len(batch)
+        batch.clear()
+        progress(seen, None)
+
+    async for run_id in iter_run_ids(backend):
+        batch.append(run_id)
+        if len(batch) >= PAGE:
+            await flush()
+    await flush()
+    epoch = datetime.fromtimestamp(0, UTC)
+    found.sort(key=lambda s: (s.created or epoch, s.run_id))
+    return found
+
+
+def _matches(
+    summary: RunSummary,
+    workflow: str | None,
+    statuses: set[RunStatus] | None,
+    before: datetime | None,
+    after: datetime | None,
+) -> bool:
+    if workflow is not None and summary.workflow != workflow:
+        return False
+    if statuses is not None and summary.status not in statuses:
+        return False
+    if before is not None and (summary.created is None or summary.created >= before):
+        return False
+    return not (after is not None and (summary.created is None or summary.created < after))
+
+
+async def get_run(backend: Backend, run_id: str) -> RunSummary:
+    """
+    One run's summary.
+
+    :raises RunNotFound: if the run has neither a summary nor a log
+    """
+    (summary,) = await _summaries(backend, [check_run_id(run_id)])
+    if summary is None:
+        raise RunNotFound(run_id)
+    return summary
