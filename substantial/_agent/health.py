@@ -42,6 +42,8 @@ def describe(error: BaseException) -> str:
 
 def _kind(error: BaseException) -> tuple[str, ...]:
     """What makes two store-wide errors "the same trouble" (not the paths or keys in them)."""
+    if isinstance(error, BackendUnavailable):
+        return ("unavailable",)  # an outage is one trouble, whichever way each call fails
     cause = error.__cause__
     return (
         type(error).__name__,

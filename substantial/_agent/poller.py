@@ -45,22 +45,35 @@ class Poller:
                 # drops one that races its inner task): the agent.cancel() must still stop us.
                 raise asyncio.CancelledError
             try:
-                claimed, next_due_ms = await self.claim_due(work)
+                claimed, next_timer_ms = await self.claim_due(work)
             except Exception as exc:  # store-wide: logged once, retried; the agent goes on
                 parts.trouble.failed(exc)
-                claimed, next_due_ms = 0, None
+                claimed, next_timer_ms = 0, None
                 delay = max(delay, constants.OUTAGE_RETRY_MIN_SECONDS)
             else:
                 parts.trouble.recovered()
-            idle = not claimed and not self._processor.active and next_due_ms is not None
-            if idle and next_due_ms is not None and self._store.clock.skip_to(next_due_ms):
-                continue  # a virtual clock jumped to the next timer
+            next_due_ms = self._with_holdoffs(next_timer_ms)
+            # Idle, a virtual clock may jump to the next timer, but never to the end of a
+            # hold-off: hold-offs run on the event loop's clock, which no jump moves.
+            idle = not claimed and not self._processor.active
+            jump = idle and next_timer_ms is not None and next_timer_ms == next_due_ms
+            if jump and next_timer_ms is not None and self._store.clock.skip_to(next_timer_ms):
+                continue
             poll_max = parts.settings.poll_max
             delay = constants.POLL_MIN_SECONDS if claimed else min(delay * 2, poll_max)
             wait = delay * random.uniform(0.5, 1.0) if parts.trouble.active else delay
             if next_due_ms is not None:
                 wait = min(wait, max(0.0, (next_due_ms - self._store.clock.now_ms()) / 1000))
             await parts.client.notifier.wait_kick(wait)
+
+    def _with_holdoffs(self, next_due_ms: int | None) -> int | None:
+        """The next time to poll: the next timer, or the end of the first hold-off."""
+        clock = anyio.current_time()
+        held = self._parts.holdoffs.current(clock)
+        if not held:
+            return next_due_ms
+        soonest = self._store.clock.now_ms() + round((min(held.values()) - clock) * 1000)
+        return soonest if next_due_ms is None else min(next_due_ms, soonest)
 
     async def claim_due(self, work: TaskGroup) -> tuple[int, int | None]:
         """
@@ -72,9 +85,6 @@ class Poller:
         clock = anyio.current_time()
         held = self._parts.holdoffs.current(clock)
         wanted, next_due = await self._due_runs(now, held.keys())
-        if held:
-            soonest = now + round((min(held.values()) - clock) * 1000)
-            next_due = soonest if next_due is None else min(next_due, soonest)
         claimed = 0
         for run_id, entries in wanted.items():
             if await self._claim(run_id, entries, clock, work):

@@ -12,8 +12,9 @@ The key layout: every key substantial stores, built and parsed here and nowhere 
     leases/{run}                        Lease: who works on the run, until when
 
 A schedule key carries a tag after ``~``: ``t`` for the run's own next wake-up (written
-with create, so repeating it is harmless), ``s`` for a start, and a random tag for each
-send, so a send never reuses a key an agent is about to delete.
+with create, so repeating it is harmless); every other entry (a start, a send, a hold-off,
+more events to merge) has a short reason and a random suffix, so none reuses a key an
+agent is about to delete.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ class RunStore:
         """Put an event in the run's inbox, then ask for an agent at once."""
         key = inbox_key(run_id, entry.sent_at_ms, entry.id)
         await self.backend.create(key, entry.SerializeToString())
-        await self.schedule(run_id, entry.sent_at_ms, uuid.uuid4().hex[:12])
+        await self.schedule(run_id, entry.sent_at_ms, "e")
 
     async def read_inbox(
         self, run_id: str, *, after: str | None = None, limit: int | None = None
@@ -176,8 +176,17 @@ class RunStore:
     # ---- schedule ----
 
     async def schedule(self, run_id: str, due_ms: int, tag: str = "t") -> None:
-        """Ask for an agent to look at ``run_id`` at ``due_ms``."""
+        """
+        Ask for an agent to look at ``run_id`` at ``due_ms``.
+
+        :param tag: ``t`` for the run's own next wake-up: written with create, the same key
+            however often it is repeated. Any other tag (at most 4 characters) says why and
+            gets a random suffix, so that no request reuses the key of one an agent read
+            and is about to delete as consumed (two in the same millisecond would).
+        """
         data = pb.ScheduleEntry(nonce=uuid.uuid4().hex).SerializeToString()
+        if tag != "t":
+            tag = f"{tag}{uuid.uuid4().hex[:8]}"
         key = schedule_key(due_ms, run_id, tag)
         if tag == "t":
             await self.backend.create(key, data)
