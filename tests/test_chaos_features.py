@@ -21,8 +21,9 @@ from substantial.codec import decode_payload
 from substantial.handle import RunStatus
 from substantial.runs import RunStore
 from tests import chaos_app
-from tests.agents import Agent, backend_url, check_log, effect_lines, wait_for
+from tests.agents import Agent, backend_url, check_log, effect_lines
 from tests.conftest import BACKENDS
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -123,14 +124,14 @@ async def test_chaos_features(kind: str, request: pytest.FixtureRequest, tmp_pat
                     victim.spawn()
 
             tg.start_soon(killer)
-            await wait_for(all_done, DEADLINE, f"all runs to finish ({kind})", every=0.5)
+            await wait_until(all_done, DEADLINE, f"all runs to finish ({kind})", every=0.5)
             tg.cancel_scope.cancel()
         wall = time.monotonic() - began
 
         async def schedule_empty() -> bool:
             return not await backend.list("schedule/", limit=1)
 
-        await wait_for(schedule_empty, 30, "the schedule to empty")
+        await wait_until(schedule_empty, 30, "the schedule to empty")
 
         reexecuted = 0
 

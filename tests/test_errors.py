@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -27,13 +26,8 @@ from substantial import (
 )
 from substantial.backends import Backend
 from substantial.runs import segment_key
-from tests.test_workflows import WAIT, Counter, make_conductor, wait_for_status
-
-
-@pytest.fixture
-async def conductor(backend: Backend) -> AsyncIterator[Conductor]:
-    async with make_conductor(backend) as running:
-        yield running
+from tests.harness import WAIT, make_conductor, wait_for_status
+from tests.test_workflows import Counter
 
 
 class OrderError(Exception):

@@ -12,7 +12,7 @@ from substantial.backends import Backend
 from substantial.protocol import substantial_pb2 as pb
 from substantial.runs import RunStore, log_prefix, snapshot_prefix
 from substantial.testing import Replayer
-from tests.agents import wait_for
+from tests.harness import wait_until
 
 STEPS = 20
 
@@ -45,7 +45,7 @@ async def test_a_long_run_resumes_from_its_snapshot(conductor: Conductor, backen
     async def waiting() -> bool:
         return await handle.status() is RunStatus.WAITING
 
-    await wait_for(waiting, 60, "the run to wait for its bonus")
+    await wait_until(waiting, 60, "the run to wait for its bonus")
     snapshots = await backend.list_all(snapshot_prefix("long-1"))
     assert len(snapshots) == 1  # older ones are dropped
     store = RunStore(backend)
@@ -75,7 +75,7 @@ async def test_a_foreign_snapshot_is_a_corrupt_log(conductor: Conductor, backend
     async def waiting() -> bool:
         return await handle.status() is RunStatus.WAITING
 
-    await wait_for(waiting, 60, "the run to wait for its bonus")
+    await wait_until(waiting, 60, "the run to wait for its bonus")
     key = (await backend.list_all(snapshot_prefix("long-2")))[-1]
     entry = await backend.get(key)
     assert entry is not None
