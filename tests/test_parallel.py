@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from substantial import Conductor, Context, workflow
-from substantial.backends import Backend, from_url
+from substantial.backends import from_url
 from tests import features_app
 from tests.agents import backend_url, check_log
 from tests.harness import wait_until
@@ -62,12 +62,7 @@ async def meet(c: Context) -> dict[str, Any]:
     return {"recorded": recorded, "replayed": live}
 
 
-@pytest.fixture
-async def conductor(backend: Backend) -> Any:
-    conductor = Conductor(backend, lease=3.0, poll_interval=0.05)
-    conductor.register(meet)
-    async with conductor:
-        yield conductor
+pytestmark = pytest.mark.conductor(meet)
 
 
 async def test_gathered_saves_run_concurrently_and_replay_identically(

@@ -27,7 +27,7 @@ from substantial import (
     workflow,
 )
 from substantial.backends import Backend, from_url
-from tests import features_app
+from tests import features_app, harness
 from tests.agents import Agent, backend_url, check_log
 from tests.conftest import BACKENDS
 from tests.harness import wait_until
@@ -102,9 +102,8 @@ async def transfer(c: Context, flaky_undo: int = 0, broken_undo: bool = False) -
 
 
 def make_conductor(backend: Backend) -> Conductor:
-    conductor = Conductor(backend, lease=3.0, poll_interval=0.05)
-    conductor.register(transfer)
-    return conductor
+    """An agent for ``transfer`` on the virtual clock: retry waits take no real time."""
+    return harness.make_conductor(backend, transfer, virtual_clock=True)
 
 
 async def step_names(handle: Handle[Any]) -> list[str]:

@@ -3,8 +3,6 @@ one object and the segments after it instead of every segment."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from substantial import Conductor, Context, CorruptLog, RunStatus, workflow
@@ -26,11 +24,7 @@ async def long_run(c: Context) -> int:
     return total + int(bonus)
 
 
-@pytest.fixture
-async def conductor(backend: Backend) -> AsyncIterator[Conductor]:
-    async with Conductor(backend, snapshot_every=8, lease=5) as running:
-        running.register(long_run)
-        yield running
+pytestmark = pytest.mark.conductor(long_run, snapshot_every=8, lease=5)
 
 
 async def _segments(backend: Backend, run_id: str) -> list[pb.Event]:
