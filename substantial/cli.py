@@ -5,7 +5,7 @@ the logic lives in the library (operator commands: :mod:`substantial.inspect`).
     substantial worker myapp.flows:conductor
     substantial worker --app myapp.flows --backend redis://127.0.0.1:6379/0
     substantial check --backend file://./runs
-    substantial list|show|send|cancel|result|replay|gc --backend URL ...
+    substantial list|show|send|cancel|result|replay|quarantine|gc --backend URL ...
 
 Errors are one line on stderr (``error: ...``); a bad argument exits 2, a failed
 operation 1.
@@ -27,7 +27,7 @@ from typing import Any, NoReturn, TypeVar
 import anyio
 import click
 
-from substantial import inspect, logs
+from substantial import inspect, logs, quarantine
 from substantial.backends import Backend, from_url
 from substantial.conductor import Conductor
 from substantial.errors import BackendError, CodecError, RunNotFound, SubstantialError
@@ -434,6 +434,8 @@ def show(backend_url: str | None, run_id: str) -> None:
         )
     if details.inbox:
         lines.append(("inbox", f"{details.inbox} event(s) not yet merged into the log"))
+    for entry in details.quarantined:  # `substantial quarantine RUN --drop KEY` deletes one
+        lines.append(("set aside", f"{entry.key}: {entry.reason}"))
     for label, value in lines:
         click.echo(f"{label:<9} {value}".rstrip())
     click.echo("")
@@ -593,6 +595,28 @@ def versions(change_id: str, app: str, backend_url: str | None) -> None:
     click.echo(f"{_count(len(old), 'run')} on the old side of {change_id!r}", err=True)
 
 
+@main.command("quarantine")
+@backend_option
+@click.argument("run_id", metavar="RUN", callback=_run_id)
+@click.option("--drop", "keys", multiple=True, metavar="KEY", help="Delete this entry.")
+@click.option("--all", "drop_all", is_flag=True, help="Delete every entry.")
+def quarantine_command(
+    backend_url: str | None, run_id: str, keys: tuple[str, ...], drop_all: bool
+) -> None:
+    """List a run's inbox entries set aside as unmergeable, or delete them."""
+    if not keys and not drop_all:
+        for entry in _with_backend(backend_url, lambda b: quarantine.list_quarantined(b, run_id)):
+            click.echo(f"{entry.key}  {_time(entry.at)}  {entry.reason}")
+        return
+    wanted = None if drop_all else keys
+    dropped = _with_backend(backend_url, lambda b: quarantine.drop(b, run_id, wanted))
+    for key in dropped:
+        click.echo(f"dropped {key}")
+    missing = [key for key in keys if quarantine.full_key(run_id, key) not in dropped]
+    if missing:
+        _fail(f"not in the quarantine of run {run_id!r}: {', '.join(missing)}")
+
+
 @main.command("gc")
 @backend_option
 @click.option("--older-than", required=True, type=_Duration(), help="e.g. 30d, 12h.")
@@ -610,4 +634,6 @@ def gc_command(backend_url: str | None, older_than: timedelta, dry_run: bool) ->
         click.echo(f"{verb} {run_id}")
     for run_id in outcome.busy:
         click.echo(f"skipped {run_id}: an agent holds its lease")
+    for run_id in outcome.live:
+        click.echo(f"skipped {run_id}: its summary says finished, its log does not")
     click.echo(f"{verb} {_count(len(outcome.runs), 'run')} ({_count(outcome.keys, 'key')})")

@@ -41,7 +41,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-from substantial import constants, logs, telemetry
+from substantial import constants, hints, logs, telemetry
 from substantial.backends.base import Backend
 from substantial.codec import encode_payload
 from substantial.commands import ChildCommand, SaveCommand, failure_from_exception
@@ -52,20 +52,22 @@ from substantial.errors import (
     CorruptLog,
     LeaseLost,
     NonDeterminismError,
+    RunNotFound,
     RunReverted,
     UnknownWorkflow,
 )
 from substantial.handle import STATUS_TO_PB, Handle, Notifier, RunStatus
 from substantial.health import RunTroubles, StoreTrouble, describe, mark_held
+from substantial.inbox import Intake
 from substantial.protocol import substantial_pb2 as pb
 from substantial.replay import TERMINAL_KINDS, Execution, open_children
+from substantial.runids import is_stored_run_id
 from substantial.runs import (
     Clock,
     Lease,
     RunStore,
     ScheduleEntry,
     StoredLog,
-    VirtualClock,
     check_run_id,
 )
 from substantial.step_threads import DaemonThreadPool
@@ -319,7 +321,7 @@ class Conductor:
 
     async def _poll_loop(self, work: TaskGroup) -> None:
         delay = constants.POLL_MIN_SECONDS
-        task = asyncio.current_task()
+        task = _asyncio_task()
         while True:
             if task is not None and task.cancelling():
                 # A cancel that a library swallowed (asyncio.wait_for in redis-py on 3.11
@@ -333,12 +335,9 @@ class Conductor:
                 delay = max(delay, constants.OUTAGE_RETRY_MIN_SECONDS)
             else:
                 self._store_trouble.recovered()
-            clock = self.store.clock
             idle = not claimed and not self._active and next_due_ms is not None
-            if idle and isinstance(clock, VirtualClock) and clock.auto_advance:
-                assert next_due_ms is not None
-                clock.advance_to(next_due_ms)  # idle on a virtual clock: jump to the next timer
-                continue
+            if idle and next_due_ms is not None and self.store.clock.skip_to(next_due_ms):
+                continue  # a virtual clock jumped to the next timer
             delay = constants.POLL_MIN_SECONDS if claimed else min(delay * 2, self.poll_max)
             wait = delay * random.uniform(0.5, 1.0) if self._store_trouble.active else delay
             if next_due_ms is not None:
@@ -491,28 +490,24 @@ class Conductor:
     async def _wake(self, holder: _LeaseHolder, entries: list[ScheduleEntry]) -> None:
         run_id = holder.lease.run_id
         consumed = [entry.key for entry in entries]
+        intake = Intake(self.store, run_id)
+        inbox = intake.entries
         try:
-            stored, inbox, (meta, meta_version) = await _gather(
-                self.store.read_log(run_id),
-                self.store.read_inbox(run_id, limit=constants.MERGE_LIMIT),
-                self.store.read_meta_version(run_id),
+            stored, _, (meta, meta_version) = await _gather(
+                self.store.read_log(run_id), intake.read(), hints.read_summary(self.store, run_id)
             )
         except CorruptLog as exc:
-            log.error("agent %s: %s; the run is marked failed", self.name, exc)
-            telemetry.run_outcome("failed")
-            try:  # keep its summary, and write over it: it is of a later segment than -1
-                meta = await self.store.read_meta(run_id)
-            except CorruptLog:
-                meta = None
-            seq = meta.log_seq if meta is not None else -1
-            await self._write_meta(
-                run_id, meta, seq, RunStatus.FAILED, failure=failure_from_exception(exc)
-            )
-            await self.store.delete(consumed)
+            # The log itself cannot be read: park the run with the reason (a failure is
+            # final, and only the log can say the run failed); it is retried later.
+            meta, meta_version = await hints.read_summary(self.store, run_id)
+            seq = meta.log_seq if meta is not None else -1  # keep: of a later segment than -1
+            await self._park(run_id, StoredLog([], seq, [], -1), meta, exc, consumed, meta_version)
             return
         if not stored.events:
             await self._orphan(run_id, entries)
             return
+        await intake.set_aside()
+        meta = await hints.trusted_summary(self.store, run_id, meta, meta_version, stored)
         last_kind = stored.events[-1].WhichOneof("kind")
         if last_kind in TERMINAL_KINDS:
             await self._finish(
@@ -571,13 +566,8 @@ class Conductor:
 
             async def check_inbox() -> None:
                 """Merge events sent while this wake-up runs steps: a cancellation, above all."""
-                if len(inbox) >= constants.MERGE_LIMIT:
-                    return  # the rest waits for the next wake-up (scheduled at the end)
-                last = inbox[-1][0] if inbox else None
-                fresh = await self.store.read_inbox(
-                    run_id, after=last, limit=constants.MERGE_LIMIT - len(inbox)
-                )
-                inbox.extend(fresh)
+                fresh = await intake.read()  # none once full: the rest waits (see the end)
+                await intake.set_aside()
                 execution.merge((entry for _, entry in fresh), self._now())
 
             await self._drive(execution, commit, check_inbox)
@@ -610,7 +600,7 @@ class Conductor:
             self._notifier.changed(run_id)
         if wake is not None:
             await self.store.schedule(run_id, wake)
-        if execution.outcome is None and len(inbox) >= constants.MERGE_LIMIT:
+        if execution.outcome is None and intake.more:
             await self.store.schedule(run_id, self._now(), "more")  # events left unmerged
         await self.store.delete(consumed)
 
@@ -633,8 +623,8 @@ class Conductor:
                 now = self._now()
                 execution.fire_due_timers(now)
                 for child in execution.children_to_start():
-                    await self._start_child(execution.run_id, child)
-                    execution.child_started(child, self._now())
+                    taken_by = await self._start_child(execution.run_id, child)
+                    execution.child_started(child, self._now(), taken_by)
                 await commit()
                 if execution.outcome is not None:
                     break
@@ -665,7 +655,14 @@ class Conductor:
             tg.cancel_scope.cancel()
         await commit()
 
-    async def _start_child(self, parent_run_id: str, child: ChildCommand) -> None:
+    async def _start_child(self, parent_run_id: str, child: ChildCommand) -> str | None:
+        """
+        Start a child run. If its id is taken, it is this parent's child only if that
+        run's start names this parent (an agent died before recording the start).
+
+        :return: None if the child is this parent's; else the parent of the run that
+            holds the id (``""``: a top-level run), which is left alone
+        """
         started = pb.Started(
             run_id=child.run_id,
             workflow=child.workflow,
@@ -673,7 +670,19 @@ class Conductor:
             parent_run_id=parent_run_id,
             detached=child.detached,
         )
-        await self._create_run(started)
+        if await self._create_run(started):
+            return None
+        try:
+            stored = await self.store.read_log(child.run_id)
+        except CorruptLog as exc:
+            log.warning(
+                "run %s: child id %r is taken by a run: %s", parent_run_id, child.run_id, exc
+            )
+            return ""
+        if not stored.events:  # deleted since (gc): this wake-up fails, the next creates it
+            raise RunNotFound(child.run_id)
+        owner = stored.events[0].started.parent_run_id
+        return None if owner == parent_run_id else owner
 
     async def _after_end(self, run_id: str, events: list[pb.Event]) -> None:
         """
@@ -684,7 +693,7 @@ class Conductor:
         last = events[-1]
         kind = last.WhichOneof("kind")
         now = self._now()
-        if kind == "continued_as":
+        if kind == "continued_as" and _names_run(run_id, last.continued_as.run_id):
             link = last.continued_as
             await self._create_run(
                 pb.Started(
@@ -698,7 +707,7 @@ class Conductor:
                     detached=started.detached,
                 )
             )
-        elif started.parent_run_id:
+        elif kind != "continued_as" and _names_run(run_id, started.parent_run_id):
             child_id = started.chain_root or run_id  # the id the parent knows
             ended = pb.ChildEnded(run_id=child_id, cancelled=kind == "cancelled")
             if kind == "completed":
@@ -710,6 +719,8 @@ class Conductor:
             entry = pb.InboxEntry(id=f"child-ended-{child_id}", sent_at_ms=now, child_ended=ended)
             await self.store.post(started.parent_run_id, entry)
         for child_id in open_children(events):
+            if not _names_run(run_id, child_id):
+                continue
             cancel = pb.InboxEntry(id=f"parent-ended-{run_id}", sent_at_ms=now, cancel=True)
             await self.store.post(child_id, cancel)
         self._notifier.kick()
@@ -880,6 +891,13 @@ class Conductor:
             self._hold_off[run_id] = anyio.current_time() + constants.POLL_MIN_SECONDS * 5
 
 
+def _names_run(run_id: str, other: str) -> bool:
+    """Whether an id that run ``run_id``'s log names can be a run (``""``: none named)."""
+    if other and not is_stored_run_id(other):
+        log.error("run %s: its log names run id %r, which breaks the run-id rule", run_id, other)
+    return bool(other) and is_stored_run_id(other)
+
+
 _END_STATUS = {
     "completed": RunStatus.COMPLETED,
     "failed": RunStatus.FAILED,
@@ -893,6 +911,14 @@ _END_STATUS = {
 class _LeaseHolder:
     lease: Lease
     lost: bool = False
+
+
+def _asyncio_task() -> asyncio.Task[Any] | None:
+    """The current asyncio task, or None on another event loop (trio)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
 
 
 async def _call(fn: Callable[[], Any]) -> Any:

@@ -43,6 +43,9 @@ COMPACT_EVERY = 16
 #: again at once. Bounds the memory and the history one wake-up adds, and keeps a run
 #: flooded with events from holding an agent for long.
 MERGE_LIMIT = 256
+#: At most about this many bytes of inbox entries are merged in one wake-up (at least one
+#: entry is, whatever its size); the rest waits for the next wake-up, at once.
+MERGE_BYTES = 32 * 1024 * 1024
 #: ``compact()`` compacts in memory once this many records were added since the last
 #: compaction, so its cost per call stays constant however often it is called.
 COMPACT_MIN_RECORDS = 32

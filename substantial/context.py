@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
 from substantial import _allow
 from substantial.codec import encode_payload
+from substantial.runids import check_run_id
 
 if TYPE_CHECKING:
     import asyncio
@@ -311,11 +312,17 @@ class Context:
         Start a child run and return a handle to await later. Children are cancelled
         when their parent ends, unless ``detached``.
 
-        :param run_id: the child's run id (default: derived from this run and position)
+        :param run_id: the child's run id (default: derived from this run and position);
+            an idempotency key among this run's children
+        :raises InvalidRunId: if ``run_id`` breaks the run-id rule (nothing is recorded)
+        :raises ChildRunIdTaken: if ``run_id`` names an existing run that is not this
+            run's child; that run is left alone
         :raises InvalidArguments: if the arguments do not fit ``workflow``
         :raises CodecError: if an argument cannot be encoded, or they are over the payload
             limit
         """
+        if run_id is not None:
+            check_run_id(run_id, f"child of run {self.run_id!r}")
         workflow.check_arguments(args, kwargs)
         payload = encode_payload(
             [list(args), kwargs], where="args", limit=self._execution.max_payload
@@ -333,6 +340,8 @@ class Context:
         """
         Run a child workflow and return its result.
 
+        :raises InvalidRunId: as :meth:`start_child`
+        :raises ChildRunIdTaken: as :meth:`start_child`
         :raises RunFailed: if the child failed
         :raises RunCancelled: if the child was cancelled
         """

@@ -9,11 +9,14 @@ Every error substantial raises, under one root.
         * LeaseLost: another agent took over a run this agent was working on
     * CodecError (also ValueError): a value could not be encoded or decoded
     * InvalidArguments (also TypeError): arguments that do not fit the workflow's signature
+    * InvalidRunId (also ValueError): a run id that breaks the run-id rule
     * RunError: about one run; carries ``run_id``
         * RunNotFound (also LookupError)
         * UnknownWorkflow (also LookupError)
         * NonDeterminismError: the code no longer replays the run's log
         * CorruptLog: a stored record does not parse, or belongs to another run
+        * ChildRunIdTaken: raised inside a workflow at ``child``/``start_child`` when
+          the id names a run that is not this run's child
     * StepFailed: raised inside a workflow at ``save`` once a step has no attempts left
     * CompensationFailed: raised inside a workflow by ``revert()``
     * CompactionError (also ValueError): raised inside a workflow by ``compact()``
@@ -31,11 +34,13 @@ __all__ = [
     "BackendError",
     "BackendRefused",
     "BackendUnavailable",
+    "ChildRunIdTaken",
     "CodecError",
     "CompactionError",
     "CompensationFailed",
     "CorruptLog",
     "InvalidArguments",
+    "InvalidRunId",
     "LeaseLost",
     "NonDeterminismError",
     "RunCancelled",
@@ -118,6 +123,28 @@ class InvalidArguments(SubstantialError, TypeError):
         self.detail = detail
 
 
+class InvalidRunId(SubstantialError, ValueError):
+    """
+    A run id that breaks the rule (see :mod:`substantial.runids`). Raised where the id
+    enters: ``start``, ``handle``, and inside a workflow at ``child``/``start_child``.
+
+    :ivar run_id: the id as given (a long one is shortened in the message only)
+    :ivar rule: what a run id must be
+    :ivar where: where the id came from, if the caller said (e.g. ``child of run 'p'``)
+    """
+
+    def __init__(self, run_id: object, rule: str, where: str = "") -> None:
+        if isinstance(run_id, str) and len(run_id) > 60:
+            shown = f"{run_id[:40]!r}... ({len(run_id)} characters)"
+        else:
+            shown = repr(run_id)
+        at = f" ({where})" if where else ""
+        super().__init__(f"invalid run id {shown}{at}: {rule}")
+        self.run_id = run_id
+        self.rule = rule
+        self.where = where
+
+
 class RunError(SubstantialError):
     """An error about one run."""
 
@@ -168,6 +195,27 @@ class CorruptLog(RunError):
         super().__init__(run_id, f"corrupt record {key!r} in run {run_id!r}: {detail}")
         self.key = key
         self.detail = detail
+
+
+class ChildRunIdTaken(RunError):
+    """
+    ``child``/``start_child`` named a run id that an existing run holds, and that run is
+    not this run's child. The run is neither adopted nor cancelled. Raised inside the
+    parent workflow at that call, live and on every replay (the refusal is in its log).
+
+    :ivar run_id: the child id that is taken
+    :ivar parent_run_id: the run that asked for the child
+    :ivar owner: the parent of the run holding the id (``""``: a top-level run)
+    """
+
+    def __init__(self, run_id: str, parent_run_id: str, owner: str) -> None:
+        whose = f"a child of run {owner!r}" if owner else "a top-level run"
+        super().__init__(
+            run_id,
+            f"run {parent_run_id!r} cannot start child {run_id!r}: that id belongs to {whose}",
+        )
+        self.parent_run_id = parent_run_id
+        self.owner = owner
 
 
 class StepFailed(SubstantialError):

@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
+from substantial import hints
 from substantial.codec import decode_payload, encode_payload
 from substantial.constants import (
     MAX_PAYLOAD_BYTES,
@@ -197,14 +198,16 @@ class Handle(Generic[R]):
         Wait for the run to finish and return its result.
 
         :param timeout: seconds to wait at most; ``None`` waits for ever
-        :raises RunFailed: if the run ended with an error (type name, message, traceback)
+        :raises RunFailed: if the run's log ends in a failure (type name, message, traceback)
         :raises RunCancelled: if the run was cancelled
         :raises RunReverted: if the run undid its steps with ``revert()``
         :raises TimeoutError: if ``timeout`` passed first
         :raises RunNotFound: if the run does not exist
 
         A run that continued as a new run (``continue_using``) is followed to the end of
-        its chain.
+        its chain. The outcome is read from the run's log: its summary only says when to
+        look (one extra read), and a summary that claims an end the log does not have is
+        ignored, and rewritten by an agent.
         """
         delay = RESULT_POLL_MIN_SECONDS
         run_id = self.run_id
@@ -213,24 +216,37 @@ class Handle(Generic[R]):
             if created is not None and not created.is_set():
                 with anyio.move_on_after(delay):
                     await created.wait()
+            repaired: set[str] = set()
             while True:
                 changed = self._notifier.watch(run_id)
                 meta = await self._require_meta(run_id)
                 status = STATUS_FROM_PB.get(meta.status)
-                if status is RunStatus.COMPLETED:
-                    result: R = decode_payload(meta.result)  # type: ignore[assignment]
+                # The summary is a hint: an end it reports is taken from the log.
+                finished = status in _FINISHED
+                end = await hints.log_end(self._store, run_id, meta) if finished else None
+                kind = end.WhichOneof("kind") if end is not None else None
+                if kind == "completed":
+                    assert end is not None
+                    result: R = decode_payload(end.completed.result)  # type: ignore[assignment]
                     return result
-                if status is RunStatus.FAILED:
-                    failure = meta.failure
+                if kind == "failed":
+                    assert end is not None
+                    failure = end.failed.failure
                     raise RunFailed(run_id, failure.type, failure.message, failure.traceback)
-                if status is RunStatus.CANCELLED:
+                if kind == "cancelled":
                     raise RunCancelled(run_id)
-                if status is RunStatus.REVERTED:
+                if kind == "reverted":
                     raise RunReverted(run_id)
-                if status is RunStatus.CONTINUED:
-                    run_id = meta.continued_as
+                if kind == "continued_as":
+                    assert end is not None
+                    run_id = end.continued_as.run_id
                     delay = RESULT_POLL_MIN_SECONDS
                     continue
+                if finished and run_id not in repaired:
+                    # It says the run ended and the log does not: an agent rewrites it.
+                    repaired.add(run_id)
+                    await self._store.schedule(run_id, self._store.clock.now_ms(), "fix")
+                    self._notifier.kick()
                 with anyio.move_on_after(delay):
                     await changed.wait()
                 delay = min(delay * 2, RESULT_POLL_MAX_SECONDS)
@@ -265,19 +281,13 @@ class Handle(Generic[R]):
 
     async def _require_meta(self, run_id: str | None = None) -> pb.RunMeta:
         run_id = run_id or self.run_id
-        meta = await self._store.read_meta(run_id)
+        meta, _ = await hints.read_summary(self._store, run_id)
         if meta is not None:
             return meta
-        stored = await self._store.read_log(run_id)
+        stored = await self._store.read_log(run_id)  # none, or unreadable: the log says
         if not stored.events:
             raise RunNotFound(run_id)
-        started = stored.events[0]
-        return pb.RunMeta(
-            run_id=run_id,
-            workflow=started.started.workflow,
-            status=pb.RUN_STATUS_PENDING,
-            created_ms=started.at_ms,
-        )
+        return hints.summary_from_log(run_id, stored)
 
 
 _last_id_ns = 0

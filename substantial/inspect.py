@@ -23,11 +23,13 @@ from typing import Any
 
 import anyio
 
+from substantial import hints
 from substantial.backends.base import Backend
 from substantial.codec import decode_payload
 from substantial.errors import CodecError, CorruptLog, NonDeterminismError, RunNotFound
 from substantial.handle import STATUS_FROM_PB, HistoryEvent, RunStatus
 from substantial.protocol import substantial_pb2 as pb
+from substantial.quarantine import QuarantinedEntry, list_quarantined
 from substantial.replay import Execution
 from substantial.runs import (
     SCHEDULE_PREFIX,
@@ -225,7 +227,16 @@ async def _summaries(backend: Backend, run_ids: Sequence[str]) -> list[RunSummar
 
 
 async def _summary_from_log(store: RunStore, run_id: str) -> RunSummary | None:
-    """A run whose summary is missing (a start that died before writing it)."""
+    """
+    A run whose summary is missing (a start that died before writing it) or unreadable:
+    rebuilt from its log, or, if the log cannot be read either, from its start.
+    """
+    try:
+        stored = await store.read_log(run_id)
+    except CorruptLog:
+        pass
+    else:
+        return _summary(hints.summary_from_log(run_id, stored)) if stored.events else None
     entry = await store.backend.get(segment_key(run_id, 0))
     if entry is None:
         return None
@@ -337,6 +348,7 @@ class RunDetails:
     :ivar inbox: events sent to it and not yet merged into its log
     :ivar lease_owner: the agent working on it now, if any
     :ivar lease_expires: when that lease runs out
+    :ivar quarantined: inbox entries set aside because the agent could not merge them
     """
 
     summary: RunSummary
@@ -344,6 +356,7 @@ class RunDetails:
     inbox: int = 0
     lease_owner: str = ""
     lease_expires: datetime | None = None
+    quarantined: list[QuarantinedEntry] = field(default_factory=list)
 
 
 async def describe_run(backend: Backend, run_id: str) -> RunDetails:
@@ -370,6 +383,7 @@ async def describe_run(backend: Backend, run_id: str) -> RunDetails:
         inbox=inbox,
         lease_owner=lease.owner if lease is not None and lease.expires_ms > now_ms() else "",
         lease_expires=_time(lease.expires_ms) if lease is not None else None,
+        quarantined=await list_quarantined(backend, run_id),
     )
 
 
@@ -511,12 +525,14 @@ class GcResult:
     :ivar keys: how many keys that is (run and schedule keys; leases not counted)
     :ivar busy: finished runs left alone because an agent held their lease
     :ivar dry_run: whether nothing was deleted
+    :ivar live: runs left alone because their summary says finished and their log does not
     """
 
     runs: list[str] = field(default_factory=list)
     keys: int = 0
     busy: list[str] = field(default_factory=list)
     dry_run: bool = False
+    live: list[str] = field(default_factory=list)
 
 
 async def gc(
@@ -530,7 +546,8 @@ async def gc(
     """
     Delete finished runs (completed, failed, cancelled, reverted) whose summary was last
     written more than ``older_than`` ago: every key under ``runs/{run}/``, their schedule
-    entries and their lease.
+    entries and their lease. A run is deleted only if its *log* ends in a terminal event
+    (its last segment is read): a summary that says finished is not enough.
 
     Each run is deleted under a lease taken as ``gc``, so no agent works on it meanwhile;
     its summary goes last, so an interrupted gc is finished by the next one.
@@ -561,11 +578,14 @@ async def gc(
     owner = f"gc:{socket.gethostname()}:{os.getpid()}"
     deleted: list[str] = []
     busy: list[str] = []
+    live: list[str] = []
     keys = 0
     for done, run_id in enumerate(old, start=1):
         run_keys = await backend.list_all(f"{RUNS_PREFIX}{run_id}/")
         schedule_keys = scheduled.get(run_id, [])
-        if dry_run:
+        if not await hints.last_segment_ends(backend, run_id, run_keys):
+            live.append(run_id)
+        elif dry_run:
             keys += len(run_keys) + len(schedule_keys)
             deleted.append(run_id)
         else:
@@ -581,7 +601,7 @@ async def gc(
                 keys += len(run_keys) + len(schedule_keys)
                 deleted.append(run_id)
         progress(done, len(old))
-    return GcResult(runs=deleted, keys=keys, busy=busy, dry_run=dry_run)
+    return GcResult(runs=deleted, keys=keys, busy=busy, dry_run=dry_run, live=live)
 
 
 async def _delete_all(backend: Backend, keys: Sequence[str]) -> None:

@@ -42,6 +42,7 @@ from substantial.commands import (
 )
 from substantial.context import ChildHandle, Context, RetryPolicy
 from substantial.errors import (
+    ChildRunIdTaken,
     CodecError,
     CompensationFailed,
     NonDeterminismError,
@@ -51,6 +52,7 @@ from substantial.errors import (
 )
 from substantial.loop import DeterministicLoop
 from substantial.protocol import substantial_pb2 as pb
+from substantial.runids import derived_run_id
 from substantial.workflow import Workflow
 
 __all__ = ["TERMINAL_KINDS", "Execution", "SaveCommand", "failure_from_exception"]
@@ -306,9 +308,9 @@ class Execution:
         self, workflow: str, args: pb.Payload, run_id: str | None, detached: bool
     ) -> ChildHandle[Any]:
         position = self._position()
-        child_id = run_id or f"{self.run_id}-c{position}"
+        child_id = run_id if run_id is not None else derived_run_id(self.run_id, f"-c{position}")
         command = ChildCommand(position, self._command_future(), workflow, args, child_id, detached)
-        await self._register(command)
+        child_id = await self._register(command)  # the id the log recorded
         result = self._children.get(child_id)
         if result is None:
             result = self._children[child_id] = self._loop.create_future()
@@ -416,7 +418,13 @@ class Execution:
             if isinstance(command, ChildCommand) and not command.future.done()
         ]
 
-    def child_started(self, command: ChildCommand, now_ms: int) -> None:
+    def child_started(
+        self, command: ChildCommand, now_ms: int, taken_by: str | None = None
+    ) -> None:
+        """
+        Record a child's start, or with ``taken_by`` (the parent of the run that holds
+        the id; ``""``: none) that its id was taken, so no child was started.
+        """
         self._clock_ms = now_ms
         if self._pending.get(command.position) is not command or self.outcome is not None:
             return
@@ -426,6 +434,8 @@ class Execution:
             workflow=command.workflow,
             args=command.args,
             detached=command.detached,
+            id_taken=taken_by is not None,
+            id_owner=taken_by or "",
         )
         self._record(pb.Event(child_started=started))
 
@@ -564,13 +574,7 @@ class Execution:
                 self._cancel_requested = True
                 self._main.cancel()
         elif kind == "child_started":
-            child = self._expect(event.child_started.position, ChildCommand, kind)
-            if child.run_id != event.child_started.run_id:
-                raise NonDeterminismError(
-                    self.run_id, child.position,
-                    f"child run {event.child_started.run_id!r}", child.describe(),
-                )  # fmt: skip
-            self._resolve(child, child.run_id)
+            self._on_child_started(event.child_started)
         elif kind == "child_ended":
             self._on_child_ended(event.child_ended)
         elif kind == "version_marked":
@@ -633,6 +637,23 @@ class Execution:
             entry.cover = ("save", attempt.key, command.position)
         command.attempts = attempt.attempt
         command.retry_at_ms = attempt.retry_at_ms
+
+    def _on_child_started(self, started: pb.ChildStarted) -> None:
+        child = self._expect(started.position, ChildCommand, "child_started")
+        # A log from before long derived ids were shortened holds the long form.
+        legacy = f"{self.run_id}-c{child.position}"
+        derived = child.run_id == derived_run_id(self.run_id, f"-c{child.position}")
+        if child.run_id != started.run_id and not (derived and started.run_id == legacy):
+            raise NonDeterminismError(
+                self.run_id, child.position, f"child run {started.run_id!r}", child.describe()
+            )
+        if started.id_taken:
+            self._pending.pop(child.position, None)
+            child.future.set_exception(
+                ChildRunIdTaken(started.run_id, self.run_id, started.id_owner)
+            )
+        else:
+            self._resolve(child, started.run_id)
 
     def _on_child_ended(self, ended: pb.ChildEnded) -> None:
         if ended.id in self.event_ids:
@@ -755,7 +776,7 @@ class Execution:
             return pb.Event(reverted=pb.Reverted())
         if isinstance(error, _ContinueAs):
             root = self.started.chain_root or self.run_id
-            next_id = f"{root}.{self.started.chain_index + 1}"
+            next_id = derived_run_id(root, f".{self.started.chain_index + 1}")
             continued = pb.ContinuedAs(run_id=next_id, workflow=error.workflow, args=error.payload)
             return pb.Event(continued_as=continued)
         if error is None:
@@ -774,8 +795,10 @@ def open_children(events: Iterable[pb.Event]) -> list[str]:
     ended: set[str] = set()
     for event in events:
         kind = event.WhichOneof("kind")
-        if kind == "child_started" and not event.child_started.detached:
-            started[event.child_started.run_id] = True
+        if kind == "child_started":
+            child = event.child_started
+            if not child.detached and not child.id_taken:
+                started[child.run_id] = True
         elif kind == "child_ended":
             ended.add(event.child_ended.run_id)
     return [run_id for run_id in started if run_id not in ended]

@@ -6,6 +6,7 @@ Key layout::
     runs/{run}/meta                     RunMeta: a summary, rebuilt from the log if lost
     runs/{run}/log/{seq:012d}           Segment: immutable, written with create (fencing)
     runs/{run}/inbox/{ms:015d}-{id}     InboxEntry: sent, not yet merged into the log
+    runs/{run}/quarantine/{ms}-{id}     an inbox entry set aside: unreadable, or undecodable
     schedule/{due_ms:015d}-{run}~{tag}  ScheduleEntry: look at this run at that time
     leases/{run}                        Lease: who works on the run, until when
 
@@ -17,7 +18,6 @@ send, so a send never reuses a key an agent is about to delete.
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -31,6 +31,7 @@ from substantial.backends.base import Backend
 from substantial.constants import LEASE_MAX_AHEAD
 from substantial.errors import CorruptLog
 from substantial.protocol import substantial_pb2 as pb
+from substantial.runids import check_run_id, is_stored_run_id
 
 __all__ = [
     "FORMAT_VERSION",
@@ -50,7 +51,6 @@ FORMAT_VERSION = 1
 log = logging.getLogger("substantial.agent")
 
 SCHEDULE_PREFIX = "schedule/"
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=,-]{0,254}")
 
 
 def now_ms() -> int:
@@ -63,6 +63,14 @@ class Clock:
 
     def now_ms(self) -> int:
         return now_ms()
+
+    def skip_to(self, when_ms: int) -> bool:
+        """
+        Called by an idle agent whose next timer is due at ``when_ms``. A clock that can
+        jump there does, and returns True (the agent polls again at once); the wall
+        clock cannot, and the agent waits.
+        """
+        return False
 
 
 class VirtualClock(Clock):
@@ -82,18 +90,11 @@ class VirtualClock(Clock):
     def advance_to(self, when_ms: int) -> None:
         self._now = max(self._now, when_ms)
 
-
-def check_run_id(run_id: str) -> str:
-    """
-    :raises ValueError: unless ``run_id`` is 1-255 characters of letters, digits and
-        ``._:@+=,-``, starting with a letter or digit
-    """
-    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
-        raise ValueError(
-            f"invalid run id {run_id!r}: use 1-255 letters, digits or ._:@+=,- "
-            "starting with a letter or digit"
-        )
-    return run_id
+    def skip_to(self, when_ms: int) -> bool:
+        if not self.auto_advance:
+            return False
+        self.advance_to(when_ms)
+        return True
 
 
 def meta_key(run_id: str) -> str:
@@ -120,6 +121,15 @@ def inbox_prefix(run_id: str) -> str:
     return f"runs/{run_id}/inbox/"
 
 
+def quarantine_prefix(run_id: str) -> str:
+    return f"runs/{run_id}/quarantine/"
+
+
+def quarantine_key(run_id: str, inbox_key: str) -> str:
+    """Where the inbox entry ``inbox_key`` is kept once it is set aside."""
+    return quarantine_prefix(run_id) + inbox_key.rpartition("/")[2]
+
+
 def lease_key(run_id: str) -> str:
     return f"leases/{run_id}"
 
@@ -138,12 +148,24 @@ class ScheduleEntry:
 
     @classmethod
     def parse(cls, key: str) -> ScheduleEntry | None:
-        body = key[len(SCHEDULE_PREFIX) :]
-        due, dash, rest = body[:15], body[15:16], body[16:]
-        run_id, tilde, _tag = rest.rpartition("~")
-        if not (due.isdigit() and dash == "-" and tilde and run_id):
+        """
+        :return: the entry, or None if ``key`` is no schedule key or names no run (its
+            run id breaks the rule: ``..``, ``order-42/``)
+        """
+        parts = _schedule_parts(key)
+        if parts is None or not is_stored_run_id(parts[1]):
             return None
-        return cls(key, run_id, int(due))
+        return cls(key, parts[1], int(parts[0]))
+
+
+def _schedule_parts(key: str) -> tuple[str, str] | None:
+    """A schedule key's due time and run id, if it has the shape of one."""
+    body = key[len(SCHEDULE_PREFIX) :]
+    due, dash, rest = body[:15], body[15:16], body[16:]
+    run_id, tilde, _tag = rest.rpartition("~")
+    if not (due.isdigit() and dash == "-" and tilde):
+        return None
+    return due, run_id
 
 
 @dataclass(frozen=True)
@@ -353,9 +375,13 @@ class RunStore:
                 if await self.backend.create(key, data) is not None:
                     return
                 continue
-            stored = _parse(pb.RunMeta, entry[0], meta.run_id, key)
-            if stored.log_seq > meta.log_seq:
-                return
+            try:
+                stored = _parse(pb.RunMeta, entry[0], meta.run_id, key)
+            except CorruptLog:  # a summary is a hint: an unreadable one is overwritten
+                pass
+            else:
+                if stored.log_seq > meta.log_seq:
+                    return
             if await self.backend.replace(key, data, entry[1]) is not None:
                 return
 
@@ -384,11 +410,21 @@ class RunStore:
         for key in keys:
             entry = ScheduleEntry.parse(key)
             if entry is None:
+                if _schedule_parts(key) is not None:  # shaped as one, but naming no run
+                    await self._drop_nameless(key)
                 continue
             if entry.due_ms > now:
                 return due, entry.due_ms, False
             due.append(entry)
         return due, None, len(keys) == limit
+
+    async def _drop_nameless(self, key: str) -> None:
+        """Delete a schedule key whose run id breaks the rule: it can wake no run."""
+        log.warning("deleting schedule key %r: its run id breaks the run-id rule", key)
+        try:
+            await self.backend.delete(key)
+        except ValueError as exc:  # a key this backend cannot even address
+            log.warning("could not delete schedule key %r: %s", key, exc)
 
     async def delete(self, keys: Sequence[str]) -> None:
         async with anyio.create_task_group() as tg:

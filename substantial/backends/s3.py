@@ -40,6 +40,9 @@ _CONFLICT = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
+#: An unconditional delete reads the ETag, then deletes if it still matches: this many
+#: times at most while other writers keep changing the key.
+_DELETE_ATTEMPTS = 16
 #: Error codes of an S3 endpoint that refuses this client until someone acts.
 _REFUSED = frozenset({"AccessDenied", "AllAccessDisabled", "AccountProblem", "QuotaExceeded"})
 
@@ -276,12 +279,15 @@ class S3Backend(Backend):
         """
         if version is not None:
             return await self._delete_if(key, version)
-        while True:
+        for _ in range(_DELETE_ATTEMPTS):  # each miss means another writer changed the key
             current = await self._head(key)
             if current is None:
                 return False
             if await self._delete_if(key, current):
                 return True
+        raise BackendUnavailable(
+            self.name, "delete", f"{key!r} changed under each of {_DELETE_ATTEMPTS} attempts"
+        )
 
     async def _head(self, key: str) -> str | None:
         client = await self._open()

@@ -476,10 +476,18 @@ class ChildStarted(_message.Message):
     WORKFLOW_FIELD_NUMBER: _builtins.int
     ARGS_FIELD_NUMBER: _builtins.int
     DETACHED_FIELD_NUMBER: _builtins.int
+    ID_TAKEN_FIELD_NUMBER: _builtins.int
+    ID_OWNER_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     run_id: _builtins.str
     workflow: _builtins.str
     detached: _builtins.bool
+    id_taken: _builtins.bool
+    """Set when no child was started: `run_id` names an existing run that is not this
+    run's child. The workflow gets ChildRunIdTaken at that call.
+    """
+    id_owner: _builtins.str
+    """that run's parent_run_id ("": a top-level run)"""
     @_builtins.property
     def args(self) -> Global___Payload: ...
     def __init__(
@@ -490,10 +498,12 @@ class ChildStarted(_message.Message):
         workflow: _builtins.str = ...,
         args: Global___Payload | None = ...,
         detached: _builtins.bool = ...,
+        id_taken: _builtins.bool = ...,
+        id_owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "detached", b"detached", "position", b"position", "run_id", b"run_id", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "detached", b"detached", "id_owner", b"id_owner", "id_taken", b"id_taken", "position", b"position", "run_id", b"run_id", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
