@@ -253,6 +253,7 @@ async def test_non_determinism_parks_the_run_then_fixed_code_completes_it(
         assert await remote.status() is RunStatus.COMPLETED
 
 
+@pytest.mark.real_clock  # on the virtual clock a parked run is retried back to back
 async def test_non_determinism_on_a_different_primitive_names_both(conductor: Conductor) -> None:
     @workflow(name="errors.kinds")
     async def sleeps(c: Context) -> str:
