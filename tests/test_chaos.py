@@ -22,7 +22,9 @@ from tests.agents import Agent, backend_url, check_log, effect_lines
 from tests.conftest import BACKENDS
 from tests.harness import wait_until
 
-pytestmark = pytest.mark.slow
+# Each chaos test runs three agent processes flat out: under pytest-xdist they take turns
+# on one worker rather than starve each other of the two cores.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chaos")]
 
 MIX_RUNS = 70
 STEP_RUNS = 40

@@ -25,7 +25,9 @@ from tests.agents import Agent, backend_url, check_log, effect_lines
 from tests.conftest import BACKENDS
 from tests.harness import wait_until
 
-pytestmark = pytest.mark.slow
+# Each chaos test runs three agent processes flat out: under pytest-xdist they take turns
+# on one worker rather than starve each other of the two cores.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chaos")]
 
 PROCESS_BACKENDS = [p for p in BACKENDS if p.values[0] in ("files", "redis")]
 SAGAS = 6
