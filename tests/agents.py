@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -169,17 +168,6 @@ def effect_lines(effects: Path, run_id: str) -> list[str]:
     if not path.exists():
         return []
     return [line.split()[0] for line in path.read_text().splitlines() if line]
-
-
-async def wait_for(predicate: object, timeout: float, what: str, every: float = 0.05) -> None:
-    """Poll an async predicate until it holds, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if await predicate():  # type: ignore[operator]
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await anyio.sleep(every)
 
 
 def lease_of(data: bytes) -> pb.Lease:

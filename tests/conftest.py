@@ -7,7 +7,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from substantial import Conductor
 from substantial.backends import Backend, FSBackend, MemoryBackend
+from tests.harness import make_conductor
 
 pytest_plugins = ["tests.servers"]
 
@@ -57,3 +59,21 @@ async def backend(
         yield store
     finally:
         await store.aclose()
+
+
+@pytest.fixture
+async def conductor(backend: Backend, request: pytest.FixtureRequest) -> AsyncIterator[Conductor]:
+    """
+    A running agent on the test's backend (``tests.harness.make_conductor``), on the
+    virtual clock: when idle it jumps to the next timer, so durable sleeps, receive
+    timeouts and retry delays cost no real time. A test that watches a run wait out a
+    timer (its SLEEPING status, a real deadline) asks for the wall clock with
+    ``@pytest.mark.real_clock``. ``@pytest.mark.conductor(*workflows, **options)``, on a
+    test or a module, registers workflows and overrides options.
+    """
+    marker = request.node.get_closest_marker("conductor")
+    workflows = marker.args if marker else ()
+    options = dict(marker.kwargs) if marker else {}
+    virtual = request.node.get_closest_marker("real_clock") is None
+    async with make_conductor(backend, *workflows, virtual_clock=virtual, **options) as running:
+        yield running

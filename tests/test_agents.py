@@ -20,8 +20,9 @@ from substantial._store.keys import lease_key
 from substantial._store.runs import RunStore
 from substantial.backends import Backend, from_url
 from tests import chaos_app
-from tests.agents import Agent, backend_url, check_log, effect_lines, wait_for
+from tests.agents import Agent, backend_url, check_log, effect_lines
 from tests.conftest import BACKENDS
+from tests.harness import wait_until
 
 inside = {"now": 0, "most": 0}
 
@@ -86,13 +87,13 @@ async def test_a_run_hot_with_events_does_not_starve_the_others(backend: Backend
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(feed)
-            await wait_for(lambda: _merged_some(backend, "hot"), 30, "the hot run to take ticks")
+            await wait_until(lambda: _merged_some(backend, "hot"), 30, "the hot run to take ticks")
             cold_runs = [await conductor.start(cold, 4, run_id=f"cold-{i}") for i in range(5)]
             for handle in cold_runs:
                 assert await handle.result(timeout=60) == 6  # type: ignore[attr-defined]
             assert await hot_run.status() is not RunStatus.COMPLETED  # still being fed
             before = await _merged(backend, "hot")
-            await wait_for(
+            await wait_until(
                 lambda: _merged_more(backend, "hot", before), 30, "more ticks after the others"
             )
             stop_feeding.set()
@@ -183,7 +184,7 @@ async def test_a_step_past_the_grace_period_is_abandoned_and_run_again_later(
     entered, go = _gate("held-2")
     go.set()
     async with conductor:
-        await wait_for(lambda: _is(first, RunStatus.WAITING), 30, "the run to be retried")
+        await wait_until(lambda: _is(first, RunStatus.WAITING), 30, "the run to be retried")
     assert step_done["held-2"] == 1
 
 
@@ -213,7 +214,7 @@ async def test_a_signalled_agent_process_finishes_its_step_and_exits_0(
         async def entered() -> bool:
             return effect_lines(effects, "gate-signal") == ["enter"]
 
-        await wait_for(entered, 30, "the agent to enter the step")
+        await wait_until(entered, 30, "the agent to enter the step")
         assert agent.process is not None
         os.kill(agent.pid, signum)
         (effects / "open").touch()  # the step may finish now, within the grace period
@@ -277,7 +278,7 @@ async def test_agents_with_skewed_clocks_never_corrupt_a_log_or_lose_a_run(
                     agents[victim].spawn()
 
             tg.start_soon(kill_now_and_then)
-            await wait_for(done, 120, "every run to finish", every=0.3)
+            await wait_until(done, 120, "every run to finish", every=0.3)
             tg.cancel_scope.cancel()
         repeated = 0
         for run_id, want in runs.items():

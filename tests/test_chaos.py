@@ -18,10 +18,13 @@ from substantial import Conductor
 from substantial._core.status import RunStatus
 from substantial.backends import from_url
 from tests import chaos_app
-from tests.agents import Agent, backend_url, check_log, effect_lines, wait_for
+from tests.agents import Agent, backend_url, check_log, effect_lines
 from tests.conftest import BACKENDS
+from tests.harness import wait_until
 
-pytestmark = pytest.mark.slow
+# Each chaos test runs three agent processes flat out: under pytest-xdist they take turns
+# on one worker rather than starve each other of the two cores.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chaos")]
 
 MIX_RUNS = 70
 STEP_RUNS = 40
@@ -108,7 +111,7 @@ async def test_chaos(kind: str, request: pytest.FixtureRequest, tmp_path: Path) 
                     victim.spawn()
 
             tg.start_soon(killer)
-            await wait_for(all_done, 200, f"all runs to finish ({kind})", every=0.5)
+            await wait_until(all_done, 200, f"all runs to finish ({kind})", every=0.5)
             tg.cancel_scope.cancel()
         wall = time.monotonic() - began
 
@@ -116,7 +119,7 @@ async def test_chaos(kind: str, request: pytest.FixtureRequest, tmp_path: Path) 
         async def schedule_empty() -> bool:
             return not await backend.list("schedule/", limit=1)
 
-        await wait_for(schedule_empty, 30, "the schedule to empty")
+        await wait_until(schedule_empty, 30, "the schedule to empty")
 
         reexecuted = 0
         step_total = 0

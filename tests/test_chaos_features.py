@@ -21,10 +21,13 @@ from substantial._store.runs import RunStore
 from substantial.backends import Backend, from_url
 from substantial.codec import decode_payload
 from tests import chaos_app
-from tests.agents import Agent, backend_url, check_log, effect_lines, wait_for
+from tests.agents import Agent, backend_url, check_log, effect_lines
 from tests.conftest import BACKENDS
+from tests.harness import wait_until
 
-pytestmark = pytest.mark.slow
+# Each chaos test runs three agent processes flat out: under pytest-xdist they take turns
+# on one worker rather than starve each other of the two cores.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chaos")]
 
 PROCESS_BACKENDS = [p for p in BACKENDS if p.values[0] in ("files", "redis")]
 SAGAS = 6
@@ -123,14 +126,14 @@ async def test_chaos_features(kind: str, request: pytest.FixtureRequest, tmp_pat
                     victim.spawn()
 
             tg.start_soon(killer)
-            await wait_for(all_done, DEADLINE, f"all runs to finish ({kind})", every=0.5)
+            await wait_until(all_done, DEADLINE, f"all runs to finish ({kind})", every=0.5)
             tg.cancel_scope.cancel()
         wall = time.monotonic() - began
 
         async def schedule_empty() -> bool:
             return not await backend.list("schedule/", limit=1)
 
-        await wait_for(schedule_empty, 30, "the schedule to empty")
+        await wait_until(schedule_empty, 30, "the schedule to empty")
 
         reexecuted = 0
 

@@ -7,7 +7,6 @@ parent fans out to many children and gathers their results.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,14 +14,13 @@ import pytest
 from substantial import (
     Conductor,
     Context,
-    Handle,
     RunCancelled,
     RunFailed,
     RunStatus,
     workflow,
 )
-from substantial.backends import Backend, MemoryBackend
-from tests.agents import wait_for
+from substantial.backends import MemoryBackend
+from tests.harness import make_conductor, wait_for_status
 
 WAIT = 30.0
 
@@ -66,23 +64,8 @@ async def holder(c: Context) -> None:
     await c.receive("never")
 
 
-def make_conductor(backend: Backend, concurrency: int = 16) -> Conductor:
-    conductor = Conductor(backend, lease=3.0, poll_interval=0.05, concurrency=concurrency)
-    conductor.register(double, waiter, parent, fan, holder)
-    return conductor
-
-
-@pytest.fixture
-async def conductor(backend: Backend) -> AsyncIterator[Conductor]:
-    async with make_conductor(backend) as running:
-        yield running
-
-
-async def wait_for_status(handle: Handle[Any], wanted: RunStatus) -> None:
-    async def reached() -> bool:
-        return await handle.status() is wanted
-
-    await wait_for(reached, WAIT, f"{handle.run_id} to be {wanted.value}", every=0.01)
+WORKFLOWS = (double, waiter, parent, fan, holder)
+pytestmark = pytest.mark.conductor(*WORKFLOWS, concurrency=16)
 
 
 async def test_children_give_their_results_and_their_errors(conductor: Conductor) -> None:
@@ -140,7 +123,7 @@ async def test_a_fan_out_of_twenty_children_fans_in(conductor: Conductor) -> Non
 @pytest.mark.anyio
 async def test_a_fan_out_of_a_thousand_children_on_memory() -> None:
     backend = MemoryBackend()
-    async with make_conductor(backend, concurrency=64) as conductor:
+    async with make_conductor(backend, *WORKFLOWS, concurrency=64) as conductor:
         handle = await conductor.start(fan, 1000, run_id="fan-1000")
         assert await handle.result(timeout=90) == sum(2 * i for i in range(1000))
         kinds = [event.kind for event in await handle.history()]

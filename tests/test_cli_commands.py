@@ -16,10 +16,10 @@ import anyio
 import pytest
 
 from substantial import Conductor
-from substantial._client.handle import Handle
 from substantial._core.status import RunStatus
 from substantial.backends import Backend, FSBackend, from_url
 from tests import ops_app
+from tests.harness import wait_for_status
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = str(Path(sys.executable).with_name("substantial"))
@@ -44,12 +44,6 @@ async def cli(*args: str, url: str | None = None) -> subprocess.CompletedProcess
     )
 
 
-async def wait_for(handle: Handle[Any], status: RunStatus) -> None:
-    with anyio.fail_after(30):
-        while await handle.status() is not status:  # noqa: ASYNC110 - the state is in storage
-            await anyio.sleep(0.01)
-
-
 async def populate(backend: Backend) -> None:
     """greet-1 completed, wait-1 waiting for "factor", boom-1 failed; no agent left."""
     async with Conductor(backend) as conductor:
@@ -58,8 +52,8 @@ async def populate(backend: Backend) -> None:
         wait = await conductor.start(ops_app.wait, 21, run_id="wait-1")
         boom = await conductor.start(ops_app.boom, run_id="boom-1")
         assert await greet.result(timeout=30) == "hello ada"
-        await wait_for(wait, RunStatus.WAITING)
-        await wait_for(boom, RunStatus.FAILED)
+        await wait_for_status(wait, RunStatus.WAITING)
+        await wait_for_status(boom, RunStatus.FAILED)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from substantial.backends import Backend, MemoryBackend
 from substantial.codec import encode_payload
 from substantial.protocol import substantial_pb2 as pb
 from substantial.testing import Replayer
-from tests.agents import wait_for
+from tests.harness import wait_until
 
 EVENTS = int(os.environ.get("COMPACTION_EVENTS", "100000"))
 
@@ -79,7 +79,7 @@ async def test_a_hundred_thousand_events_in_bounded_history() -> None:
                 inbox = await backend.list(inbox_prefix("counter"), limit=1)
                 return meta is not None and not inbox and meta.status == pb.RUN_STATUS_WAITING
 
-            await wait_for(drained, 120, f"batch {start} to be processed")
+            await wait_until(drained, 120, f"batch {start} to be processed")
             sizes.append(await _stored_size(backend, "counter"))
         await _post_many(backend, "counter", [None], EVENTS)
         result = await handle.result(timeout=120)
@@ -122,7 +122,7 @@ async def test_a_compacted_run_resumes_on_another_conductor(backend: Backend) ->
             inbox = await backend.list(inbox_prefix("resumed"), limit=1)
             return meta is not None and not inbox and meta.status == pb.RUN_STATUS_WAITING
 
-        await wait_for(seen_all, 60, "the 200 events to be processed")
+        await wait_until(seen_all, 60, "the 200 events to be processed")
     _, events = await _stored_size(backend, "resumed")
     assert events < 200  # compacted
     async with Conductor(backend) as second:

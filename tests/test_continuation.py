@@ -6,12 +6,10 @@ fresh log; handles to the first run follow the chain to its end.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 
 import pytest
 
 from substantial import Conductor, Context, RunFailed, RunStatus, workflow
-from substantial.backends import Backend
 
 WAIT = 30.0
 
@@ -38,12 +36,7 @@ async def fail_later(c: Context, hops: int) -> None:
     raise ValueError("the end of the chain fails")
 
 
-@pytest.fixture
-async def conductor(backend: Backend) -> AsyncIterator[Conductor]:
-    conductor = Conductor(backend, lease=3.0, poll_interval=0.05)
-    conductor.register(count, finish, fail_later)
-    async with conductor:
-        yield conductor
+pytestmark = pytest.mark.conductor(count, finish, fail_later)
 
 
 async def test_a_chain_of_runs_gives_its_result_to_the_first_handle(

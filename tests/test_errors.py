@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -27,13 +26,8 @@ from substantial import (
 )
 from substantial._store.keys import segment_key
 from substantial.backends import Backend
-from tests.test_workflows import WAIT, Counter, make_conductor, wait_for_status
-
-
-@pytest.fixture
-async def conductor(backend: Backend) -> AsyncIterator[Conductor]:
-    async with make_conductor(backend) as running:
-        yield running
+from tests.harness import WAIT, make_conductor, wait_for_status
+from tests.test_workflows import Counter
 
 
 class OrderError(Exception):
@@ -259,6 +253,7 @@ async def test_non_determinism_parks_the_run_then_fixed_code_completes_it(
         assert await remote.status() is RunStatus.COMPLETED
 
 
+@pytest.mark.real_clock  # on the virtual clock a parked run is retried back to back
 async def test_non_determinism_on_a_different_primitive_names_both(conductor: Conductor) -> None:
     @workflow(name="errors.kinds")
     async def sleeps(c: Context) -> str:

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 
 from substantial import Conductor
 from substantial._cli import common as cli_common
-from substantial._client.handle import Handle
 from substantial._core.logs import RunContextFilter
 from substantial._core.status import RunStatus
 from substantial._ops.inspection import (
@@ -31,13 +30,7 @@ from substantial.backends import Backend
 from substantial.cli import main
 from substantial.protocol import substantial_pb2 as pb
 from tests import ops_app, ops_app_v2
-
-
-async def wait_for(handle: Handle[Any], status: RunStatus) -> None:
-    """Poll the run's status until it is ``status`` (bounded; a readiness wait)."""
-    with anyio.fail_after(30):
-        while await handle.status() is not status:  # noqa: ASYNC110 - the state is in storage
-            await anyio.sleep(0.01)
+from tests.harness import wait_for_status
 
 
 @pytest.fixture
@@ -49,8 +42,8 @@ async def runs(backend: Backend) -> Backend:
         wait = await conductor.start(ops_app.wait, 21, run_id="wait-1")
         boom = await conductor.start(ops_app.boom, run_id="boom-1")
         assert await greet.result(timeout=30) == "hello ada"
-        await wait_for(wait, RunStatus.WAITING)
-        await wait_for(boom, RunStatus.FAILED)
+        await wait_for_status(wait, RunStatus.WAITING)
+        await wait_for_status(boom, RunStatus.FAILED)
     return backend
 
 

@@ -22,8 +22,9 @@ from substantial._store.keys import lease_key
 from substantial._store.runs import RunStore
 from substantial.backends import Backend, from_url
 from tests import chaos_app
-from tests.agents import Agent, backend_url, check_log, effect_lines, lease_of, wait_for
+from tests.agents import Agent, backend_url, check_log, effect_lines, lease_of
 from tests.conftest import BACKENDS
+from tests.harness import wait_until
 
 LEASE = 0.5
 executions: Counter[str] = Counter()
@@ -69,7 +70,7 @@ async def test_a_step_three_leases_long_runs_once_while_another_agent_waits(
     async with first, second:
         handle = await first.start(wf, run_id=f"long-{wf.name}-{backend.name}")  # type: ignore[attr-defined]
         await handle.result(timeout=60)
-        await wait_for(lambda: _lease_gone(backend, handle.run_id), 10, "the lease release")
+        await wait_until(lambda: _lease_gone(backend, handle.run_id), 10, "the lease release")
     assert executions[handle.run_id] == 1
     checked = await check_log(backend, handle.run_id)
     assert checked.steps == Counter({0: 1})
@@ -85,7 +86,7 @@ async def test_lease_is_exclusive_until_it_expires_then_taken_over(backend: Back
     async def expired() -> bool:
         return now_ms() > held.expires_ms
 
-    await wait_for(expired, 10, "the lease to expire")
+    await wait_until(expired, 10, "the lease to expire")
     taken = await store.acquire("r1", "b", 10_000)
     assert taken is not None
     holder = await store.lease_holder("r1")
@@ -102,7 +103,7 @@ async def test_two_agents_racing_for_an_expired_lease_one_wins(backend: Backend)
     store = RunStore(backend)
     stale = await store.acquire("r2", "dead", 1)
     assert stale is not None
-    await wait_for(lambda: _after(stale.expires_ms), 5, "the lease to expire")
+    await wait_until(lambda: _after(stale.expires_ms), 5, "the lease to expire")
     won: list[str] = []
 
     async def take(owner: str) -> None:
@@ -148,12 +149,12 @@ async def test_a_paused_agent_past_its_lease_cannot_write(
         async def entered() -> bool:
             return effect_lines(effects, "gate-1") == ["enter"]
 
-        await wait_for(entered, 30, "agent A to enter the step")
+        await wait_until(entered, 30, "agent A to enter the step")
         os.kill(a.pid, signal.SIGSTOP)
         entry = await backend.get(lease_key("gate-1"))
         assert entry is not None
         expires = lease_of(entry[0]).expires_ms
-        await wait_for(lambda: _after(expires), 10, "A's lease to expire")
+        await wait_until(lambda: _after(expires), 10, "A's lease to expire")
         (effects / "open").touch()
         b.spawn()
         assert await handle.result(timeout=60) == 7
@@ -165,7 +166,7 @@ async def test_a_paused_agent_past_its_lease_cannot_write(
         async def a_dropped() -> bool:
             return "dropped run gate-1" in a.stderr()
 
-        await wait_for(a_dropped, 30, "agent A to drop the run")
+        await wait_until(a_dropped, 30, "agent A to drop the run")
         keys = await backend.list_all("runs/gate-1/log/")
         after = {key: (await backend.get(key)) for key in keys}
         assert after == before  # not one segment added or changed

@@ -6,7 +6,6 @@ planted with the backend's own ``put``, as an attacker (or a bug) would.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,15 +25,8 @@ from substantial.protocol import substantial_pb2 as pb
 from tests import chaos_app
 from tests.agents import Agent, backend_url, check_log
 from tests.conftest import BACKENDS
+from tests.harness import WAIT, make_conductor, wait_for_status
 from tests.test_cli_commands import cli, lines
-from tests.test_workflows import WAIT, make_conductor, wait_for_status
-
-
-@pytest.fixture
-async def conductor(backend: Backend) -> AsyncIterator[Conductor]:
-    async with make_conductor(backend) as running:
-        running.register(waits, sleeps, sums)
-        yield running
 
 
 @workflow(name="logwins.waits")
@@ -55,6 +47,9 @@ async def sums(c: Context, count: int) -> int:
     for _ in range(count):
         total += len(await c.receive("blob"))
     return total
+
+
+pytestmark = pytest.mark.conductor(waits, sleeps, sums)
 
 
 #: A value the agent cannot decode: a dataclass of the sender's ``__main__``.
@@ -128,6 +123,7 @@ async def test_poison_event_is_set_aside_and_later_events_merge(
 # ---- summaries are hints ----
 
 
+@pytest.mark.real_clock  # the run must still be SLEEPING when its summary is replaced
 async def test_garbage_summary_on_a_sleeping_run(conductor: Conductor, backend: Backend) -> None:
     run = await conductor.start(sleeps, 1)
     await wait_for_status(run, RunStatus.SLEEPING)
@@ -231,6 +227,9 @@ async def test_intake_stops_at_the_byte_budget(backend: Backend) -> None:
     assert counted.more  # a full page: maybe more
 
 
+# Real clock: on a frozen virtual clock the "more" entry a wake-up schedules at now has
+# the key of the "more" entry it consumed, and the clean-up deletes it (see the report).
+@pytest.mark.real_clock
 async def test_a_run_flooded_with_large_events_merges_them_a_budget_at_a_time(
     conductor: Conductor, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

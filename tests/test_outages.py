@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 
 from substantial import Conductor, Context, workflow
 from substantial.backends import Backend
+from tests.harness import wait_until
 from tests.servers import RedisServer, S3Server, free_port, running_moto, running_redis
 
 pytestmark = [pytest.mark.usefixtures("anyio_backend"), pytest.mark.timeout(300)]
@@ -238,16 +239,6 @@ def _fresh_progress(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     DONE.clear()
 
 
-async def _wait_for(condition: Callable[[], bool], what: str) -> None:
-    """Bounded polling: the steps run inside the agents, nothing to await directly."""
-    try:
-        with anyio.fail_after(DEADLINE):
-            while not condition():  # noqa: ASYNC110 - a condition on state, not an event
-                await anyio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"gave up after {DEADLINE} s waiting for: {what}") from None
-
-
 @pytest.fixture
 async def agents_on() -> AsyncIterator[Callable[[Callable[[], Backend]], Awaitable[Agents]]]:
     opened: list[Agents] = []
@@ -286,7 +277,7 @@ async def _survive(
     with anyio.fail_after(DEADLINE):
         handles = [await starter.start(outage_flow, n, run_id=f"{tag}-{n}") for n in range(RUNS)]
     # Mid-flight: some runs have taken steps, most have more to take.
-    await _wait_for(lambda: len(DONE) >= RUNS // 2, "runs in flight")
+    await wait_until(lambda: len(DONE) >= RUNS // 2, DEADLINE, "runs in flight")
     assert len(DONE) < RUNS * STEPS
     await outage()
     with anyio.fail_after(DEADLINE):
@@ -311,7 +302,7 @@ async def _survive(
 
     # An agent notices the end of an outage at its next poll, which may come after the
     # other agent finished every run.
-    await _wait_for(recovered, "every agent saw the backend come back")
+    await wait_until(recovered, DEADLINE, "every agent saw the backend come back")
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
     down = {c.name: lines(c, "backend unavailable") for c in agents.conductors}
@@ -364,7 +355,7 @@ async def test_every_redis_connection_killed(
             for round_ in range(kills):
                 # Each kill lands while runs are taking steps.
                 target = RUNS // 2 + round_ * (RUNS // 4)
-                await _wait_for(lambda: len(DONE) >= target, "more steps")  # noqa: B023
+                await wait_until(lambda: len(DONE) >= target, DEADLINE, "more steps")  # noqa: B023
                 await admin.client_kill_filter(_type="normal", skipme=True)
         finally:
             await admin.aclose()

@@ -15,9 +15,10 @@ import anyio
 import pytest
 
 from substantial import Conductor, Context, workflow
-from substantial.backends import Backend, from_url
+from substantial.backends import from_url
 from tests import features_app
-from tests.agents import backend_url, check_log, wait_for
+from tests.agents import backend_url, check_log
+from tests.harness import wait_until
 from tests.test_sagas import PROCESS_BACKENDS, features_agent, lines
 
 WAIT = 30.0
@@ -61,12 +62,7 @@ async def meet(c: Context) -> dict[str, Any]:
     return {"recorded": recorded, "replayed": live}
 
 
-@pytest.fixture
-async def conductor(backend: Backend) -> Any:
-    conductor = Conductor(backend, lease=3.0, poll_interval=0.05)
-    conductor.register(meet)
-    async with conductor:
-        yield conductor
+pytestmark = pytest.mark.conductor(meet)
 
 
 async def test_gathered_saves_run_concurrently_and_replay_identically(
@@ -111,7 +107,7 @@ async def test_a_finally_step_survives_an_agent_killed_after_the_rescue(
         async def in_finally() -> bool:
             return "enter:finally" in lines(effects, run)
 
-        await wait_for(in_finally, WAIT, "the first agent to enter the finally step")
+        await wait_until(in_finally, WAIT, "the first agent to enter the finally step")
         first.kill()  # SIGKILL: the failure and the rescue are recorded, finally is not
         (effects / f"{run}.open").touch()
         second.spawn()

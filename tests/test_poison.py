@@ -26,8 +26,9 @@ from substantial._store.keys import lease_key
 from substantial.backends import Backend, FSBackend, MemoryBackend, from_url
 from substantial.protocol import substantial_pb2 as pb
 from tests import chaos_app
-from tests.agents import Agent, backend_url, effect_lines, wait_for
+from tests.agents import Agent, backend_url, effect_lines
 from tests.conftest import BACKENDS
+from tests.harness import wait_until
 from tests.servers import running_redis
 
 PROCESS_BACKENDS = [p for p in BACKENDS if p.values[0] != "memory"]
@@ -130,7 +131,7 @@ async def test_redis_out_of_memory_is_logged_once_and_the_agent_waits_it_out(
             async def refused() -> bool:
                 return "backend refuses writes" in agent.stderr()
 
-            await wait_for(refused, 30, "the agent to report the refusal")
+            await wait_until(refused, 30, "the agent to report the refusal")
             assert agent.process is not None
             assert agent.process.poll() is None, agent.stderr()
             check = await anyio.to_thread.run_sync(_check, url)
@@ -170,7 +171,7 @@ async def test_a_folder_the_agent_may_not_write_is_waited_out(tmp_path: Path) ->
         async def refused() -> bool:
             return "backend refuses writes" in agent.stderr()
 
-        await wait_for(refused, 30, "the agent to report the refusal")
+        await wait_until(refused, 30, "the agent to report the refusal")
         assert agent.process is not None
         assert agent.process.poll() is None, agent.stderr()
         assert "Permission denied" in agent.stderr()
@@ -217,7 +218,7 @@ async def test_an_unexpected_error_holds_one_run_off_and_shows_why() -> None:
         async def parked() -> bool:
             return await troubled.status() is RunStatus.PARKED
 
-        await wait_for(parked, 30, "the troubled run to show it is held off")
+        await wait_until(parked, 30, "the troubled run to show it is held off")
         meta = await agent.store.read_meta(troubled.run_id)
         assert meta is not None
         assert "RuntimeError: injected fault" in meta.parked_reason
@@ -241,7 +242,7 @@ async def test_a_stopped_agent_exits_though_a_sync_step_still_blocks(tmp_path: P
         async def entered() -> bool:
             return effect_lines(effects, "blocked-forever") == ["enter"]
 
-        await wait_for(entered, 30, "the agent to enter the step")
+        await wait_until(entered, 30, "the agent to enter the step")
         assert agent.process is not None
         os.kill(agent.pid, signal.SIGTERM)
         # The step never returns (its gate never opens): the process must exit anyway,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -18,15 +17,15 @@ from substantial import (
 )
 from substantial._core.clock import now_ms
 from substantial._engine.replay import Execution
-from substantial.backends import MemoryBackend
+from substantial.backends import Backend, MemoryBackend
 from substantial.protocol import substantial_pb2 as pb
-from tests.test_workflows import WAIT, make_conductor, wait_for_status
+from tests.harness import WAIT, wait_for_status
 
 
 @pytest.fixture
-async def conductor() -> AsyncIterator[Conductor]:
-    async with make_conductor(MemoryBackend()) as running:
-        yield running
+def backend() -> Backend:
+    """Replay does not depend on storage: the conductor fixture runs on memory only here."""
+    return MemoryBackend()
 
 
 def step_a() -> str:

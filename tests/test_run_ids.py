@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import pickle
 import string
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +37,10 @@ from substantial.backends import Backend, from_url
 from substantial.codec import decode_payload, encode_payload
 from substantial.protocol import substantial_pb2 as pb
 from substantial.testing import Replayer
-from tests import runids_app
-from tests.agents import Agent, backend_url, wait_for
+from tests import harness, runids_app
+from tests.agents import Agent, backend_url
 from tests.conftest import BACKENDS
+from tests.harness import wait_until
 
 WAIT = 30.0
 
@@ -102,16 +102,12 @@ async def attached(c: Context, child_id: str) -> int:
     return await c.child(kid, 7, run_id=child_id)
 
 
+WORKFLOWS = (kid, waiter, family, last, bad_child, adopter, attached)
+pytestmark = pytest.mark.conductor(*WORKFLOWS)
+
+
 def make_conductor(backend: Backend) -> Conductor:
-    conductor = Conductor(backend, lease=3.0, poll_interval=0.05)
-    conductor.register(kid, waiter, family, last, bad_child, adopter, attached)
-    return conductor
-
-
-@pytest.fixture
-async def conductor(backend: Backend) -> AsyncIterator[Conductor]:
-    async with make_conductor(backend) as running:
-        yield running
+    return harness.make_conductor(backend, *WORKFLOWS)
 
 
 # ---- the rule ----
@@ -352,7 +348,7 @@ async def test_a_schedule_key_that_names_no_run_is_deleted_with_a_warning(
         async def gone() -> bool:
             return not set(planted) & set(await backend.list_all("schedule/"))
 
-        await wait_for(gone, WAIT, "the planted keys to be deleted")
+        await wait_until(gone, WAIT, "the planted keys to be deleted")
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     for key in planted:
         assert sum(key in message for message in warned) == 1, (key, warned)
@@ -382,7 +378,7 @@ async def test_a_log_naming_invalid_ids_ends_without_touching_them(
         async def ended() -> bool:
             return await handle.status() is RunStatus.CONTINUED
 
-        await wait_for(ended, WAIT, "the run to end")
+        await wait_until(ended, WAIT, "the run to end")
     runs = {key.split("/")[1] for key in await backend.list_all("runs/")}
     assert runs == {"hostile"}
     errors = " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
@@ -430,7 +426,7 @@ async def test_bad_ids_from_input_or_storage_never_stop_an_agent_process(
         async def gone() -> bool:
             return not set(planted) & set(await backend.list_all("schedule/"))
 
-        await wait_for(gone, WAIT, "the planted keys to be deleted")
+        await wait_until(gone, WAIT, "the planted keys to be deleted")
         for agent in agents:
             assert agent.process is not None
             assert agent.process.poll() is None, agent.stderr()

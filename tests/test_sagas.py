@@ -27,9 +27,10 @@ from substantial import (
     workflow,
 )
 from substantial.backends import Backend, from_url
-from tests import features_app
-from tests.agents import Agent, backend_url, check_log, wait_for
+from tests import features_app, harness
+from tests.agents import Agent, backend_url, check_log
 from tests.conftest import BACKENDS
+from tests.harness import wait_until
 
 WAIT = 30.0
 PROCESS_BACKENDS = [p for p in BACKENDS if p.values[0] in ("files", "redis")]
@@ -101,9 +102,8 @@ async def transfer(c: Context, flaky_undo: int = 0, broken_undo: bool = False) -
 
 
 def make_conductor(backend: Backend) -> Conductor:
-    conductor = Conductor(backend, lease=3.0, poll_interval=0.05)
-    conductor.register(transfer)
-    return conductor
+    """An agent for ``transfer`` on the virtual clock: retry waits take no real time."""
+    return harness.make_conductor(backend, transfer, virtual_clock=True)
 
 
 async def step_names(handle: Handle[Any]) -> list[str]:
@@ -219,7 +219,7 @@ async def test_an_agent_killed_during_a_compensation_leaves_the_rest_to_another(
         async def in_undo_ab() -> bool:
             return "enter:undo-ab" in lines(effects, run)
 
-        await wait_for(in_undo_ab, WAIT, "the first agent to enter undo-ab")
+        await wait_until(in_undo_ab, WAIT, "the first agent to enter undo-ab")
         first.kill()  # SIGKILL, in the middle of the compensation
         assert balances(effects, run) == {"A": 70, "B": 30, "C": 0}  # undo-bc applied
         (effects / f"{run}.open").touch()

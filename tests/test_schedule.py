@@ -19,7 +19,8 @@ from substantial._core.status import RunStatus
 from substantial._store.keys import SCHEDULE_PREFIX, ScheduleEntry
 from substantial._store.runs import RunStore
 from substantial.backends import Backend, FSBackend, MemoryBackend
-from tests.agents import check_log, wait_for
+from tests.agents import check_log
+from tests.harness import wait_until
 
 SLEEPING = 10_000
 HOUR_MS = 3_600_000
@@ -95,7 +96,7 @@ async def test_idle_poll_cost_does_not_depend_on_how_many_sleep(backend: Backend
             statuses = [await conductor.handle(f"sleeper-{i}").status() for i in range(40)]
             return all(status is RunStatus.SLEEPING for status in statuses)
 
-        await wait_for(all_asleep, 60, "40 runs to fall asleep", every=0.1)
+        await wait_until(all_asleep, 60, "40 runs to fall asleep", every=0.1)
     full = await _idle_poll_cost(backend)
     assert empty["list"] == 1  # (s3 also checks its bucket once, on first use)
     assert full == Counter({"list": 1})
@@ -137,13 +138,14 @@ async def test_stale_and_duplicate_schedule_entries_are_harmless_and_cleaned_up(
         asleep = await conductor.start(sleeper, run_id=f"asleep-{tag}")
 
         async def sleeping() -> bool:
-            # The summary says SLEEPING before the agent deletes the entry it consumed
-            # (it deletes last, so a crash in between repeats the wake-up instead of
-            # losing it): wait for both.
+            # The agent deletes the entry it consumed last (a crash in between repeats the
+            # wake-up instead of losing it): wait for the summary and for one entry left,
+            # the wake-up, not the consumed one (due now).
             entries = [e for e in await _schedule(backend) if e.run_id == asleep.run_id]
-            return await asleep.status() is RunStatus.SLEEPING and len(entries) == 1
+            settled = len(entries) == 1 and entries[0].due_ms > now_ms()
+            return await asleep.status() is RunStatus.SLEEPING and settled
 
-        await wait_for(sleeping, 30, "the sleeper to sleep")
+        await wait_until(sleeping, 30, "the sleeper to sleep")
         wake = [e for e in await _schedule(backend) if e.run_id == asleep.run_id]
         assert len(wake) == 1
         assert wake[0].due_ms > now_ms() + HOUR_MS // 2
@@ -158,7 +160,7 @@ async def test_stale_and_duplicate_schedule_entries_are_harmless_and_cleaned_up(
         async def cleaned() -> bool:
             return [e.key for e in await _schedule(backend)] == [wake[0].key]
 
-        await wait_for(cleaned, 60, "the stale entries to go")
+        await wait_until(cleaned, 60, "the stale entries to go")
         assert await done.status() is RunStatus.COMPLETED
         assert await asleep.status() is RunStatus.SLEEPING
     assert runs_of[done.run_id] == 1

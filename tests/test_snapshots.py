@@ -3,8 +3,6 @@ one object and the segments after it instead of every segment."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from substantial import Conductor, Context, CorruptLog, RunStatus, workflow
@@ -13,7 +11,7 @@ from substantial._store.runs import RunStore
 from substantial.backends import Backend
 from substantial.protocol import substantial_pb2 as pb
 from substantial.testing import Replayer
-from tests.agents import wait_for
+from tests.harness import wait_until
 
 STEPS = 20
 
@@ -27,11 +25,7 @@ async def long_run(c: Context) -> int:
     return total + int(bonus)
 
 
-@pytest.fixture
-async def conductor(backend: Backend) -> AsyncIterator[Conductor]:
-    async with Conductor(backend, snapshot_every=8, lease=5) as running:
-        running.register(long_run)
-        yield running
+pytestmark = pytest.mark.conductor(long_run, snapshot_every=8, lease=5)
 
 
 async def _segments(backend: Backend, run_id: str) -> list[pb.Event]:
@@ -46,7 +40,7 @@ async def test_a_long_run_resumes_from_its_snapshot(conductor: Conductor, backen
     async def waiting() -> bool:
         return await handle.status() is RunStatus.WAITING
 
-    await wait_for(waiting, 60, "the run to wait for its bonus")
+    await wait_until(waiting, 60, "the run to wait for its bonus")
     snapshots = await backend.list_all(snapshot_prefix("long-1"))
     assert len(snapshots) == 1  # older ones are dropped
     store = RunStore(backend)
@@ -76,7 +70,7 @@ async def test_a_foreign_snapshot_is_a_corrupt_log(conductor: Conductor, backend
     async def waiting() -> bool:
         return await handle.status() is RunStatus.WAITING
 
-    await wait_for(waiting, 60, "the run to wait for its bonus")
+    await wait_until(waiting, 60, "the run to wait for its bonus")
     key = (await backend.list_all(snapshot_prefix("long-2")))[-1]
     entry = await backend.get(key)
     assert entry is not None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -26,7 +25,8 @@ from substantial import (
     workflow,
 )
 from substantial.backends import Backend
-from tests.agents import check_log, wait_for
+from tests.agents import check_log
+from tests.harness import make_conductor, wait_for_status, wait_until
 
 WAIT = 30.0
 calls: Counter[str] = Counter()
@@ -97,23 +97,8 @@ async def stages(c: Context) -> str:
     return "done"
 
 
-def make_conductor(backend: Backend) -> Conductor:
-    conductor = Conductor(backend, lease=3.0, poll_interval=0.05)
-    conductor.register(ask, slow_step, cleanup, long_step, stages)
-    return conductor
-
-
-@pytest.fixture
-async def conductor(backend: Backend) -> AsyncIterator[Conductor]:
-    async with make_conductor(backend) as running:
-        yield running
-
-
-async def wait_for_status(handle: Handle[Any], wanted: RunStatus) -> None:
-    async def reached() -> bool:
-        return await handle.status() is wanted
-
-    await wait_for(reached, WAIT, f"{handle.run_id} to be {wanted.value}", every=0.01)
+WORKFLOWS = (ask, slow_step, cleanup, long_step, stages)
+pytestmark = pytest.mark.conductor(*WORKFLOWS)
 
 
 async def kinds(handle: Handle[Any]) -> list[str]:
@@ -131,6 +116,7 @@ async def test_a_receive_times_out_at_its_deadline(conductor: Conductor) -> None
     assert recorded.count("timer_fired") == 1
 
 
+@pytest.mark.real_clock  # the run must sit SLEEPING on its 30 s timer while the event comes
 async def test_an_event_before_the_deadline_wins(conductor: Conductor) -> None:
     handle = await conductor.start(ask, 30, run_id="ask-early")
     await wait_for_status(handle, RunStatus.SLEEPING)  # waiting, with its timer set
@@ -140,7 +126,7 @@ async def test_an_event_before_the_deadline_wins(conductor: Conductor) -> None:
 
 
 async def test_a_receive_timeout_is_durable_across_agent_restarts(backend: Backend) -> None:
-    async with make_conductor(backend) as first:
+    async with make_conductor(backend, *WORKFLOWS) as first:
         handle = await first.start(ask, 0.3, run_id="ask-restart")
         await wait_for_status(handle, RunStatus.SLEEPING)
     # no agent while the deadline passes
@@ -151,9 +137,9 @@ async def test_a_receive_timeout_is_durable_across_agent_restarts(backend: Backe
     async def past_deadline() -> bool:
         return time.time() * 1000 > meta.wake_at_ms
 
-    await wait_for(past_deadline, WAIT, "the deadline to pass")
+    await wait_until(past_deadline, WAIT, "the deadline to pass")
     assert await handle.status() is RunStatus.SLEEPING
-    async with make_conductor(backend) as second:
+    async with make_conductor(backend, *WORKFLOWS) as second:
         assert await second.handle("ask-restart").result(timeout=WAIT) == "no answer"
     recorded = await kinds(handle)
     assert recorded.count("timer_fired") == 1
@@ -244,7 +230,7 @@ async def test_query_returns_the_last_published_status_without_replaying(
     async def at_stage_two() -> bool:
         return await handle.query() == {"stage": 2}
 
-    await wait_for(at_stage_two, WAIT, "the run to publish stage 2")
+    await wait_until(at_stage_two, WAIT, "the run to publish stage 2")
     # a client with no agent and no workflow registered reads it: no replay involved
     reader = Conductor(conductor.backend)
     assert await reader.handle("stages").query() == {"stage": 2}

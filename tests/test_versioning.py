@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from substantial import Conductor, Context, Handle, RunStatus, workflow
+from substantial import Conductor, Context, RunStatus, workflow
 from substantial.backends import Backend
 from substantial.testing import Replayer
-from tests.agents import wait_for
+from tests.harness import wait_for_status
 
 WAIT = 30.0
 NAME = "versioning.order"
@@ -63,13 +63,6 @@ def conductor_with(backend: Backend, code: Any) -> Conductor:
     conductor = Conductor(backend, lease=3.0, park_retry=0.2, poll_interval=0.05)
     conductor.register(code)
     return conductor
-
-
-async def wait_for_status(handle: Handle[Any], wanted: RunStatus) -> None:
-    async def reached() -> bool:
-        return await handle.status() is wanted
-
-    await wait_for(reached, WAIT, f"{handle.run_id} to be {wanted.value}", every=0.01)
 
 
 async def test_runs_started_before_a_deploy_keep_the_old_path(backend: Backend) -> None:

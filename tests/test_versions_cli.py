@@ -12,7 +12,7 @@ from substantial import Conductor, Context, RunStatus, workflow
 from substantial._ops.inspection import runs_on_old_branch
 from substantial.backends import FSBackend
 from tests import version_app
-from tests.agents import wait_for
+from tests.harness import wait_for_status
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,25 +25,18 @@ async def flow_v1(c: Context) -> str:
     return str(path)
 
 
-async def _waiting(conductor: Conductor, run_id: str) -> None:
-    async def waiting() -> bool:
-        return await conductor.handle(run_id).status() is RunStatus.WAITING
-
-    await wait_for(waiting, 30, f"{run_id} to wait for its event")
-
-
 async def test_old_runs_are_listed_until_they_finish(tmp_path: Path) -> None:
     backend = FSBackend(tmp_path)
     async with Conductor(backend) as v1:
         v1.register(flow_v1)
         for run_id in ("old-1", "old-2"):
             await v1.start(flow_v1, run_id=run_id)
-            await _waiting(v1, run_id)
+            await wait_for_status(v1.handle(run_id), RunStatus.WAITING)
 
     async with Conductor(backend) as v2:
         v2.register(version_app.flow)
         await v2.start(version_app.flow, run_id="new-1")
-        await _waiting(v2, "new-1")
+        await wait_for_status(v2.handle("new-1"), RunStatus.WAITING)
         assert await runs_on_old_branch(v2, backend, "new-step") == ["old-1", "old-2"]
 
         env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +16,6 @@ import pytest
 from substantial import (
     Conductor,
     Context,
-    Handle,
     RetryPolicy,
     RunCancelled,
     RunNotFound,
@@ -25,28 +24,7 @@ from substantial import (
     workflow,
 )
 from substantial.backends import Backend
-
-WAIT = 20.0
-
-
-def make_conductor(backend: Backend) -> Conductor:
-    return Conductor(backend, lease=3.0, park_retry=0.2, poll_interval=0.1)
-
-
-@pytest.fixture
-async def conductor(backend: Backend) -> AsyncIterator[Conductor]:
-    async with make_conductor(backend) as running:
-        yield running
-
-
-async def wait_for_status(handle: Handle[Any], *wanted: RunStatus) -> RunStatus:
-    """Re-read the run's status until it is one of ``wanted``."""
-    with anyio.fail_after(WAIT):
-        while True:
-            status = await handle.status()
-            if status in wanted:
-                return status
-            await anyio.sleep(0.01)
+from tests.harness import WAIT, make_conductor, wait_for_status
 
 
 class Counter:

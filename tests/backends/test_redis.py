@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from substantial.backends import FSBackend, MemoryBackend, from_url
 from substantial.backends.redis import RedisBackend
 from substantial.errors import BackendUnavailable
-from tests.agents import wait_for
+from tests.harness import wait_until
 from tests.servers import RedisServer, running_redis
 
 # Naming anyio_backend keeps anyio's plugin from duplicating each test per event loop.
@@ -278,7 +278,7 @@ async def test_wait_replicas_returns_once_a_replica_has_the_write(tmp_path: Path
                 info = await follower.info("replication")
                 return bool(info.get("master_link_status") == "up")
 
-            await wait_for(linked, 30, "the replica to link to its primary")
+            await wait_until(linked, 30, "the replica to link to its primary")
             assert isinstance(backend, RedisBackend)
             assert backend.wait_replicas == 1
             assert await backend.create("k", b"v") is not None

@@ -1,0 +1,87 @@
+"""
+The test harness: one way to wait for a condition, one way to wait for a run's status,
+and one way to build a conductor for a test (the ``conductor`` fixture in conftest.py
+uses it).
+
+A test never sleeps to synchronise: it waits for a condition with :func:`wait_until`,
+which polls and fails with a message naming what it waited for.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from substantial import Conductor, Handle, RunStatus, Workflow
+from substantial._core.clock import VirtualClock
+from substantial.backends import Backend
+
+__all__ = ["CONDUCTOR_OPTIONS", "WAIT", "make_conductor", "wait_for_status", "wait_until"]
+
+#: how long a test waits for something that should happen at once, at most (seconds)
+WAIT = 30.0
+
+#: the options of a test conductor: short leases and polls, so nothing waits long
+CONDUCTOR_OPTIONS: dict[str, Any] = {"lease": 3.0, "park_retry": 0.2, "poll_interval": 0.05}
+
+
+def make_conductor(
+    backend: Backend | str,
+    *workflows: Workflow[Any],
+    virtual_clock: bool = False,
+    **options: Any,
+) -> Conductor:
+    """
+    A conductor with the test options (``CONDUCTOR_OPTIONS``, overridden by ``options``)
+    and ``workflows`` registered.
+    With ``virtual_clock``, its agent runs on ``substantial.testing``'s virtual clock: when
+    idle it jumps the clock to the next timer, so durable sleeps, receive timeouts and
+    retry delays take no real time.
+    """
+    settings = {**CONDUCTOR_OPTIONS, **options}
+    if virtual_clock:
+        settings.setdefault("clock", VirtualClock())
+    conductor = Conductor(backend, **settings)
+    conductor.register(*workflows)
+    return conductor
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool] | bool],
+    timeout: float = WAIT,
+    what: str = "the condition",
+    every: float = 0.01,
+) -> None:
+    """
+    Poll ``predicate`` (sync or async) until it holds; fail after ``timeout`` seconds
+    with an ``AssertionError`` naming ``what``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        outcome = predicate()
+        if inspect.isawaitable(outcome):
+            outcome = await outcome
+        if outcome:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await anyio.sleep(every)
+
+
+async def wait_for_status(
+    handle: Handle[Any], *wanted: RunStatus, timeout: float = WAIT
+) -> RunStatus:
+    """Re-read the run's status until it is one of ``wanted``; return it."""
+    seen: list[RunStatus] = []
+
+    async def reached() -> bool:
+        seen[:] = [await handle.status()]
+        return seen[0] in wanted
+
+    names = " or ".join(status.value for status in wanted)
+    await wait_until(reached, timeout, f"{handle.run_id} to be {names}")
+    return seen[0]
