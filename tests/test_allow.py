@@ -133,7 +133,7 @@ async def takes_anything(c: Context, value: Any) -> Any:
     [
         ("substantial._engine.workflow:Workflow", '{"fn":"os.system","name":"x","signature":null}'),
         (
-            "substantial._store.runs:Lease",
+            "substantial._store.leases:Lease",
             '{"run_id":"r","owner":"me","version":"1","expires_ms":0}',
         ),
         ("substantial._engine.context:RetryPolicy", '{"max_attempts":1}'),
@@ -148,7 +148,7 @@ def test_crafted_payload_naming_an_imported_class_is_refused(name: str, fields: 
 
 
 def test_crafted_log_is_refused_on_replay() -> None:
-    crafted = b'{"$t":"dataclass","c":"substantial._store.runs:Lease","v":{}}'
+    crafted = b'{"$t":"dataclass","c":"substantial._store.leases:Lease","v":{}}'
     events = [
         pb.Event(
             at_ms=1,
@@ -164,7 +164,9 @@ def test_crafted_log_is_refused_on_replay() -> None:
             ),
         ),
     ]  # fmt: skip
-    with pytest.raises(CodecError, match=r"'substantial\.runs:Lease': it is not allowed; allow it"):
+    with pytest.raises(
+        CodecError, match=r"'substantial\._store\.leases:Lease': it is not allowed; allow it"
+    ):
         Replayer(takes_anything).replay(events)
 
 

@@ -198,6 +198,12 @@ class WakeUp:
             await self._parts.endings.after_end(run_id, [*self._stored.events, *self.committed])
         await store.delete(merged)
         await self._snapshot(execution)
+        # The next wake-ups are written before the summary: a summary that says SLEEPING
+        # promises a timer entry, so it must already exist when anyone reads it.
+        if wake is not None:
+            await store.schedule(run_id, wake)
+        if execution.outcome is None and self._intake.more:
+            await store.schedule(run_id, store.clock.now_ms(), "more")  # events left unmerged
         published = encode_payload(execution.custom_status) if execution.has_custom_status else None
         await self._summary.record_state(
             self._seq, execution.outcome, wake=wake, waiting=waiting, published=published
@@ -206,10 +212,6 @@ class WakeUp:
             # The summary holds the outcome: local result() waiters need not wait for the
             # clean-up below (deleting consumed entries, releasing the lease).
             self._parts.client.notifier.changed(run_id)
-        if wake is not None:
-            await store.schedule(run_id, wake)
-        if execution.outcome is None and self._intake.more:
-            await store.schedule(run_id, store.clock.now_ms(), "more")  # events left unmerged
         await store.delete(self._consumed)
 
     async def _snapshot(self, execution: Execution) -> None:
