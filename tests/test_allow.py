@@ -136,7 +136,7 @@ async def takes_anything(c: Context, value: Any) -> Any:
             "substantial._store.leases:Lease",
             '{"run_id":"r","owner":"me","version":"1","expires_ms":0}',
         ),
-        ("substantial._engine.context:RetryPolicy", '{"max_attempts":1}'),
+        ("substantial._core.retry:RetryPolicy", '{"max_attempts":1}'),
         (f"{__name__}:Unlisted", '{"command":"rm -rf /"}'),
     ],
 )

@@ -194,7 +194,7 @@ async def test_spans_and_counters_of_a_run_with_a_retry_and_a_failing_step(otel:
     assert first_run is not last_run
     for run in (first_run, last_run):
         assert _attributes(run)["substantial.run_id"] == "order-1"
-        assert _attributes(run)["substantial._engine.workflow"] == "telemetry.order"
+        assert _attributes(run)["substantial.workflow"] == "telemetry.order"
         assert run.parent is None
     assert _attributes(first_run)["substantial.outcome"] == "suspended"
     assert _attributes(last_run)["substantial.outcome"] == "failed"
@@ -203,14 +203,14 @@ async def test_spans_and_counters_of_a_run_with_a_retry_and_a_failing_step(otel:
     assert [_parent(span, everything) for span in requests] == [first, second]
 
     # every wake-up that ran code replayed the log first, inside its run span
-    replays = otel.spans("substantial._engine.replay")
+    replays = otel.spans("substantial.replay")
     by_run = {_id(_parent(span, everything)): _attributes(span) for span in replays}
     assert len(by_run) == len(replays)
     assert by_run[_id(first_run)]["substantial.events"] == 1  # a fresh run: its start
     assert by_run[_id(last_run)]["substantial.events"] == 2  # the start, the failed attempt
     assert len(log.events) == 5
 
-    wf = ("substantial._engine.workflow", "telemetry.order")
+    wf = ("substantial.workflow", "telemetry.order")
     assert otel.counts("substantial.steps") == {
         frozenset({wf, ("substantial.outcome", "error")}): 2,
         frozenset({wf, ("substantial.outcome", "ok")}): 1,
@@ -229,9 +229,9 @@ async def test_a_lost_lease_ends_the_run_span_as_lease_lost_and_is_counted(otel:
         await otel.ended.expect("completed").wait()
     runs = [_attributes(span) for span in otel.spans("substantial.run")]
     assert [run["substantial.outcome"] for run in runs] == ["lease_lost", "completed"]
-    assert all(run["substantial._engine.workflow"] == "telemetry.stolen" for run in runs)
+    assert all(run["substantial.workflow"] == "telemetry.stolen" for run in runs)
     assert all(run["substantial.run_id"] == "stolen-1" for run in runs)
-    wf = ("substantial._engine.workflow", "telemetry.stolen")
+    wf = ("substantial.workflow", "telemetry.stolen")
     assert otel.counts("substantial.lease_losses") == {frozenset({wf}): 1}
     assert otel.counts("substantial.steps") == {frozenset({wf, ("substantial.outcome", "ok")}): 1}
 

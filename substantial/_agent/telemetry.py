@@ -87,7 +87,7 @@ _NULL: AbstractContextManager[None] = nullcontext()
 _END_KINDS = {"continued_as": "continued"}
 
 RUN_ID = "substantial.run_id"
-WORKFLOW = "substantial._engine.workflow"
+WORKFLOW = "substantial.workflow"
 OUTCOME = "substantial.outcome"
 
 
@@ -235,7 +235,7 @@ if ENABLED:
 
     def replay_span(events: int) -> AbstractContextManager[None]:
         """The span of a replay of ``events`` stored events."""
-        return _ReplaySpan("substantial._engine.replay", {"substantial.events": events})
+        return _ReplaySpan("substantial.replay", {"substantial.events": events})
 
     def step_span(command: SaveCommand, attempt: int) -> AbstractContextManager[None]:
         """The span of one attempt of a step."""
