@@ -1,6 +1,6 @@
 """
 The ``substantial`` command. It parses arguments, imports, and calls the public API;
-the logic lives in the library (operator commands: :mod:`substantial._ops.inspection`),
+the logic lives in the library (operator commands: :mod:`substantial.ops`),
 the commands in :mod:`substantial._cli`.
 
     substantial worker myapp.flows:conductor

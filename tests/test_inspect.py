@@ -1,4 +1,4 @@
-"""The operator views (substantial._ops.inspection) and logging context, on every backend."""
+"""The operator views (substantial.ops) and logging context, on every backend."""
 
 from __future__ import annotations
 
@@ -16,7 +16,11 @@ from substantial import Conductor
 from substantial._cli import common as cli_common
 from substantial._core.logs import RunContextFilter
 from substantial._core.status import RunStatus
-from substantial._ops.inspection import (
+from substantial._store.keys import ScheduleEntry, segment_key
+from substantial._store.runs import RunStore
+from substantial.backends import Backend
+from substantial.cli import main
+from substantial.ops import (
     check_replay,
     describe_run,
     gc,
@@ -24,10 +28,6 @@ from substantial._ops.inspection import (
     iter_run_ids,
     list_runs,
 )
-from substantial._store.keys import schedule_key, segment_key
-from substantial._store.runs import RunStore
-from substantial.backends import Backend
-from substantial.cli import main
 from substantial.protocol import substantial_pb2 as pb
 from tests import ops_app, ops_app_v2
 from tests.harness import wait_for_status
@@ -176,7 +176,9 @@ async def test_gc_removes_schedule_keys_of_its_runs_only(runs: Backend) -> None:
     await store.schedule("greet-1", 10, "x")
     await store.schedule("wait-1", 10, "x")
     await gc(runs, timedelta(0), now=datetime.now(UTC) + timedelta(seconds=1))
-    assert await runs.list_all("schedule/") == [schedule_key(10, "wait-1", "x")]
+    left = [ScheduleEntry.parse(key) for key in await runs.list_all("schedule/")]
+    assert [(entry.run_id, entry.due_ms) for entry in left if entry] == [("wait-1", 10)]
+    assert len(left) == 1
 
 
 async def test_log_lines_carry_run_id_and_workflow(

@@ -13,9 +13,9 @@ import anyio
 import pytest
 
 from substantial import Conductor, Context, RunStatus, workflow
+from substantial import ops as inspect
 from substantial._client.handle import Handle
 from substantial._core import constants
-from substantial._ops import inspection as inspect
 from substantial._store import quarantine
 from substantial._store.inbox import Intake
 from substantial._store.keys import inbox_prefix, meta_key, quarantine_prefix

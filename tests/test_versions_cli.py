@@ -9,8 +9,8 @@ from pathlib import Path
 import anyio
 
 from substantial import Conductor, Context, RunStatus, workflow
-from substantial._ops.inspection import runs_on_old_branch
 from substantial.backends import FSBackend
+from substantial.ops import runs_on_old_branch
 from tests import version_app
 from tests.harness import wait_for_status
 

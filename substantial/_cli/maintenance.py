@@ -1,6 +1,6 @@
 """The commands that look after the store as a whole: ``replay`` (the deploy gate),
 ``versions``, ``quarantine`` and ``gc``. Presentation only; the logic is in
-:mod:`substantial._ops.inspection` and :mod:`substantial._store.quarantine`."""
+:mod:`substantial.ops` and :mod:`substantial._store.quarantine`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import click
 
+from substantial import ops as inspect
 from substantial._cli.common import (
     Duration,
     backend_option,
@@ -19,7 +20,6 @@ from substantial._cli.common import (
     workflows_in,
 )
 from substantial._cli.formatting import Progress, count, time_text
-from substantial._ops import inspection as inspect
 from substantial._store import quarantine
 
 __all__ = ["gc_command", "quarantine_command", "replay", "versions"]

@@ -1,5 +1,5 @@
 """The commands on single runs and their listing: ``list``, ``show``, ``send``, ``cancel``,
-``result``. Presentation only; the logic is in :mod:`substantial._ops.inspection`."""
+``result``. Presentation only; the logic is in :mod:`substantial.ops`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from substantial import ops as inspect
 from substantial._cli.common import When, backend_option, fail, run_id_argument, with_backend
 from substantial._cli.formatting import (
     Progress,
@@ -21,7 +22,6 @@ from substantial._cli.formatting import (
 )
 from substantial._conductor import Conductor
 from substantial._core.status import RunStatus
-from substantial._ops import inspection as inspect
 from substantial.backends import Backend
 from substantial.errors import CodecError
 
