@@ -6,6 +6,7 @@ backend URLs for each test backend, and a full check of a run's stored log.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -40,6 +41,42 @@ async def backend_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path)
         await anyio.to_thread.run_sync(s3.create_bucket, bucket)
         return f"s3://{bucket}/runs?endpoint_url={s3.endpoint_url}&region=us-east-1"
     raise ValueError(kind)
+
+
+def effects_written(effects: Path) -> int:
+    """Bytes of step effects recorded so far: one line per step execution."""
+    return sum(entry.stat().st_size for entry in os.scandir(effects))
+
+
+@dataclass
+class Killer:
+    """
+    Sends SIGKILL to a random serving agent every ``every`` seconds and starts it again.
+
+    A kill waits until some step ran since the previous one (the effects folder grew), so
+    on a loaded machine, where a respawned agent takes seconds to import and serve, the
+    agents still progress between kills instead of dying before their first claim.
+    """
+
+    agents: list[Agent]
+    effects: Path
+    rng: random.Random
+    every: tuple[float, float]
+    kills: int = 0
+
+    async def run(self) -> None:
+        written = -1
+        while True:
+            await anyio.sleep(self.rng.uniform(*self.every))
+            serving = [agent for agent in self.agents if agent.is_ready()]
+            now_written = effects_written(self.effects)
+            if not serving or now_written == written:
+                continue
+            written = now_written
+            victim = self.rng.choice(serving)
+            victim.kill()
+            self.kills += 1
+            victim.spawn()
 
 
 @dataclass

@@ -175,7 +175,8 @@ class S3Server(_ChildServer):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        launcher = str(Path(__file__).with_name("moto_s3.py"))
+        command = [sys.executable, launcher, "-H", "127.0.0.1", "-p", str(self.port)]
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

@@ -20,7 +20,7 @@ from substantial._store.keys import lease_key
 from substantial._store.runs import RunStore
 from substantial.backends import Backend, from_url
 from tests import chaos_app
-from tests.agents import Agent, backend_url, check_log, effect_lines
+from tests.agents import Agent, backend_url, check_log, effect_lines, effects_written
 from tests.conftest import BACKENDS
 from tests.harness import wait_until
 
@@ -272,8 +272,20 @@ async def test_agents_with_skewed_clocks_never_corrupt_a_log_or_lose_a_run(
         async with anyio.create_task_group() as tg:
 
             async def kill_now_and_then() -> None:
+                # A kill waits for its victim to serve and for a step to run since the
+                # last one: on a loaded machine agents still progress between kills.
+                written = -1
                 for victim in [0, 2, 1, 0, 2, 1] * 5:
                     await anyio.sleep(1)
+                    await wait_until(
+                        lambda v=victim, w=written: (
+                            agents[v].is_ready() and effects_written(effects) != w
+                        ),
+                        120,
+                        f"agent {victim} to serve and a step to run",
+                        every=0.2,
+                    )
+                    written = effects_written(effects)
                     agents[victim].kill()
                     agents[victim].spawn()
 

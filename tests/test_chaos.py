@@ -18,13 +18,13 @@ from substantial import Conductor
 from substantial._core.status import RunStatus
 from substantial.backends import from_url
 from tests import chaos_app
-from tests.agents import Agent, backend_url, check_log, effect_lines
+from tests.agents import Agent, Killer, backend_url, check_log, effect_lines
 from tests.conftest import BACKENDS
 from tests.harness import wait_until
 
-# Each chaos test runs three agent processes flat out: under pytest-xdist they take turns
-# on one worker rather than starve each other of the two cores.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chaos")]
+# Each chaos test runs three agent processes flat out: `make test` runs the slow tests
+# after the rest, two at a time, so they do not starve the suite or each other.
+pytestmark = pytest.mark.slow
 
 MIX_RUNS = 70
 STEP_RUNS = 40
@@ -57,7 +57,6 @@ async def test_chaos(kind: str, request: pytest.FixtureRequest, tmp_path: Path) 
     env = {"CHAOS_LEASE": "1.5", "CHAOS_CONCURRENCY": "16", "CHAOS_POLL": "0.2"}
     agents = [Agent(url, effects, logs, env) for _ in range(AGENTS)]
     began = time.monotonic()
-    kills = 0
     expected: dict[str, object] = {}
     try:
         for agent in agents:
@@ -97,20 +96,8 @@ async def test_chaos(kind: str, request: pytest.FixtureRequest, tmp_path: Path) 
         async with anyio.create_task_group() as tg:
             tg.start_soon(send_events)
 
-            async def killer() -> None:
-                nonlocal kills
-                while True:
-                    await anyio.sleep(rng.uniform(*KILL_EVERY.get(kind, DEFAULT_KILL_EVERY)))
-                    # Only agents that serve already: a loaded machine still progresses.
-                    serving = [agent for agent in agents if agent.is_ready()]
-                    if not serving:
-                        continue
-                    victim = rng.choice(serving)
-                    victim.kill()
-                    kills += 1
-                    victim.spawn()
-
-            tg.start_soon(killer)
+            killer = Killer(agents, effects, rng, KILL_EVERY.get(kind, DEFAULT_KILL_EVERY))
+            tg.start_soon(killer.run)
             await wait_until(all_done, 200, f"all runs to finish ({kind})", every=0.5)
             tg.cancel_scope.cancel()
         wall = time.monotonic() - began
@@ -138,7 +125,7 @@ async def test_chaos(kind: str, request: pytest.FixtureRequest, tmp_path: Path) 
             if run_id.startswith("mix-"):
                 assert len(checked.events) == HANDLED + 1  # each sent event merged once
         print(
-            f"\nchaos[{kind}]: {len(expected)} runs, {step_total} steps, {kills} kills, "
+            f"\nchaos[{kind}]: {len(expected)} runs, {step_total} steps, {killer.kills} kills, "
             f"{reexecuted} steps re-executed, {wall:.1f}s"
         )
     finally:

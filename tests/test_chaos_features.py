@@ -21,13 +21,13 @@ from substantial._store.runs import RunStore
 from substantial.backends import Backend, from_url
 from substantial.codec import decode_payload
 from tests import chaos_app
-from tests.agents import Agent, backend_url, check_log, effect_lines
+from tests.agents import Agent, Killer, backend_url, check_log, effect_lines
 from tests.conftest import BACKENDS
 from tests.harness import wait_until
 
-# Each chaos test runs three agent processes flat out: under pytest-xdist they take turns
-# on one worker rather than starve each other of the two cores.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chaos")]
+# Each chaos test runs three agent processes flat out: `make test` runs the slow tests
+# after the rest, two at a time, so they do not starve the suite or each other.
+pytestmark = pytest.mark.slow
 
 PROCESS_BACKENDS = [p for p in BACKENDS if p.values[0] in ("files", "redis")]
 SAGAS = 6
@@ -70,7 +70,6 @@ async def test_chaos_features(kind: str, request: pytest.FixtureRequest, tmp_pat
     env = {"CHAOS_LEASE": "1.5", "CHAOS_CONCURRENCY": "16", "CHAOS_POLL": "0.2"}
     agents = [Agent(url, effects, logs, env) for _ in range(AGENTS)]
     began = time.monotonic()
-    kills = 0
     saga_ids = [f"saga-{i}" for i in range(SAGAS)]
     fan_ids = [f"fan-{i}" for i in range(FAN_OUTS)]
     chain_ids = [f"chain-{i}" for i in range(CHAINS)]
@@ -112,20 +111,8 @@ async def test_chaos_features(kind: str, request: pytest.FixtureRequest, tmp_pat
         async with anyio.create_task_group() as tg:
             tg.start_soon(send_events)
 
-            async def killer() -> None:
-                nonlocal kills
-                while True:
-                    await anyio.sleep(rng.uniform(*KILL_EVERY))
-                    # Only agents that serve already: a loaded machine still progresses.
-                    serving = [agent for agent in agents if agent.is_ready()]
-                    if not serving:
-                        continue
-                    victim = rng.choice(serving)
-                    victim.kill()
-                    kills += 1
-                    victim.spawn()
-
-            tg.start_soon(killer)
+            killer = Killer(agents, effects, rng, KILL_EVERY)
+            tg.start_soon(killer.run)
             await wait_until(all_done, DEADLINE, f"all runs to finish ({kind})", every=0.5)
             tg.cancel_scope.cancel()
         wall = time.monotonic() - began
@@ -223,7 +210,8 @@ async def test_chaos_features(kind: str, request: pytest.FixtureRequest, tmp_pat
             count_effects(run_id, {"add": EVENTS})
 
         print(
-            f"\nchaos-features[{kind}]: {kills} kills, {reexecuted} steps re-executed, {wall:.1f}s"
+            f"\nchaos-features[{kind}]: {killer.kills} kills, "
+            f"{reexecuted} steps re-executed, {wall:.1f}s"
         )
     finally:
         for agent in agents:

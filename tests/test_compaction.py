@@ -17,7 +17,9 @@ from substantial.protocol import substantial_pb2 as pb
 from substantial.testing import Replayer
 from tests.harness import wait_until
 
-EVENTS = int(os.environ.get("COMPACTION_EVENTS", "100000"))
+# The bounds asserted below are fixed, whatever EVENTS is: 20,000 events in four batches
+# show them in ~35 s (100,000 took 165 s); COMPACTION_EVENTS=100000 is the long form.
+EVENTS = int(os.environ.get("COMPACTION_EVENTS", "20000"))
 
 
 @workflow(name="compaction.counter")
@@ -64,13 +66,13 @@ async def _post_many(backend: Backend, run_id: str, values: list[int | None], st
 
 
 @pytest.mark.timeout(300)
-async def test_a_hundred_thousand_events_in_bounded_history() -> None:
+async def test_tens_of_thousands_of_events_keep_a_bounded_history() -> None:
     backend = MemoryBackend()
     async with Conductor(backend, concurrency=4) as conductor:
         conductor.register(counter)
         handle = await conductor.start(counter, run_id="counter")
         sizes = []
-        batch = 10_000
+        batch = EVENTS // 4
         for start in range(0, EVENTS, batch):
             await _post_many(backend, "counter", list(range(start, start + batch)), start)
 

@@ -199,7 +199,7 @@ async def test_gc_keeps_a_live_run_whose_summary_lies(backend: Backend) -> None:
     lie = lying_summary(live.run_id, pb.RUN_STATUS_COMPLETED, 1)  # and updated long ago
     await backend.put(meta_key(live.run_id), lie)
     outcome = await inspect.gc(backend, timedelta(0), now=datetime.now(UTC) + timedelta(1))
-    assert outcome.runs == [done.run_id]
+    assert outcome.runs == [done.run_id], outcome
     assert outcome.live == [live.run_id]
     async with make_conductor(backend) as conductor:
         conductor.register(waits)
