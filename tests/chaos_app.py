@@ -23,13 +23,9 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import anyio
 
 import substantial._client.handle
 import substantial._conductor
@@ -185,29 +181,7 @@ def build(url: str) -> Conductor:
     return conductor
 
 
-async def main(url: str) -> None:
-    conductor = build(url)
-    try:
-        async with anyio.create_task_group() as tg:
-
-            async def stop_on_signal() -> None:
-                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    async for _ in signals:
-                        tg.cancel_scope.cancel()
-                        return
-
-            tg.start_soon(stop_on_signal)
-            await tg.start(conductor.serve)
-            print("ready", flush=True)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await conductor.aclose()
-
-
 if __name__ == "__main__":
-    import logging
+    from agent_process import run_agent  # a sibling: this file runs as a script
 
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
-    )
-    anyio.run(main, sys.argv[1])
+    run_agent(build)
