@@ -164,9 +164,15 @@ class Conductor:
 
     # ---- the client ----
 
-    def register(self, *workflows: Workflow[Any]) -> None:
-        """Make workflows startable and runnable by this conductor's agent."""
-        self._client.register(*workflows)
+    def register(self, *workflows: Workflow[Any], replace: bool = False) -> None:
+        """
+        Make workflows startable and runnable by this conductor's agent.
+
+        :param replace: let a workflow take the place of a registered one of the same
+            name (new code for its runs, as a deploy brings); without it that is an error
+        :raises NotAWorkflow: for a function without ``@workflow``, or a name taken
+        """
+        self._client.register(*workflows, replace=replace)
 
     @property
     def workflows(self) -> list[Workflow[Any]]:
@@ -180,9 +186,11 @@ class Conductor:
         Start a run of a registered workflow. Idempotent on ``run_id``: starting an id
         that exists returns a handle to that run and starts nothing.
 
-        :param wf: the workflow, or its registered name
+        :param wf: the workflow, or a workflow name: a name this conductor has not
+            registered starts a run for agents elsewhere, which check its arguments (a
+            bad one fails the run with ``InvalidArguments``)
         :param run_id: the run's id (default: a random one); an idempotency key
-        :raises UnknownWorkflow: if ``wf`` is not registered
+        :raises UnknownWorkflow: if ``wf`` is a workflow not registered here
         :raises InvalidArguments: if the arguments do not fit the workflow's signature
         :raises CodecError: if an argument cannot be encoded, or the arguments are over
             the payload limit (checked before anything is written)

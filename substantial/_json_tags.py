@@ -24,6 +24,7 @@ __all__ = [
     "ASCII_ENCODER",
     "CLASS_KINDS",
     "DECODERS",
+    "ENCODABLE",
     "ENCODER",
     "HOW",
     "KIND_NAMES",
@@ -190,3 +191,11 @@ def registrable(cls: object) -> str:
             f"cannot register {cls!r}: not a dataclass, Enum, pydantic model, NamedTuple"
         )
     return name_of(cls)
+
+
+#: What the JSON codec encodes, for error messages.
+ENCODABLE = (
+    "the JSON codec encodes None, bool, int, float, str, bytes, list, tuple, dict, set, "
+    "frozenset, datetime, date, time, timedelta, UUID, Decimal, and enums, dataclasses, "
+    "named tuples and pydantic models of allowed classes"
+)

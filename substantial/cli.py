@@ -6,7 +6,7 @@ the commands in :mod:`substantial._cli`.
     substantial worker myapp.flows:conductor
     substantial worker --app myapp.flows --backend redis://127.0.0.1:6379/0
     substantial check --backend file://./runs
-    substantial list|show|send|cancel|result|replay|quarantine|gc --backend URL ...
+    substantial start|list|show|send|cancel|terminate|result|replay|quarantine|gc --backend URL ...
 
 Errors are one line on stderr (``error: ...``); a bad argument exits 2, a failed
 operation 1.
@@ -17,8 +17,9 @@ from __future__ import annotations
 import click
 
 from substantial._cli.agent import check, worker
+from substantial._cli.control import start, terminate
 from substantial._cli.maintenance import gc_command, quarantine_command, replay, versions
-from substantial._cli.runs import cancel, list_command, result, send, show
+from substantial._cli.runs import cancel, list_command, result, send, show, stats
 
 __all__ = ["main"]
 
@@ -29,6 +30,6 @@ def main() -> None:
     """Brokerless durable execution: run agents and inspect runs."""
 
 
-_COMMANDS = (worker, check, list_command, show, send, cancel, result)
+_COMMANDS = (worker, check, start, list_command, stats, show, send, cancel, terminate, result)
 for _command in (*_COMMANDS, replay, versions, quarantine_command, gc_command):
     main.add_command(_command)

@@ -21,8 +21,7 @@ be read back as a tag. A class named by ``"c"`` must be *allowed* (see
 ``JSONCodec(types=...)``), or named in the annotations of a ``@workflow`` or of a step
 function given to ``Context.save``. Encoding an instance of any other class fails at
 once, at the sender. ``JSONCodec(trust_imported=True)`` also accepts any class of a
-tagged kind in a module already imported (``sys.modules``), as before the allow-list existed.
-A dataclass is rebuilt through its ``__init__`` from its ``init`` fields only.
+tagged kind in an imported module. A dataclass is rebuilt by ``__init__`` (init fields).
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from substantial._json_tags import (
     ASCII_ENCODER,
     CLASS_KINDS,
     DECODERS,
+    ENCODABLE,
     ENCODER,
     HOW,
     PLAIN_DECODER,
@@ -225,7 +225,7 @@ class JSONCodec:
         cls = type(v)
         kind = kind_of(cls)
         if kind is None:
-            raise Unencodable(v)
+            raise Unencodable(v, ENCODABLE)
         name = self._class_name(v, cls)
         inner: object
         if kind == "enum":

@@ -43,11 +43,14 @@ __all__ = [
     "InvalidRunId",
     "LeaseLost",
     "NonDeterminismError",
+    "NotAWorkflow",
     "RunCancelled",
     "RunError",
     "RunFailed",
+    "RunFinished",
     "RunNotFound",
     "RunReverted",
+    "RunTerminated",
     "StepFailed",
     "SubstantialError",
     "UnknownWorkflow",
@@ -123,6 +126,13 @@ class InvalidArguments(SubstantialError, TypeError):
         self.detail = detail
 
 
+class NotAWorkflow(SubstantialError, TypeError):
+    """
+    Something other than a ``@workflow`` function (or a workflow name) was given to
+    ``register`` or ``start``, or a second workflow was registered under a taken name.
+    """
+
+
 class InvalidRunId(SubstantialError, ValueError):
     """
     A run id that breaks the rule (see :mod:`substantial._core.runids`). Raised where the id
@@ -158,6 +168,23 @@ class RunNotFound(RunError, LookupError):
 
     def __init__(self, run_id: str) -> None:
         super().__init__(run_id, f"no run {run_id!r} on this backend")
+
+
+class RunFinished(RunError):
+    """
+    The run has ended, so it takes no more events or cancellation: raised by
+    ``Handle.send()`` and ``Handle.cancel()`` instead of dropping what was sent.
+
+    :ivar status: how it ended (``"completed"``, ``"failed"``, ...)
+    """
+
+    def __init__(self, run_id: str, status: str, what: str, continued_as: str = "") -> None:
+        then = f"; it continued as run {continued_as!r}" if continued_as else ""
+        super().__init__(
+            run_id, f"run {run_id!r} has finished ({status}){then}: {what} was not delivered"
+        )
+        self.status = status
+        self.continued_as = continued_as
 
 
 class UnknownWorkflow(RunError, LookupError):
@@ -255,6 +282,15 @@ class RunReverted(RunError):
 
     def __init__(self, run_id: str) -> None:
         super().__init__(run_id, f"run {run_id!r} was reverted")
+
+
+class RunTerminated(RunError):
+    """The run was ended from outside with ``terminate()``; raised by ``Handle.result()``."""
+
+    def __init__(self, run_id: str, reason: str = "") -> None:
+        why = f": {reason}" if reason else ""
+        super().__init__(run_id, f"run {run_id!r} was terminated{why}")
+        self.reason = reason
 
 
 class CompensationFailed(SubstantialError):

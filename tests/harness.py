@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from substantial import Conductor, Handle, RunStatus, Workflow
+from substantial import Conductor, Handle, RunNotFound, RunStatus, Workflow
 from substantial._core.clock import VirtualClock
 from substantial.backends import Backend
 
@@ -75,11 +75,14 @@ async def wait_until(
 async def wait_for_status(
     handle: Handle[Any], *wanted: RunStatus, timeout: float = WAIT
 ) -> RunStatus:
-    """Re-read the run's status until it is one of ``wanted``; return it."""
+    """Re-read the run's status until it exists and is one of ``wanted``; return it."""
     seen: list[RunStatus] = []
 
     async def reached() -> bool:
-        seen[:] = [await handle.status()]
+        try:
+            seen[:] = [await handle.status()]
+        except RunNotFound:  # not started yet (a child, a continuation)
+            return False
         return seen[0] in wanted
 
     names = " or ".join(status.value for status in wanted)

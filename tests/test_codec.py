@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from substantial import codec as codec_module
+from substantial._json_tags import ENCODABLE
 from substantial.codec import (
     DEFAULT_CODEC,
     JSONCodec,
@@ -396,7 +397,7 @@ def test_encode_error_names_type_and_place(value: object, message: str) -> None:
     NotAClass.__repr__ = lambda self: "NotAClass()"  # type: ignore[method-assign,assignment]
     with pytest.raises(CodecError) as info:
         encode_payload(value, where="args")
-    assert str(info.value) == message
+    assert str(info.value) == f"{message}: {ENCODABLE}"  # and says what would do
 
 
 def test_cycle_and_deep_nesting() -> None:

@@ -44,14 +44,19 @@ async def two_steps(c: Context, x: int) -> int:
 # ---- starting ----
 
 
-async def test_start_unknown_workflow_raises(conductor: Conductor) -> None:
+async def test_start_of_an_unknown_workflow(conductor: Conductor) -> None:
     with pytest.raises(UnknownWorkflow) as info:
-        await conductor.start("no.such.workflow", 1)
-    assert info.value.name == "no.such.workflow"
-    assert "no.such.workflow" in str(info.value)
-    with pytest.raises(UnknownWorkflow):
         await conductor.start(two_steps, 1)  # a Workflow object never registered here
+    assert info.value.name == "errors.steps"
+    assert "errors.steps" in str(info.value)
     assert isinstance(info.value, LookupError)
+    # By name, a run starts from a process without the code (for agents elsewhere); an
+    # agent that does not know it either parks it, naming the workflow.
+    handle = await conductor.start("no.such.workflow", 1)
+    await wait_for_status(handle, RunStatus.PARKED)
+    meta = await conductor.store.read_meta(handle.run_id)
+    assert meta is not None
+    assert "unknown workflow 'no.such.workflow'" in meta.parked_reason
 
 
 async def test_start_with_wrong_arguments_raises_invalid_arguments(conductor: Conductor) -> None:
@@ -248,7 +253,7 @@ async def test_non_determinism_parks_the_run_then_fixed_code_completes_it(
         with pytest.raises(TimeoutError):
             await remote.result(timeout=0.3)  # parked is not failed
 
-        second.register(versioned_v3)  # a deploy of code that replays the run
+        second.register(versioned_v3, replace=True)  # a deploy: code that replays it
         assert await remote.result(timeout=WAIT) == "a?"
         assert await remote.status() is RunStatus.COMPLETED
 
@@ -271,7 +276,7 @@ async def test_non_determinism_on_a_different_primitive_names_both(conductor: Co
     conductor.register(sleeps)
     w = await conductor.start(sleeps)
     await wait_for_status(w, RunStatus.WAITING)
-    conductor.register(receives)
+    conductor.register(receives, replace=True)
     await w.send("go")
     await wait_for_status(w, RunStatus.PARKED)
     meta = await conductor.store.read_meta(w.run_id)
@@ -279,7 +284,7 @@ async def test_non_determinism_on_a_different_primitive_names_both(conductor: Co
     assert "position 1" in meta.parked_reason
     assert "timer" in meta.parked_reason
     assert "receive('go')" in meta.parked_reason
-    conductor.register(sleeps)
+    conductor.register(sleeps, replace=True)
     assert await w.result(timeout=WAIT) == "done"
 
 

@@ -9,6 +9,7 @@ import anyio
 
 from substantial._agent.parts import AgentParts
 from substantial._agent.steps import StepOutcome
+from substantial._core.constants import RUNNING_AFTER_SECONDS
 from substantial._engine.replay import Execution
 
 __all__ = ["Driven", "drive"]
@@ -26,6 +27,9 @@ class Driven(Protocol):
     async def check_inbox(self) -> None:
         """Merge events sent since the wake-up began."""
 
+    async def mark_running(self) -> None:
+        """Say ``running`` in the run's summary: a step has been running a while."""
+
 
 async def drive(wakeup: Driven, parts: AgentParts) -> None:
     """
@@ -38,6 +42,8 @@ async def drive(wakeup: Driven, parts: AgentParts) -> None:
     send, receive = anyio.create_memory_object_stream[StepOutcome](math.inf)
     running: set[int] = set()
     inbox_due = anyio.current_time() + parts.settings.poll_max
+    # A step that takes a while shows in the run's status; quick ones cost no write.
+    running_mark: float | None = anyio.current_time() + RUNNING_AFTER_SECONDS
     async with send, receive, anyio.create_task_group() as tg:
         while execution.outcome is None:
             now = now_ms()
@@ -60,6 +66,8 @@ async def drive(wakeup: Driven, parts: AgentParts) -> None:
             # a wake time not in the future is a due retry that is already running
             timeout = math.inf if wake is None or wake <= now else (wake - now) / 1000
             timeout = min(timeout, max(0.0, inbox_due - anyio.current_time()))
+            if running_mark is not None:
+                timeout = min(timeout, max(0.0, running_mark - anyio.current_time()))
             with anyio.move_on_after(timeout):
                 outcome = await receive.receive()
                 while True:
@@ -69,6 +77,9 @@ async def drive(wakeup: Driven, parts: AgentParts) -> None:
                         outcome = receive.receive_nowait()
                     except anyio.WouldBlock:
                         break
+            if running_mark is not None and running and anyio.current_time() >= running_mark:
+                running_mark = None
+                await wakeup.mark_running()
             if anyio.current_time() >= inbox_due and execution.outcome is None:
                 await wakeup.check_inbox()
                 inbox_due = anyio.current_time() + parts.settings.poll_max

@@ -8,7 +8,7 @@ from substantial._client.client import Client
 from substantial._core.runids import is_stored_run_id
 from substantial._engine.commands import ChildCommand, failure_from_exception
 from substantial._engine.replay import open_children
-from substantial.errors import CorruptLog, RunNotFound, RunReverted
+from substantial.errors import CorruptLog, RunNotFound, RunReverted, RunTerminated
 from substantial.protocol import substantial_pb2 as pb
 
 __all__ = ["Endings"]
@@ -101,6 +101,9 @@ class Endings:
             ended.failure.CopyFrom(last.failed.failure)
         elif kind == "reverted":
             ended.failure.CopyFrom(failure_from_exception(RunReverted(child_id)))
+        elif kind == "terminated":
+            error = RunTerminated(child_id, last.terminated.reason)
+            ended.failure.CopyFrom(failure_from_exception(error))
         entry = pb.InboxEntry(id=f"child-ended-{child_id}", sent_at_ms=now, child_ended=ended)
         await self._store.post(started.parent_run_id, entry)
 

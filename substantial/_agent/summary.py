@@ -120,4 +120,6 @@ class RunSummary:
         if change.published is not None:
             updated.custom_status.CopyFrom(change.published)
         current = (self.meta, self.version) if self.version else None
-        await self._store.write_meta(updated, current=current)
+        written = await self._store.write_meta(updated, current=current)
+        if written is not None:  # the next write of this wake-up is one conditional write
+            self.meta, self.version = updated, written

@@ -74,6 +74,7 @@ OUTCOMES = {
     "cancelled": "the run ended cancelled",
     "reverted": "the run's compensations ran and it ended reverted",
     "continued": "the run continued as a new run",
+    "terminated": "the run was ended from outside (terminate), its code not run",
     "suspended": "the run waits for a timer, an event or a retry: a later wake-up goes on",
     "parked": "the code no longer replays the log, or the workflow is not registered",
     "skipped": "nothing to run: the run had already ended, or its start is not written yet",

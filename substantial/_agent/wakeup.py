@@ -125,6 +125,10 @@ class WakeUp:
         if events[-1].WhichOneof("kind") in TERMINAL_KINDS:
             await self._finish(events[-1])
             return None
+        request = self._terminate_request()
+        if request is not None:
+            await self._terminate(request)
+            return None
         started = events[0].started
         logs.workflow_var.set(started.workflow)
         registry = self._parts.client.registry
@@ -185,6 +189,11 @@ class WakeUp:
         await self._intake.set_aside()
         self.execution.merge((entry for _, entry in fresh), self._store.clock.now_ms())
 
+    async def mark_running(self) -> None:
+        """Say ``running`` in the summary (it said pending, sleeping or waiting)."""
+        if not self._summary.says(RunStatus.RUNNING):
+            await self._summary.write(SummaryChange(RunStatus.RUNNING, self._seq))
+
     def _merged_keys(self) -> list[str]:
         ids = self.execution.event_ids
         return [key for key, entry in self._intake.entries if entry.id in ids]
@@ -202,7 +211,7 @@ class WakeUp:
         # promises a timer entry, so it must already exist when anyone reads it.
         if wake is not None:
             await store.schedule(run_id, wake)
-        if execution.outcome is None and self._intake.more:
+        if execution.outcome is None and (self._intake.more or self._terminate_request()):
             await store.schedule(run_id, store.clock.now_ms(), "more")  # events left unmerged
         published = encode_payload(execution.custom_status) if execution.has_custom_status else None
         await self._summary.record_state(
@@ -240,6 +249,29 @@ class WakeUp:
                 SummaryChange(status, stored.last_seq, end=last, stored=stored)
             )
         await self._store.delete([key for key, _ in self._intake.entries] + self._consumed)
+
+    def _terminate_request(self) -> pb.TerminateRequest | None:
+        for _, entry in self._intake.entries:
+            if entry.HasField("terminate"):
+                return entry.terminate
+        return None
+
+    async def _terminate(self, request: pb.TerminateRequest) -> None:
+        """End the run as terminated: one fenced segment, then what any end sets off."""
+        stored = self._stored
+        event = pb.Event(
+            at_ms=self._store.clock.now_ms(), terminated=pb.Terminated(reason=request.reason)
+        )
+        seq = stored.last_seq + 1
+        if self._holder.lost:
+            raise LeaseLost(self.run_id, "lease expired before terminating")
+        if not await self._store.append(self.run_id, seq, [event]):
+            raise LeaseLost(self.run_id, f"segment {seq} was written by another agent")
+        log.warning("run %s terminated: %s", self.run_id, request.reason or "no reason given")
+        telemetry.run_outcome("terminated")
+        events = [*stored.events, event]
+        self._stored = StoredLog(events, seq, [*stored.segment_ends, len(events)])
+        await self._finish(event)
 
     async def _park(self, stored: StoredLog, error: Exception) -> None:
         """Park a run that cannot go on here (status ``parked``): retried after ``park_retry``."""

@@ -18,6 +18,7 @@ from substantial._cli.common import (
     workflows_in,
 )
 from substantial._conductor import Conductor
+from substantial._core import constants
 from substantial._store.keys import SCHEDULE_PREFIX
 from substantial.backends import Backend
 from substantial.errors import BackendError
@@ -31,8 +32,18 @@ log = logging.getLogger("substantial.cli")
 @click.argument("target", required=False)
 @click.option("--app", help="Module whose @workflow functions the agent runs (with --backend).")
 @backend_option
-@click.option("--concurrency", type=click.IntRange(min=1), help="Runs worked on at once.")
-@click.option("--lease", type=click.FloatRange(min=0.1), help="Lease length in seconds.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="Runs worked on at once.",
+    show_default=f"{constants.CONCURRENCY}, or TARGET's own",
+)
+@click.option(
+    "--lease",
+    type=click.FloatRange(min=0.1),
+    help="Lease length in seconds.",
+    show_default=f"{constants.LEASE_SECONDS:g}, or TARGET's own",
+)
 @click.option(
     "--log-level",
     default="info",

@@ -9,6 +9,7 @@ import re
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import anyio
@@ -18,7 +19,7 @@ from substantial._core import logs
 from substantial._engine.workflow import Workflow
 from substantial._store.runs import check_run_id
 from substantial.backends import Backend, from_url
-from substantial.errors import BackendError, RunNotFound, SubstantialError
+from substantial.errors import BackendError, BackendRefused, RunNotFound, SubstantialError
 
 __all__ = [
     "Duration",
@@ -47,9 +48,17 @@ backend_option = click.option(
 
 
 def import_object(path: str) -> Any:
-    """Import ``module`` or ``module:attribute``."""
+    """Import ``module`` or ``module:attribute``; the module may be a path to a ``.py`` file."""
     module_name, _, attribute = path.partition(":")
-    if "." not in sys.path and "" not in sys.path:
+    if module_name.endswith(".py") or "/" in module_name:
+        # A file: import it by its name from its folder, as `python -m` would name it,
+        # so that its workflows get the names a worker started with the module gets.
+        file = Path(module_name).resolve()
+        if not file.is_file():
+            raise click.UsageError(f"cannot import {module_name!r}: no such file")
+        sys.path.insert(0, str(file.parent))
+        module_name = file.stem
+    elif "." not in sys.path and "" not in sys.path:
         sys.path.insert(0, ".")
     try:
         module = importlib.import_module(module_name)
@@ -63,8 +72,12 @@ def import_object(path: str) -> Any:
         raise click.UsageError(f"module {module_name!r} has no attribute {attribute!r}") from None
 
 
-def workflows_in(module: Any) -> list[Workflow[Any]]:
-    return [value for value in vars(module).values() if isinstance(value, Workflow)]
+def workflows_in(found: Any) -> list[Workflow[Any]]:
+    """The workflows of a module (every ``@workflow`` in it), or of a Conductor."""
+    workflows = getattr(found, "workflows", None)  # module:conductor, as `worker` takes
+    if isinstance(workflows, list):
+        return [value for value in workflows if isinstance(value, Workflow)]
+    return [value for value in vars(found).values() if isinstance(value, Workflow)]
 
 
 def open_backend(url: str) -> Backend:
@@ -154,6 +167,8 @@ def with_backend(backend_url: str | None, body: Callable[[Backend], Awaitable[T]
         error = _leaf(exc)
         if isinstance(error, RunNotFound):
             fail(f"run {error.run_id!r} not found")
+        if isinstance(error, BackendRefused):
+            fail(str(error))
         if isinstance(error, BackendError | OSError):
             fail(f"backend unreachable: {error}")
         if isinstance(error, SubstantialError):

@@ -104,4 +104,6 @@ def event_text(event: HistoryEvent) -> str:
         return f"{d['failure']['type']}: {d['failure']['message']}" if "failure" in d else ""
     if kind in ("cancel_requested", "cancelled"):
         return ""
+    if kind == "terminated":
+        return str(d.get("reason", ""))
     return json_text(d)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import inspect as pyinspect
 import sys
 from datetime import timedelta
 
@@ -27,7 +28,11 @@ __all__ = ["gc_command", "quarantine_command", "replay", "versions"]
 
 @click.command()
 @click.argument("run_ids", metavar="[RUN]...", nargs=-1, callback=run_id_argument)
-@click.option("--app", required=True, help="Module whose @workflow functions are the new code.")
+@click.option(
+    "--app",
+    required=True,
+    help="Module (or module:conductor, or a .py path) whose @workflow functions are the new code.",
+)
 @backend_option
 @click.option("--all", "include_finished", is_flag=True, help="Finished runs too.")
 def replay(
@@ -70,7 +75,11 @@ def replay(
 
 @click.command()
 @click.argument("change_id")
-@click.option("--app", required=True, help="Module with the current @workflow functions.")
+@click.option(
+    "--app",
+    required=True,
+    help="Module (or module:conductor, or a .py path) with the current @workflow functions.",
+)
 @backend_option
 def versions(change_id: str, app: str, backend_url: str | None) -> None:
     """
@@ -78,9 +87,19 @@ def versions(change_id: str, app: str, backend_url: str | None) -> None:
 
     When none are left, the old branch and the version() call can be deleted.
     """
-    workflows = workflows_in(import_object(app))
+    module = import_object(app)
+    workflows = workflows_in(module)
     if not workflows:
         raise click.UsageError(f"module {app!r} defines no @workflow functions")
+    try:
+        source = pyinspect.getsource(module)
+    except (OSError, TypeError):  # no source to read (a zip, a frozen module): no check
+        source = change_id
+    if change_id not in source:
+        fail(
+            f"module {app!r} never mentions {change_id!r}: no c.version({change_id!r}) call "
+            "to check; is the change id spelled as in the code?"
+        )
     progress = Progress("runs replayed")
     old = with_backend(
         backend_url,

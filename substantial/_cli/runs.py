@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +26,7 @@ from substantial._core.status import RunStatus
 from substantial.backends import Backend
 from substantial.errors import CodecError
 
-__all__ = ["cancel", "list_command", "result", "send", "show"]
+__all__ = ["cancel", "list_command", "result", "send", "show", "stats"]
 
 
 @click.command("list")
@@ -40,6 +41,8 @@ __all__ = ["cancel", "list_command", "result", "send", "show"]
 )
 @click.option("--started-before", type=When(), help="ISO time, or an age like 2h or 30d.")
 @click.option("--started-after", type=When(), help="ISO time, or an age like 2h or 30d.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many runs (a page).")
+@click.option("--after", metavar="RUN", help="The page after this run (as printed by --limit).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
 def list_command(
     backend_url: str | None,
@@ -47,9 +50,14 @@ def list_command(
     statuses: tuple[str, ...],
     started_before: datetime | None,
     started_after: datetime | None,
+    limit: int | None,
+    after: str | None,
     as_json: bool,
 ) -> None:
-    """List runs, oldest first. Reads every key under runs/: an operator command."""
+    """
+    List runs, oldest first. Reads every key under runs/: an operator command. With
+    --limit, prints one page and, on stderr, the --after that gives the next.
+    """
     progress = Progress("runs read")
 
     async def body(backend: Backend) -> list[inspect.RunSummary]:
@@ -64,6 +72,10 @@ def list_command(
 
     runs = with_backend(backend_url, body)
     progress.finish()
+    if after is not None:
+        runs = runs[next((i + 1 for i, run in enumerate(runs) if run.run_id == after), 0) :]
+    more = limit is not None and len(runs) > limit
+    runs = runs[:limit]
     if as_json:
         click.echo(json.dumps([run.to_json() for run in runs], indent=2))
     elif runs:
@@ -80,14 +92,44 @@ def list_command(
             )
         table(rows)
     click.echo(count(len(runs), "run"), err=True)
+    if more:
+        click.echo(f"more: --after {runs[-1].run_id}", err=True)
+
+
+@click.command()
+@backend_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
+def stats(backend_url: str | None, as_json: bool) -> None:
+    """Count runs by workflow and status. Reads every run's summary, as list does."""
+    progress = Progress("runs read")
+    runs = with_backend(backend_url, lambda backend: inspect.list_runs(backend, progress=progress))
+    progress.finish()
+    counts = Counter((run.workflow, run.status.value) for run in runs)
+    by_status = Counter(run.status.value for run in runs)
+    if as_json:
+        by_workflow: dict[str, dict[str, int]] = {}
+        for (name, status), n in sorted(counts.items()):
+            by_workflow.setdefault(name, {})[status] = n
+        click.echo(json.dumps({"total": len(runs), "by_status": dict(sorted(by_status.items())),
+                               "by_workflow": by_workflow}, indent=2))  # fmt: skip
+        return
+    rows = [["WORKFLOW", "STATUS", "RUNS"]]
+    rows += [[name, status, str(n)] for (name, status), n in sorted(counts.items())]
+    rows += [["(all)", status, str(n)] for status, n in sorted(by_status.items())]
+    table(rows)
+    click.echo(count(len(runs), "run"), err=True)
 
 
 @click.command()
 @backend_option
 @click.argument("run_id", metavar="RUN", callback=run_id_argument)
-def show(backend_url: str | None, run_id: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+def show(backend_url: str | None, run_id: str, as_json: bool) -> None:
     """Show a run: status, arguments, outcome, and the timeline of its log."""
     details = with_backend(backend_url, lambda backend: inspect.describe_run(backend, run_id))
+    if as_json:
+        click.echo(json.dumps(details.to_json(), indent=2, default=str))
+        return
     run = details.summary
     lines = [
         ("run", run.run_id),
@@ -105,6 +147,8 @@ def show(backend_url: str | None, run_id: str) -> None:
         lines.append(("parked", run.parked_reason))
     if run.wake_at is not None:
         lines.append(("wakes at", time_text(run.wake_at)))
+    if run.custom_status is not None:
+        lines.append(("says", json_text(run.custom_status)))
     if details.lease_owner:
         lines.append(
             ("agent", f"{details.lease_owner} (lease until {time_text(details.lease_expires)})")
@@ -151,8 +195,15 @@ def cancel(backend_url: str | None, run_id: str) -> None:
 @backend_option
 @click.argument("run_id", metavar="RUN", callback=run_id_argument)
 @click.option("--timeout", type=click.FloatRange(min=0), help="Seconds to wait at most.")
-def result(backend_url: str | None, run_id: str, timeout: float | None) -> None:
-    """Wait for a run to finish and print its result as JSON; exit 1 if it failed."""
+@click.option("--json", "as_json", is_flag=True, help='Print {"run_id": ..., "result": ...}.')
+def result(backend_url: str | None, run_id: str, timeout: float | None, as_json: bool) -> None:
+    """
+    Wait for a run to finish and print its result as JSON.
+
+    Exit status: 0 with the result; 1 if the run failed, was cancelled, reverted or
+    terminated (the error on stderr), if --timeout passed first, or if there is no
+    such run; 2 for a bad argument.
+    """
 
     async def body(backend: Backend) -> tuple[bool, Any]:
         try:
@@ -166,4 +217,4 @@ def result(backend_url: str | None, run_id: str, timeout: float | None) -> None:
     finished, value = with_backend(backend_url, body)
     if not finished:
         fail(f"run {run_id!r} has not finished after {timeout:g}s")
-    click.echo(json_text(value))
+    click.echo(json_text({"run_id": run_id, "result": value} if as_json else value))

@@ -6,6 +6,7 @@ and children, and to look up the workflows it may run.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from typing import Any, TypeVar
@@ -15,10 +16,12 @@ from substantial._core.notify import Notifier
 from substantial._engine.workflow import Workflow
 from substantial._store.runs import RunStore, check_run_id
 from substantial.codec import encode_payload
-from substantial.errors import UnknownWorkflow
+from substantial.errors import CodecError, NotAWorkflow, UnknownWorkflow
 from substantial.protocol import substantial_pb2 as pb
 
 __all__ = ["Client"]
+
+log = logging.getLogger("substantial.client")
 
 R = TypeVar("R")
 
@@ -41,11 +44,31 @@ class Client:
         #: Runs this client is writing right now: a local agent leaves them alone.
         self.starting: set[str] = set()
 
-    def register(self, *workflows: Workflow[Any]) -> None:
-        """Make workflows startable (and runnable by a local agent)."""
+    def register(self, *workflows: Workflow[Any], replace: bool = False) -> None:
+        """
+        Make workflows startable (and runnable by a local agent).
+
+        :param replace: let a workflow take the place of another of the same name (new
+            code for the same runs, as a deploy would bring)
+        :raises NotAWorkflow: for a function without ``@workflow``, or a second workflow
+            under a name already registered (without ``replace``)
+        """
         for wf in workflows:
-            if not isinstance(wf, Workflow):
-                raise TypeError(f"register() takes @workflow functions, got {wf!r}")
+            _require_workflow(wf, "register()")
+            known = self.registry.get(wf.name)
+            if known is not None and known.fn is not wf.fn and not replace:
+                raise NotAWorkflow(
+                    f"two workflows named {wf.name!r}: {_where(known)} and {_where(wf)}; "
+                    "give one another name with @workflow(name=...), or register(..., "
+                    "replace=True) to put new code in the place of the old"
+                )
+            if wf.fn.__module__ == "__main__" and wf.name.startswith("__main__."):
+                log.warning(
+                    "workflow %r is named after the script that defines it: a worker that "
+                    "imports the file (--app) knows it by another name and never runs these "
+                    "runs; give it a name with @workflow(name=...)",
+                    wf.name,
+                )
             self.registry[wf.name] = wf
 
     def lookup(self, wf: Workflow[Any] | str) -> Workflow[Any]:
@@ -64,12 +87,22 @@ class Client:
         self, wf: Workflow[R] | str, *args: Any, run_id: str | None = None, **kwargs: Any
     ) -> Handle[R]:
         """Start a run; see :meth:`substantial.Conductor.start`."""
-        workflow = self.lookup(wf)
-        workflow.check_arguments(args, kwargs)
-        payload = encode_payload([list(args), kwargs], where="args", limit=self.max_payload)
+        if isinstance(wf, str) and wf not in self.registry:
+            # Started by name from a process without its code: the agent that runs it
+            # checks the arguments (a bad one fails the run with InvalidArguments).
+            name = wf
+        else:
+            workflow = self.lookup(_require_workflow(wf, "start()"))
+            workflow.check_arguments(args, kwargs)
+            name = workflow.name
+        try:
+            payload = encode_payload([list(args), kwargs], where="args", limit=self.max_payload)
+        except CodecError:
+            _name_the_argument(self.registry.get(name), args, kwargs)
+            raise
         run_id = check_run_id(run_id) if run_id is not None else uuid.uuid4().hex
         changed = self.notifier.watch(run_id)  # before the agent can see the run
-        started = pb.Started(run_id=run_id, workflow=workflow.name, args=payload)
+        started = pb.Started(run_id=run_id, workflow=name, args=payload)
         created = await self.create_run(started)
         return Handle(
             self.store,
@@ -108,3 +141,30 @@ class Client:
     def handle(self, run_id: str) -> Handle[Any]:
         """A handle to an existing run, from any process."""
         return Handle(self.store, run_id, self.notifier, max_payload=self.max_payload)
+
+
+W = TypeVar("W", bound="Workflow[Any] | str")
+
+
+def _require_workflow(wf: W, where: str) -> W:
+    if isinstance(wf, Workflow | str):
+        return wf
+    what = getattr(wf, "__qualname__", None) or repr(wf)
+    hint = "; decorate it with @workflow" if callable(wf) else ""
+    raise NotAWorkflow(f"{where} takes a @workflow function or a workflow name, not {what}{hint}")
+
+
+def _where(wf: Workflow[Any]) -> str:
+    return f"{wf.fn.__module__}.{wf.fn.__qualname__}"
+
+
+def _name_the_argument(
+    workflow: Workflow[Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """Raise the codec's error for the first argument it cannot encode, by its name."""
+    names = list(workflow.signature.parameters)[1:] if workflow is not None else []
+    for index, value in enumerate(args):
+        name = names[index] if index < len(names) else f"#{index}"
+        encode_payload(value, where=f"argument {name!r}")
+    for name, value in kwargs.items():
+        encode_payload(value, where=f"argument {name!r}")

@@ -21,7 +21,14 @@ from substantial._core.status import STATUS_FROM_PB, RunStatus
 from substantial._store import hints
 from substantial._store.runs import RunStore, check_run_id
 from substantial.codec import decode_payload, encode_payload
-from substantial.errors import RunCancelled, RunFailed, RunNotFound, RunReverted
+from substantial.errors import (
+    RunCancelled,
+    RunFailed,
+    RunFinished,
+    RunNotFound,
+    RunReverted,
+    RunTerminated,
+)
 from substantial.protocol import substantial_pb2 as pb
 
 __all__ = ["Handle", "HistoryEvent"]
@@ -81,10 +88,11 @@ class Handle(Generic[R]):
         :raises CodecError: if ``value`` cannot be encoded, or is over the payload limit
             (checked before anything is written)
         :raises RunNotFound: if the run does not exist
+        :raises RunFinished: if the run has ended already
         """
         payload = encode_payload(value, where=f"event {name!r}", limit=self._max_payload)
         entry = pb.InboxEntry(name=name, value=payload)
-        await self._post(entry)
+        await self._post(entry, f"event {name!r}")
 
     async def cancel(self) -> None:
         """
@@ -93,11 +101,38 @@ class Handle(Generic[R]):
         ends ``CANCELLED``.
 
         :raises RunNotFound: if the run does not exist
+        :raises RunFinished: if the run has ended already
         """
-        await self._post(pb.InboxEntry(cancel=True))
+        await self._post(pb.InboxEntry(cancel=True), "the cancellation")
 
-    async def _post(self, entry: pb.InboxEntry) -> None:
-        await self._require_meta()
+    async def terminate(self, reason: str = "") -> None:
+        """
+        End the run at once as ``terminated``, without running any more of its code:
+        no ``finally`` block, no compensation. The way out for a run nobody can replay
+        (its workflow is gone, or its code no longer fits its log). The next agent that
+        polls carries it out, whether or not it knows the workflow; a step running then
+        finishes first. Children that are not detached are cancelled, and a parent
+        hears of it as a :class:`~substantial.RunTerminated` error.
+
+        :param reason: kept in the log, shown by ``substantial show``
+        :raises RunNotFound: if the run does not exist
+        :raises RunFinished: if the run has ended already
+        """
+        request = pb.TerminateRequest(reason=reason)
+        await self._post(pb.InboxEntry(terminate=request), "the termination")
+
+    async def _post(self, entry: pb.InboxEntry, what: str) -> None:
+        meta = await self._require_meta()
+        status = STATUS_FROM_PB.get(meta.status)
+        if status is not None and status.finished:
+            # The summary is a hint: only an end the log has refuses the event. A run
+            # that ends between this check and the write below drops it, as it would
+            # had it arrived a moment later.
+            end = await hints.log_end(self._store, self.run_id, meta)
+            if end is not None:
+                kind = end.WhichOneof("kind") or ""
+                continued = end.continued_as.run_id if kind == "continued_as" else ""
+                raise RunFinished(self.run_id, kind, what, continued)
         entry.id = _event_id()
         entry.sent_at_ms = self._store.clock.now_ms()
         await self._store.post(self.run_id, entry)
@@ -118,6 +153,7 @@ class Handle(Generic[R]):
         :raises RunFailed: if the run's log ends in a failure (type name, message, traceback)
         :raises RunCancelled: if the run was cancelled
         :raises RunReverted: if the run undid its steps with ``revert()``
+        :raises RunTerminated: if the run was ended with ``terminate()``
         :raises TimeoutError: if ``timeout`` passed first
         :raises RunNotFound: if the run does not exist
 
@@ -126,47 +162,54 @@ class Handle(Generic[R]):
         look (one extra read), and a summary that claims an end the log does not have is
         ignored, and rewritten by an agent.
         """
+        with anyio.move_on_after(math.inf if timeout is None else timeout):
+            return await self._wait_for_result()
+        raise TimeoutError(f"run {self.run_id!r} has not finished after {timeout:g}s")
+
+    async def _wait_for_result(self) -> R:
         delay = RESULT_POLL_MIN_SECONDS
         run_id = self.run_id
         created, self._created = self._created, None
-        with anyio.fail_after(math.inf if timeout is None else timeout):
-            if created is not None and not created.is_set():
-                with anyio.move_on_after(delay):
-                    await created.wait()
-            repaired: set[str] = set()
-            while True:
-                changed = self._notifier.watch(run_id)
-                meta = await self._require_meta(run_id)
-                status = STATUS_FROM_PB.get(meta.status)
-                # The summary is a hint: an end it reports is taken from the log.
-                finished = status is not None and status.finished
-                end = await hints.log_end(self._store, run_id, meta) if finished else None
-                kind = end.WhichOneof("kind") if end is not None else None
-                if kind == "completed":
-                    assert end is not None
-                    result: R = decode_payload(end.completed.result)  # type: ignore[assignment]
-                    return result
-                if kind == "failed":
-                    assert end is not None
-                    failure = end.failed.failure
-                    raise RunFailed(run_id, failure.type, failure.message, failure.traceback)
-                if kind == "cancelled":
-                    raise RunCancelled(run_id)
-                if kind == "reverted":
-                    raise RunReverted(run_id)
-                if kind == "continued_as":
-                    assert end is not None
-                    run_id = end.continued_as.run_id
-                    delay = RESULT_POLL_MIN_SECONDS
-                    continue
-                if finished and run_id not in repaired:
-                    # It says the run ended and the log does not: an agent rewrites it.
-                    repaired.add(run_id)
-                    await self._store.schedule(run_id, self._store.clock.now_ms(), "fix")
-                    self._notifier.kick()
-                with anyio.move_on_after(delay):
-                    await changed.wait()
-                delay = min(delay * 2, RESULT_POLL_MAX_SECONDS)
+        if created is not None and not created.is_set():
+            with anyio.move_on_after(delay):
+                await created.wait()
+        repaired: set[str] = set()
+        while True:
+            changed = self._notifier.watch(run_id)
+            meta = await self._require_meta(run_id)
+            status = STATUS_FROM_PB.get(meta.status)
+            # The summary is a hint: an end it reports is taken from the log.
+            finished = status is not None and status.finished
+            end = await hints.log_end(self._store, run_id, meta) if finished else None
+            kind = end.WhichOneof("kind") if end is not None else None
+            if kind == "completed":
+                assert end is not None
+                result: R = decode_payload(end.completed.result)  # type: ignore[assignment]
+                return result
+            if kind == "failed":
+                assert end is not None
+                failure = end.failed.failure
+                raise RunFailed(run_id, failure.type, failure.message, failure.traceback)
+            if kind == "cancelled":
+                raise RunCancelled(run_id)
+            if kind == "reverted":
+                raise RunReverted(run_id)
+            if kind == "terminated":
+                assert end is not None
+                raise RunTerminated(run_id, end.terminated.reason)
+            if kind == "continued_as":
+                assert end is not None
+                run_id = end.continued_as.run_id
+                delay = RESULT_POLL_MIN_SECONDS
+                continue
+            if finished and run_id not in repaired:
+                # It says the run ended and the log does not: an agent rewrites it.
+                repaired.add(run_id)
+                await self._store.schedule(run_id, self._store.clock.now_ms(), "fix")
+                self._notifier.kick()
+            with anyio.move_on_after(delay):
+                await changed.wait()
+            delay = min(delay * 2, RESULT_POLL_MAX_SECONDS)
 
     async def history(self) -> list[HistoryEvent]:
         """

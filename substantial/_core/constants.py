@@ -56,3 +56,7 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 #: Fits every backend (Redis strings hold 512 MiB; S3 objects far more) with room for the
 #: other events of a segment; an agent needs a few times this much memory per payload.
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+
+#: A wake-up whose steps have run this long writes ``running`` into the run's summary
+#: (quicker wake-ups leave it as it was: no extra write for a fast step).
+RUNNING_AFTER_SECONDS = 1.0

@@ -42,6 +42,8 @@ class RunStatus(str, enum.Enum):
     REVERTED = "reverted"
     #: it continued as a new run (``continue_using``); handles follow the chain
     CONTINUED = "continued"
+    #: ended from outside by ``Handle.terminate()``, without running its code
+    TERMINATED = "terminated"
     #: operator views only (never stored): neither its summary nor its log's first
     #: segment can be read, so nothing is known of it; ``gc`` leaves it alone
     CORRUPT = "corrupt"
@@ -57,6 +59,7 @@ _FINISHED = {
     RunStatus.CANCELLED,
     RunStatus.REVERTED,
     RunStatus.CONTINUED,
+    RunStatus.TERMINATED,
 }
 
 STATUS_TO_PB = {
@@ -70,6 +73,7 @@ STATUS_TO_PB = {
     RunStatus.PARKED: pb.RUN_STATUS_PARKED,
     RunStatus.REVERTED: pb.RUN_STATUS_REVERTED,
     RunStatus.CONTINUED: pb.RUN_STATUS_CONTINUED,
+    RunStatus.TERMINATED: pb.RUN_STATUS_TERMINATED,
 }
 STATUS_FROM_PB = {value: key for key, value in STATUS_TO_PB.items()}
 
@@ -80,6 +84,7 @@ END_STATUS = {
     "cancelled": RunStatus.CANCELLED,
     "reverted": RunStatus.REVERTED,
     "continued_as": RunStatus.CONTINUED,
+    "terminated": RunStatus.TERMINATED,
 }
 TERMINAL_KINDS = frozenset(END_STATUS)
 #: The wire values of the statuses a run ends in.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 from substantial._core.runids import derived_run_id
 from substantial._core.status import TERMINAL_KINDS
@@ -27,7 +27,13 @@ from substantial._engine.compaction import Entry
 from substantial._engine.outcome import terminal_event
 from substantial._engine.state import ExecutionState
 from substantial.codec import decode_payload
-from substantial.errors import ChildRunIdTaken, NonDeterminismError, RunCancelled, RunFailed
+from substantial.errors import (
+    ChildRunIdTaken,
+    InvalidArguments,
+    NonDeterminismError,
+    RunCancelled,
+    RunFailed,
+)
 from substantial.protocol import substantial_pb2 as pb
 
 __all__ = ["EventApplier"]
@@ -49,6 +55,7 @@ _LOGGED = {
     "cancelled": "the run's cancellation",
     "reverted": "the run's reversal",
     "continued_as": "the run's continuation",
+    "terminated": "the run's termination",
 }
 
 
@@ -130,6 +137,12 @@ class EventApplier(ExecutionState):
         arguments: Any = decode_payload(started.args)
         args, kwargs = arguments
         self.rng.seed(started.seed)
+        try:
+            # A run started by name, from a process without the code, is checked here.
+            self.workflow.check_arguments(tuple(args), kwargs)
+        except InvalidArguments as exc:
+            self._main = self._loop.create_task(_raise(exc))  # the run fails with it
+            return
         coroutine = self.workflow.fn(self.context, *args, **kwargs)
         self._main = self._loop.create_task(coroutine)
 
@@ -316,3 +329,7 @@ class EventApplier(ExecutionState):
             started=self.started,
             max_payload=self.max_payload,
         )
+
+
+async def _raise(error: Exception) -> NoReturn:
+    raise error

@@ -7,11 +7,12 @@ returned as recorded, and anything new is recorded before the workflow moves pas
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, cast, overload
 
 from substantial import _allow
 from substantial._core.retry import RetryPolicy
@@ -197,14 +198,19 @@ class Context:
         return await self._engine.receive(name, seconds, key)
 
     def handle(
-        self, name: str, callback: Callable[[Any], object], *, key: str | None = None
+        self,
+        name: str,
+        callback: Callable[[Any], object] | Callable[[], object],
+        *,
+        key: str | None = None,
     ) -> None:
         """
         Call ``callback(value)`` for every event called ``name``: those that arrived
         before this call too, in arrival order, and each new one before the workflow
-        continues past any primitive.
+        continues past any primitive. A callback that takes no argument is called as
+        ``callback()``: for events whose value does not matter, like ``"cancel"``.
         """
-        self._engine.add_handler(name, callback, key)
+        self._engine.add_handler(name, _taking_value(callback), key)
 
     async def ensure(self, predicate: Callable[[], bool]) -> bool:
         """
@@ -330,3 +336,23 @@ class Context:
             comes after the first keyed record
         """
         self._engine.compact()
+
+
+def _taking_value(
+    callback: Callable[[Any], object] | Callable[[], object],
+) -> Callable[[Any], object]:
+    """``callback`` as a function of the event's value, which it may ignore."""
+    try:
+        signature = inspect.signature(callback)
+    except (TypeError, ValueError):  # some builtins have none: they get the value
+        return callback  # type: ignore[return-value]
+    try:
+        signature.bind(None)
+    except TypeError:
+        try:
+            signature.bind()
+        except TypeError:
+            return callback  # type: ignore[return-value]  # calling it will say why
+        takes_nothing = cast(Callable[[], object], callback)
+        return lambda _value: takes_nothing()
+    return callback  # type: ignore[return-value]

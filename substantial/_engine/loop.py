@@ -40,6 +40,12 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
 
     call_at = call_later  # type: ignore[assignment]
 
+    def run_in_executor(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:  # type: ignore[override]
+        raise RuntimeError(
+            "workflow code cannot run threads (asyncio.to_thread, run_in_executor): put "
+            "blocking calls in a step, `await c.save(fn)`, which runs them off the loop"
+        )
+
     def time(self) -> float:
         return self._clock_ms() / 1000
 
@@ -75,3 +81,20 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
                     handle._run()
         finally:
             asyncio.events._set_running_loop(outer)
+
+
+def _refuse(name: str) -> Callable[..., Any]:
+    def refused(self: DeterministicLoop, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(
+            f"workflow code cannot use the event loop's {name}() (I/O, threads, "
+            "subprocesses, signals): put it in a step, `await c.save(fn)`"
+        )
+
+    refused.__name__ = name
+    return refused
+
+
+# Everything else asyncio's loop offers would raise a bare NotImplementedError here.
+for _name, _value in vars(asyncio.AbstractEventLoop).items():
+    if callable(_value) and not _name.startswith("__") and _name not in vars(DeterministicLoop):
+        setattr(DeterministicLoop, _name, _refuse(_name))

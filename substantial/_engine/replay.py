@@ -72,6 +72,8 @@ class Execution(Primitives):
         for entry in entries:
             if entry.id in self.event_ids or self.outcome is not None:
                 continue
+            if entry.HasField("terminate"):
+                continue  # the agent carries it out, outside the workflow
             if entry.cancel:
                 event = pb.Event(cancel_requested=pb.CancelRequested(id=entry.id))
             elif entry.HasField("child_ended"):

@@ -122,6 +122,7 @@ class _Sweep:
             await _delete_all(backend, [key for key in run_keys if key != meta])
             await _delete_all(backend, [key for key in run_keys if key == meta])
             await backend.delete(lease_key(run_id), lease.version)
+            await backend.prune(f"runs/{run_id}/")
         self.keys += len(run_keys) + len(schedule_keys)
         self.deleted.append(run_id)
 

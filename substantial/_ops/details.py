@@ -39,6 +39,23 @@ class RunDetails:
     lease_expires: datetime | None = None
     quarantined: list[QuarantinedEntry] = field(default_factory=list)
 
+    def to_json(self) -> dict[str, Any]:
+        """Everything above as a JSON-compatible dict (times as ISO 8601 strings)."""
+        expires = (
+            self.lease_expires.isoformat() if self.lease_owner and self.lease_expires else None
+        )
+        return {
+            **self.summary.to_json(),
+            "agent": self.lease_owner or None,
+            "lease_expires": expires,
+            "inbox": self.inbox,
+            "set_aside": [{"key": e.key, "reason": e.reason} for e in self.quarantined],
+            "history": [
+                {"segment": e.segment, "at": e.at.isoformat(), "kind": e.kind, **e.details}
+                for e in self.history
+            ],
+        }
+
 
 async def describe_run(backend: Backend, run_id: str) -> RunDetails:
     """

@@ -49,6 +49,7 @@ class RunSummary:
     :ivar result: the result of a completed run, as plain data
     :ivar error: ``Type: message`` of a failed run, or of what makes a run corrupt
     :ivar parked_reason: why a parked run no longer replays
+    :ivar custom_status: the last value the workflow gave ``Context.set_status()``
     """
 
     run_id: str
@@ -61,6 +62,7 @@ class RunSummary:
     result: Any = None
     error: str = ""
     parked_reason: str = ""
+    custom_status: Any = None
 
     def to_json(self) -> dict[str, Any]:
         """The summary as a JSON-compatible dict (times as ISO 8601 strings)."""
@@ -79,6 +81,7 @@ class RunSummary:
             "result": self.result,
             "error": self.error or None,
             "parked_reason": self.parked_reason or None,
+            "custom_status": self.custom_status,
         }
 
 
@@ -98,6 +101,7 @@ def _summary(meta: pb.RunMeta) -> RunSummary:
         result=safe_plain(meta.result) if meta.HasField("result") else None,
         error=error,
         parked_reason=meta.parked_reason,
+        custom_status=safe_plain(meta.custom_status) if meta.HasField("custom_status") else None,
     )
 
 

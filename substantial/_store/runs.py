@@ -137,9 +137,10 @@ class RunStore:
         meta: pb.RunMeta,
         *,
         current: tuple[pb.RunMeta | None, str | None] | None = None,
-    ) -> None:
+    ) -> str | None:
         """
         Write a run's summary unless a summary of a later segment is already there.
+        Returns the version written (None: not written, a later one is there).
 
         :param current: the summary the caller read and its version (``(None, None)``: it
             read none, e.g. a run it just created). The first attempt is then one
@@ -151,17 +152,17 @@ class RunStore:
         if current is not None:
             stored, version = current
             if stored is not None and stored.log_seq > meta.log_seq:
-                return
+                return None
             if version is None:
-                if await self.backend.create(key, data) is not None:
-                    return
-            elif await self.backend.replace(key, data, version) is not None:
-                return
+                if (written := await self.backend.create(key, data)) is not None:
+                    return written
+            elif (written := await self.backend.replace(key, data, version)) is not None:
+                return written
         for _ in range(10):
             entry = await self.backend.get(key)
             if entry is None:
-                if await self.backend.create(key, data) is not None:
-                    return
+                if (written := await self.backend.create(key, data)) is not None:
+                    return written
                 continue
             try:
                 stored = parse_record(pb.RunMeta, entry[0], meta.run_id, key)
@@ -169,9 +170,10 @@ class RunStore:
                 pass
             else:
                 if stored.log_seq > meta.log_seq:
-                    return
-            if await self.backend.replace(key, data, entry[1]) is not None:
-                return
+                    return None
+            if (written := await self.backend.replace(key, data, entry[1])) is not None:
+                return written
+        return None  # ten writers in a row got there first: a hint, the next one wins
 
     # ---- schedule ----
 

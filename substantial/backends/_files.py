@@ -21,6 +21,7 @@ __all__ = [
     "fsync_dir",
     "key_problem",
     "read_file",
+    "root_problem",
     "unlink_quietly",
 ]
 
@@ -106,3 +107,12 @@ def read_file(path: str) -> bytes | None:
             return file.read()
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
+
+
+def root_problem(root: str) -> str:
+    """What is wrong with a files backend's root folder itself, if anything."""
+    if os.path.isdir(root):
+        return ""
+    if os.path.lexists(root):
+        return f"{root} is not a folder"
+    return f"the folder {root} does not exist and cannot be made"

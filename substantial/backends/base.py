@@ -127,6 +127,12 @@ class Backend(abc.ABC):
                 return keys
             after = batch[-1]
 
+    async def prune(self, prefix: str) -> None:  # noqa: B027 - a no-op where keys are flat
+        """
+        Tidy up after every key under ``prefix`` was deleted: a store with folders
+        removes the ones left empty. Never deletes a key. Called by ``gc``.
+        """
+
     async def aclose(self) -> None:  # noqa: B027 - deliberately a no-op by default
         """Release connections and other resources. Safe to call twice."""
 

@@ -29,6 +29,7 @@ from substantial.backends._files import (
     fsync_dir,
     key_problem,
     read_file,
+    root_problem,
     unlink_quietly,
 )
 from substantial.backends.base import Backend, Entry
@@ -144,6 +145,11 @@ class FSBackend(Backend):
         self.requests["list"] += 1
         return await self._run("list", lambda: self._list(prefix, after, limit))
 
+    async def prune(self, prefix: str) -> None:
+        """Remove the folders under ``prefix`` (and its own) that hold no file."""
+        folder = self._path(prefix.rstrip("/"))
+        await self._run("prune", lambda: _remove_empty_folders(folder))
+
     # -- helpers run on the event loop -------------------------------------------------
 
     def _path(self, key: str) -> str:
@@ -161,6 +167,8 @@ class FSBackend(Backend):
                 raise BackendUnavailable(self.name, operation, str(exc)) from exc
             if exc.errno in REFUSED:
                 raise BackendRefused(self.name, operation, str(exc)) from exc
+            if problem := root_problem(self.root):  # the folder itself: not a run's fault
+                raise BackendRefused(self.name, operation, problem) from exc
             raise
 
     # -- helpers run in a worker thread ------------------------------------------------
@@ -336,3 +344,12 @@ class FSBackend(Backend):
             f"key {key!r} cannot be stored by the files backend: a key and keys below it "
             "(like 'a/b' and 'a/b/c') cannot both exist"
         )
+
+
+def _remove_empty_folders(top: str) -> None:
+    """Remove ``top`` and the folders below it that hold no file, deepest first."""
+    for folder, _, _ in sorted(os.walk(top), key=lambda found: -len(found[0])):
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty (a file, or a writer got there first), or gone
+            continue

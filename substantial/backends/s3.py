@@ -20,7 +20,7 @@ import aioboto3
 import aiohttp
 import anyio
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from substantial.backends.base import Backend, Entry
@@ -33,6 +33,11 @@ _DEFAULT_CONFIG = Config(
     retries={"max_attempts": 2, "mode": "standard"},
     connect_timeout=5,
     read_timeout=20,
+)
+
+_NO_CREDENTIALS = (
+    "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+    "or AWS_PROFILE, as for any AWS client"
 )
 
 # A conditional write lost its race (412), or raced another conditional write (409).
@@ -170,6 +175,8 @@ class S3Backend(Backend):
             raise BackendError(f"S3 {self._where} is not usable: {exc}") from exc
         except (BotoConnectionError, HTTPClientError, aiohttp.ClientError) as exc:
             raise BackendUnavailable(self.name, "check", f"{self._where}: {exc}") from exc
+        except NoCredentialsError as exc:
+            raise BackendRefused(self.name, "check", _NO_CREDENTIALS) from exc
 
     @asynccontextmanager
     async def _request(self, op: str) -> AsyncIterator[None]:
@@ -185,6 +192,8 @@ class S3Backend(Backend):
             raise
         except (BotoConnectionError, HTTPClientError, aiohttp.ClientError) as exc:
             raise BackendUnavailable(self.name, op, f"{self._where}: {exc}") from exc
+        except NoCredentialsError as exc:
+            raise BackendRefused(self.name, op, _NO_CREDENTIALS) from exc
         except BotoCoreError as exc:
             raise BackendError(f"S3 {op} on {self._where} failed: {exc}") from exc
 

@@ -38,6 +38,7 @@ class _RunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStatus.V
     RUN_STATUS_PARKED: _RunStatus.ValueType  # 8
     RUN_STATUS_REVERTED: _RunStatus.ValueType  # 9
     RUN_STATUS_CONTINUED: _RunStatus.ValueType  # 10
+    RUN_STATUS_TERMINATED: _RunStatus.ValueType  # 11
 
 class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper): ...
 
@@ -52,6 +53,7 @@ RUN_STATUS_CANCELLED: RunStatus.ValueType  # 7
 RUN_STATUS_PARKED: RunStatus.ValueType  # 8
 RUN_STATUS_REVERTED: RunStatus.ValueType  # 9
 RUN_STATUS_CONTINUED: RunStatus.ValueType  # 10
+RUN_STATUS_TERMINATED: RunStatus.ValueType  # 11
 Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
 
 @_typing.final
@@ -400,6 +402,48 @@ class Cancelled(_message.Message):
 Global___Cancelled: _TypeAlias = Cancelled  # noqa: Y015
 
 @_typing.final
+class Terminated(_message.Message):
+    """The run was ended from outside (Handle.terminate) without running its code; terminal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Terminated: _TypeAlias = Terminated  # noqa: Y015
+
+@_typing.final
+class TerminateRequest(_message.Message):
+    """In an inbox: end the run at once, as terminated, whatever its workflow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TerminateRequest: _TypeAlias = TerminateRequest  # noqa: Y015
+
+@_typing.final
 class Reverted(_message.Message):
     """The run's compensations ran after revert(); terminal."""
 
@@ -566,6 +610,7 @@ class Event(_message.Message):
     CONTINUED_AS_FIELD_NUMBER: _builtins.int
     CHILD_STARTED_FIELD_NUMBER: _builtins.int
     CHILD_ENDED_FIELD_NUMBER: _builtins.int
+    TERMINATED_FIELD_NUMBER: _builtins.int
     at_ms: _builtins.int
     """wall-clock time at which the event was recorded"""
     @_builtins.property
@@ -598,6 +643,8 @@ class Event(_message.Message):
     def child_started(self) -> Global___ChildStarted: ...
     @_builtins.property
     def child_ended(self) -> Global___ChildEnded: ...
+    @_builtins.property
+    def terminated(self) -> Global___Terminated: ...
     def __init__(
         self,
         *,
@@ -617,12 +664,13 @@ class Event(_message.Message):
         continued_as: Global___ContinuedAs | None = ...,
         child_started: Global___ChildStarted | None = ...,
         child_ended: Global___ChildEnded | None = ...,
+        terminated: Global___Terminated | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "cancelled", b"cancelled", "child_ended", b"child_ended", "child_started", b"child_started", "completed", b"completed", "continued_as", b"continued_as", "event_received", b"event_received", "failed", b"failed", "kind", b"kind", "reverted", b"reverted", "started", b"started", "step_attempt_failed", b"step_attempt_failed", "step_completed", b"step_completed", "timer_fired", b"timer_fired", "timer_started", b"timer_started", "version_marked", b"version_marked"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "cancelled", b"cancelled", "child_ended", b"child_ended", "child_started", b"child_started", "completed", b"completed", "continued_as", b"continued_as", "event_received", b"event_received", "failed", b"failed", "kind", b"kind", "reverted", b"reverted", "started", b"started", "step_attempt_failed", b"step_attempt_failed", "step_completed", b"step_completed", "terminated", b"terminated", "timer_fired", b"timer_fired", "timer_started", b"timer_started", "version_marked", b"version_marked"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "cancel_requested", b"cancel_requested", "cancelled", b"cancelled", "child_ended", b"child_ended", "child_started", b"child_started", "completed", b"completed", "continued_as", b"continued_as", "event_received", b"event_received", "failed", b"failed", "kind", b"kind", "reverted", b"reverted", "started", b"started", "step_attempt_failed", b"step_attempt_failed", "step_completed", b"step_completed", "timer_fired", b"timer_fired", "timer_started", b"timer_started", "version_marked", b"version_marked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "cancel_requested", b"cancel_requested", "cancelled", b"cancelled", "child_ended", b"child_ended", "child_started", b"child_started", "completed", b"completed", "continued_as", b"continued_as", "event_received", b"event_received", "failed", b"failed", "kind", b"kind", "reverted", b"reverted", "started", b"started", "step_attempt_failed", b"step_attempt_failed", "step_completed", b"step_completed", "terminated", b"terminated", "timer_fired", b"timer_fired", "timer_started", b"timer_started", "version_marked", b"version_marked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "step_completed", "step_attempt_failed", "timer_started", "timer_fired", "event_received", "cancel_requested", "completed", "failed", "cancelled", "reverted", "version_marked", "continued_as", "child_started", "child_ended"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "step_completed", "step_attempt_failed", "timer_started", "timer_fired", "event_received", "cancel_requested", "completed", "failed", "cancelled", "reverted", "version_marked", "continued_as", "child_started", "child_ended", "terminated"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -685,6 +733,7 @@ class InboxEntry(_message.Message):
     SENT_AT_MS_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     CHILD_ENDED_FIELD_NUMBER: _builtins.int
+    TERMINATE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     sent_at_ms: _builtins.int
@@ -696,6 +745,10 @@ class InboxEntry(_message.Message):
     def child_ended(self) -> Global___ChildEnded:
         """a child run's outcome rather than a named event"""
 
+    @_builtins.property
+    def terminate(self) -> Global___TerminateRequest:
+        """Handle.terminate(): end the run without its code"""
+
     def __init__(
         self,
         *,
@@ -705,10 +758,11 @@ class InboxEntry(_message.Message):
         sent_at_ms: _builtins.int = ...,
         cancel: _builtins.bool = ...,
         child_ended: Global___ChildEnded | None = ...,
+        terminate: Global___TerminateRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["child_ended", b"child_ended", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["child_ended", b"child_ended", "terminate", b"terminate", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "child_ended", b"child_ended", "id", b"id", "name", b"name", "sent_at_ms", b"sent_at_ms", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "child_ended", b"child_ended", "id", b"id", "name", b"name", "sent_at_ms", b"sent_at_ms", "terminate", b"terminate", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
