@@ -20,9 +20,7 @@ from substantial import (
     workflow,
 )
 from substantial.backends import MemoryBackend
-from tests.harness import make_conductor, wait_for_status
-
-WAIT = 30.0
+from tests.harness import WAIT, make_conductor, wait_for_status
 
 
 @workflow(name="children.double")

@@ -10,8 +10,7 @@ import itertools
 import pytest
 
 from substantial import Conductor, Context, RunFailed, RunStatus, workflow
-
-WAIT = 30.0
+from tests.harness import WAIT
 
 
 @workflow(name="continuation.count")

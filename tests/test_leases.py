@@ -24,7 +24,7 @@ from substantial.backends import Backend, from_url
 from tests import chaos_app
 from tests.agents import Agent, backend_url, check_log, effect_lines, lease_of
 from tests.conftest import BACKENDS
-from tests.harness import wait_until
+from tests.harness import WAIT, wait_until
 
 LEASE = 0.5
 executions: Counter[str] = Counter()
@@ -70,7 +70,7 @@ async def test_a_step_three_leases_long_runs_once_while_another_agent_waits(
     async with first, second:
         handle = await first.start(wf, run_id=f"long-{wf.name}-{backend.name}")  # type: ignore[attr-defined]
         await handle.result(timeout=60)
-        await wait_until(lambda: _lease_gone(backend, handle.run_id), 30, "the lease release")
+        await wait_until(lambda: _lease_gone(backend, handle.run_id), WAIT, "the lease release")
     assert executions[handle.run_id] == 1
     checked = await check_log(backend, handle.run_id)
     assert checked.steps == Counter({0: 1})

@@ -28,7 +28,7 @@ from substantial import (
     workflow,
 )
 from substantial.backends import Backend
-from tests.harness import wait_for_status, wait_until
+from tests.harness import WAIT, wait_for_status, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -53,7 +53,7 @@ async def chained(c: Context, left: int) -> int:
 @pytest.mark.conductor(echo, wait, chained)
 async def test_send_and_cancel_to_a_finished_run_are_refused(conductor: Conductor) -> None:
     handle = await conductor.start(echo, 7, run_id="done")
-    assert await handle.result(timeout=30) == 7
+    assert await handle.result(timeout=WAIT) == 7
     with pytest.raises(RunFinished, match=r"run 'done' has finished \(completed\)") as sent:
         await handle.send("late", 1)
     assert sent.value.status == "completed"
@@ -62,14 +62,14 @@ async def test_send_and_cancel_to_a_finished_run_are_refused(conductor: Conducto
         await handle.cancel()
     # A run that continued as another says where it went.
     first = await conductor.start(chained, 1, run_id="chain")
-    assert await first.result(timeout=30) == 0
+    assert await first.result(timeout=WAIT) == 0
     with pytest.raises(RunFinished, match="continued as run") as moved:
         await first.send("late")
     assert moved.value.continued_as
     # A live run still takes events.
     live = await conductor.start(wait, run_id="live")
     await live.send("go", "yes")
-    assert await live.result(timeout=30) == "yes"
+    assert await live.result(timeout=WAIT) == "yes"
 
 
 @pytest.mark.conductor(wait)
@@ -90,9 +90,9 @@ async def test_a_run_started_by_name_without_its_code_runs_on_an_agent(
     handle = await starter.start("operator.echo", 5, run_id="by-name")
     bad = await starter.start("operator.echo", "too", "many", run_id="bad-args")
     async with make_conductor(backend, echo):
-        assert await handle.result(timeout=30) == 5
+        assert await handle.result(timeout=WAIT) == 5
         with pytest.raises(RunFailed) as failed:
-            await bad.result(timeout=30)
+            await bad.result(timeout=WAIT)
     assert failed.value.type_name.endswith("InvalidArguments")
     assert "bad arguments for workflow 'operator.echo'" in failed.value.error_message
 
@@ -152,7 +152,7 @@ async def test_terminate_ends_a_run_nobody_can_run(conductor: Conductor) -> None
     await wait_for_status(orphan, RunStatus.PARKED)
     await orphan.terminate("its code was deleted")
     with pytest.raises(RunTerminated, match="terminated: its code was deleted") as ended:
-        await orphan.result(timeout=30)
+        await orphan.result(timeout=WAIT)
     assert ended.value.reason == "its code was deleted"
     assert await orphan.status() is RunStatus.TERMINATED
     assert (await orphan.history())[-1].kind == "terminated"
@@ -165,7 +165,7 @@ async def test_terminate_ends_a_run_nobody_can_run(conductor: Conductor) -> None
         later = datetime.now(UTC) + timedelta(1)
         return "orphan" in (await ops.gc(conductor.backend, timedelta(0), now=later)).runs
 
-    await wait_until(collected, 30, "gc to delete the terminated run")
+    await wait_until(collected, WAIT, "gc to delete the terminated run")
 
 
 @pytest.mark.conductor(echo, wait, parent_of, holds_a_child)
@@ -176,7 +176,7 @@ async def test_a_terminated_child_fails_its_parents_wait_and_children_are_cancel
     child = conductor.handle("p-child")
     await wait_for_status(child, RunStatus.WAITING)
     await child.terminate()
-    assert (await parent.result(timeout=30)).endswith("RunTerminated")
+    assert (await parent.result(timeout=WAIT)).endswith("RunTerminated")
 
     holder = await conductor.start(holds_a_child, run_id="h")
     kid = conductor.handle("h-kid")
@@ -184,9 +184,9 @@ async def test_a_terminated_child_fails_its_parents_wait_and_children_are_cancel
     await wait_for_status(holder, RunStatus.WAITING)
     await holder.terminate("enough")
     with pytest.raises(RunTerminated):
-        await holder.result(timeout=30)
+        await holder.result(timeout=WAIT)
     with pytest.raises(RunCancelled):
-        await kid.result(timeout=30)
+        await kid.result(timeout=WAIT)
 
 
 async def test_start_and_terminate_from_the_terminal(tmp_path: Path) -> None:
@@ -243,7 +243,7 @@ async def test_a_run_in_a_long_step_shows_running(conductor: Conductor) -> None:
         assert listed.wake_at is None  # not "sleeping, wakes at <a time gone by>"
     finally:
         RELEASES[run_id].set()
-    assert await handle.result(timeout=30) is True
+    assert await handle.result(timeout=WAIT) is True
 
 
 async def test_json_pages_and_counts_from_the_terminal(tmp_path: Path) -> None:

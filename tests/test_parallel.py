@@ -18,10 +18,9 @@ from substantial import Conductor, Context, workflow
 from substantial.backends import from_url
 from tests import features_app
 from tests.agents import backend_url, check_log
-from tests.harness import wait_until
+from tests.harness import WAIT, wait_until
 from tests.test_sagas import PROCESS_BACKENDS, features_agent, lines
 
-WAIT = 30.0
 started: dict[str, anyio.Event] = {}
 executions: Counter[str] = Counter()
 

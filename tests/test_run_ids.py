@@ -40,9 +40,7 @@ from substantial.testing import Replayer
 from tests import harness, runids_app
 from tests.agents import Agent, backend_url
 from tests.conftest import BACKENDS
-from tests.harness import wait_until
-
-WAIT = 30.0
+from tests.harness import WAIT, wait_until
 
 LONGEST = "L" + "o" * (MAX_RUN_ID_LENGTH - 1)
 EVERY_CHARACTER = string.ascii_letters + string.digits + "._:@+=,-"

@@ -30,9 +30,8 @@ from substantial.backends import Backend, from_url
 from tests import features_app, harness
 from tests.agents import Agent, backend_url, check_log
 from tests.conftest import BACKENDS
-from tests.harness import wait_until
+from tests.harness import WAIT, wait_until
 
-WAIT = 30.0
 PROCESS_BACKENDS = [p for p in BACKENDS if p.values[0] in ("files", "redis")]
 
 

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from substantial import Context, workflow
 from substantial.backends import FSBackend
-from tests.harness import make_conductor
+from tests.harness import WAIT, make_conductor
 
 
 def roulette():  # type: ignore[no-untyped-def]
@@ -59,4 +59,4 @@ async def test_the_original_readme_example_runs_to_100(tmp_path) -> None:  # typ
         w = await substantial.start(example)
         await w.send("by", 2)
         await w.send("cancel")
-        assert await w.result(timeout=30) == 100
+        assert await w.result(timeout=WAIT) == 100

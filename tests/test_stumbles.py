@@ -16,7 +16,7 @@ import pytest
 
 from substantial import CodecError, Conductor, Context, RunFailed, ops, workflow
 from substantial.backends import FSBackend, MemoryBackend
-from tests.harness import make_conductor
+from tests.harness import WAIT, make_conductor
 from tests.test_cli_commands import cli
 
 pytestmark = pytest.mark.anyio
@@ -67,7 +67,7 @@ async def test_threads_in_workflow_code_fail_the_run_saying_what_to_do() -> None
     async with make_conductor(MemoryBackend(), threads, virtual_clock=True) as conductor:
         handle = await conductor.start(threads)
         with pytest.raises(RunFailed) as failed:
-            await handle.result(timeout=30)
+            await handle.result(timeout=WAIT)
     assert failed.value.type_name == "RuntimeError"
     assert "cannot run threads (asyncio.to_thread" in failed.value.error_message
     assert "c.save(fn)" in failed.value.error_message
@@ -77,7 +77,7 @@ async def test_gc_on_files_leaves_no_empty_folders(tmp_path: Path) -> None:
     backend = FSBackend(tmp_path / "store")
     async with make_conductor(backend, done, virtual_clock=True) as conductor:
         handle = await conductor.start(done, run_id="tidy")
-        assert await handle.result(timeout=30) == 1
+        assert await handle.result(timeout=WAIT) == 1
     assert (tmp_path / "store" / "runs" / "tidy").is_dir()
     later = datetime.now(UTC) + timedelta(days=1)
     collected = await ops.gc(backend, timedelta(0), now=later)

@@ -26,9 +26,8 @@ from substantial import (
 )
 from substantial.backends import Backend
 from tests.agents import check_log
-from tests.harness import make_conductor, wait_for_status, wait_until
+from tests.harness import WAIT, make_conductor, wait_for_status, wait_until
 
-WAIT = 30.0
 calls: Counter[str] = Counter()
 
 

@@ -10,9 +10,8 @@ from typing import Any
 from substantial import Conductor, Context, RunStatus, workflow
 from substantial.backends import Backend
 from substantial.testing import Replayer
-from tests.harness import wait_for_status
+from tests.harness import WAIT, wait_for_status
 
-WAIT = 30.0
 NAME = "versioning.order"
 answers: dict[str, list[bool]] = {}
 
