@@ -6,6 +6,10 @@ so one step blocked in a sync call kept a stopped agent's process alive until th
 returned (45-60 s measured, after SIGTERM and the grace period). These threads are
 daemons: once the agent has stopped and released its leases, the process exits and the
 abandoned step runs again elsewhere, as after a crash (steps are at-least-once).
+
+A call given up on (a step timeout, a cancelled run) stops counting against the pool's
+size: its thread ends when the call returns, and a new thread takes its place, so steps
+that hang for good cannot use up the pool and starve every other run of the agent.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ class DaemonThreadPool(concurrent.futures.Executor):
         self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
-        self._idle = 0
+        self._idle = 0  # idle threads, less calls waiting for one
         self._shutdown = False
+        self._abandoned: set[concurrent.futures.Future[Any]] = set()
 
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
@@ -47,13 +52,31 @@ class DaemonThreadPool(concurrent.futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot submit to a pool that was shut down")
             self._work.put((future, fn, args))
-            if self._idle == 0 and self._threads < self._max:
-                self._threads += 1
-                name = f"{self._name}-{self._threads}"
-                threading.Thread(target=self._serve, name=name, daemon=True).start()
+            if self._idle <= 0 and self._threads < self._max:
+                self._start_thread()
             else:
-                self._idle -= 1  # an idle thread takes it
+                self._idle -= 1  # an idle thread takes it (or the next one free)
         return future
+
+    def abandon(self, future: concurrent.futures.Future[Any]) -> None:
+        """
+        Give up on a call: if it is running, its thread no longer counts against the
+        pool's size (it ends once the call returns), and a call waiting for a thread
+        gets a new one.
+        """
+        with self._lock:
+            if not future.running() or future in self._abandoned:
+                return
+            self._abandoned.add(future)
+            self._threads -= 1
+            if self._idle < 0 and not self._shutdown:
+                self._idle += 1  # the new thread takes a waiting call
+                self._start_thread()
+
+    def _start_thread(self) -> None:
+        self._threads += 1
+        name = f"{self._name}-{self._threads}"
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
 
     def _serve(self) -> None:
         while True:
@@ -68,9 +91,12 @@ class DaemonThreadPool(concurrent.futures.Executor):
                     future.set_exception(exc)
                 else:
                     future.set_result(result)
-            del item, future, fn, args
             with self._lock:
+                if future in self._abandoned:
+                    self._abandoned.discard(future)
+                    return  # a fresh thread took this one's place
                 self._idle += 1
+            del item, future, fn, args
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Let idle threads end; running calls finish on their own (never joined)."""

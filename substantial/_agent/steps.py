@@ -116,4 +116,9 @@ async def in_thread(fn: Callable[[], Any]) -> Any:
         return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
     if _step_threads is None:
         _step_threads = DaemonThreadPool(max_workers=40)
-    return await loop.run_in_executor(_step_threads, contextvars.copy_context().run, fn)
+    call = _step_threads.submit(contextvars.copy_context().run, fn)
+    try:
+        return await asyncio.wrap_future(call, loop=loop)
+    except asyncio.CancelledError:
+        _step_threads.abandon(call)  # a hung call must not keep a thread of the pool
+        raise
