@@ -50,11 +50,13 @@ async def main(folder: str) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    folder = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="substantial-")
-    result = asyncio.run(main(folder))
-    assert result["sizes"] == {
-        "a": 1, "brokerless": 10, "durable": 7, "execution": 9, "library": 7, "for": 3,
-        "python": 6,
-    }  # fmt: skip
-    assert result["checker"] == 11
-    assert result["rejected"] == "ValueError: not a word: 'n0t-a-w0rd'"
+    # A folder given is kept; the temporary one is removed once the example ends.
+    with tempfile.TemporaryDirectory(prefix="substantial-") as scratch:
+        folder = sys.argv[1] if len(sys.argv) > 1 else scratch
+        result = asyncio.run(main(folder))
+        assert result["sizes"] == {
+            "a": 1, "brokerless": 10, "durable": 7, "execution": 9, "library": 7, "for": 3,
+            "python": 6,
+        }  # fmt: skip
+        assert result["checker"] == 11
+        assert result["rejected"] == "ValueError: not a word: 'n0t-a-w0rd'"

@@ -48,5 +48,7 @@ async def main(folder: str) -> int:
 
 
 if __name__ == "__main__":
-    folder = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="substantial-")
-    assert asyncio.run(main(folder)) == 111
+    # A folder given is kept; the temporary one is removed once the example ends.
+    with tempfile.TemporaryDirectory(prefix="substantial-") as scratch:
+        folder = sys.argv[1] if len(sys.argv) > 1 else scratch
+        assert asyncio.run(main(folder)) == 111

@@ -60,7 +60,9 @@ async def main(folder: str) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    folder = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="substantial-")
-    result = asyncio.run(main(folder))
-    assert result["fetched"] == ["data from east", "data from west", "data from the cache"]
-    assert result["failed"] == ["flaky is down"]
+    # A folder given is kept; the temporary one is removed once the example ends.
+    with tempfile.TemporaryDirectory(prefix="substantial-") as scratch:
+        folder = sys.argv[1] if len(sys.argv) > 1 else scratch
+        result = asyncio.run(main(folder))
+        assert result["fetched"] == ["data from east", "data from west", "data from the cache"]
+        assert result["failed"] == ["flaky is down"]

@@ -62,5 +62,7 @@ async def main(folder: str) -> dict[str, int]:
 
 
 if __name__ == "__main__":
-    folder = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="substantial-")
-    assert asyncio.run(main(folder)) == {"alice": 100, "bob": 0, "carol": 0}
+    # A folder given is kept; the temporary one is removed once the example ends.
+    with tempfile.TemporaryDirectory(prefix="substantial-") as scratch:
+        folder = sys.argv[1] if len(sys.argv) > 1 else scratch
+        assert asyncio.run(main(folder)) == {"alice": 100, "bob": 0, "carol": 0}

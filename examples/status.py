@@ -50,10 +50,12 @@ async def main(folder: str) -> list[object]:
 
 
 if __name__ == "__main__":
-    folder = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="substantial-")
-    assert asyncio.run(main(folder)) == [
-        None,
-        {"done": 1, "of": 3, "last": "a.csv"},
-        {"done": 2, "of": 3, "last": "b.csv"},
-        {"done": 3, "of": 3, "last": "c.csv"},
-    ]
+    # A folder given is kept; the temporary one is removed once the example ends.
+    with tempfile.TemporaryDirectory(prefix="substantial-") as scratch:
+        folder = sys.argv[1] if len(sys.argv) > 1 else scratch
+        assert asyncio.run(main(folder)) == [
+            None,
+            {"done": 1, "of": 3, "last": "a.csv"},
+            {"done": 2, "of": 3, "last": "b.csv"},
+            {"done": 3, "of": 3, "last": "c.csv"},
+        ]

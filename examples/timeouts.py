@@ -72,9 +72,11 @@ async def main(folder: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    folder = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="substantial-")
-    assert asyncio.run(main(folder)) == [
-        "approved",
-        "no approval in time: answered on attempt 2",
-        "cancelled",
-    ]
+    # A folder given is kept; the temporary one is removed once the example ends.
+    with tempfile.TemporaryDirectory(prefix="substantial-") as scratch:
+        folder = sys.argv[1] if len(sys.argv) > 1 else scratch
+        assert asyncio.run(main(folder)) == [
+            "approved",
+            "no approval in time: answered on attempt 2",
+            "cancelled",
+        ]
