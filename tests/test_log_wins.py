@@ -25,7 +25,7 @@ from substantial.protocol import substantial_pb2 as pb
 from tests import chaos_app
 from tests.agents import Agent, backend_url, check_log
 from tests.conftest import BACKENDS
-from tests.harness import WAIT, make_conductor, wait_for_status
+from tests.harness import WAIT, make_conductor, wait_for_status, wait_until
 from tests.test_cli_commands import cli, lines
 
 
@@ -198,6 +198,15 @@ async def test_gc_keeps_a_live_run_whose_summary_lies(backend: Backend) -> None:
         await wait_for_status(live, RunStatus.WAITING)
     lie = lying_summary(live.run_id, pb.RUN_STATUS_COMPLETED, 1)  # and updated long ago
     await backend.put(meta_key(live.run_id), lie)
+    # An agent stopped between claiming a run and working on it leaves the lease to
+    # expire (nothing is lost: it is a lease); gc leaves a leased run alone till then.
+    store = RunStore(backend)
+
+    async def unleased() -> bool:
+        lease = await store.lease_holder(done.run_id)
+        return lease is None or lease.expires_ms < store.clock.now_ms()
+
+    await wait_until(unleased, WAIT, "the finished run's lease to lapse")
     outcome = await inspect.gc(backend, timedelta(0), now=datetime.now(UTC) + timedelta(1))
     assert outcome.runs == [done.run_id], outcome
     assert outcome.live == [live.run_id]
