@@ -12,11 +12,11 @@ PYTEST := $(VENV)/bin/pytest
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 # pytest-xdist workers for `make test`: the suite mostly waits (on servers, agent
-# processes, outages), so more workers than cores pays; 0 runs it in one process. Three,
-# not four: at four, tests of child runs on s3/redis timed out now and then on 2 cores.
+# processes, outages), so more workers than cores pays; 0 runs it in one process.
+# Measured from fresh clones: .ci/run 677 s with 4 workers, 829 s with 3.
 # The tests marked slow (chaos and clock skew: several agent processes each, flat out)
 # run after the rest, SLOW_WORKERS at a time, so they neither starve nor are starved.
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 4
 SLOW_WORKERS ?= 2
 
 # The venv's tools come first: protoc-gen-mypy for `make protocol`, and a redis-server
