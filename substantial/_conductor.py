@@ -20,10 +20,12 @@ for one lease length, not a day; skew up to 4 lease lengths changes nothing else
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -44,6 +46,8 @@ from substantial._client.handle import Handle
 from substantial._core import constants
 from substantial._core.clock import Clock
 from substantial._engine.workflow import Workflow
+from substantial._payload_codecs import PayloadCodec, register_payload_codec
+from substantial._store.payloads import PayloadPolicy
 from substantial._store.runs import RunStore
 from substantial.backends.base import Backend
 from substantial.protocol import substantial_pb2 as pb
@@ -88,6 +92,11 @@ class Conductor:
     :param max_payload: the most bytes one encoded value may take: a run's arguments, an
         event's value sent through this conductor's handles, a step's or a run's result,
         a status; a larger one raises :class:`CodecError` before anything is written
+    :param blob_threshold: a value whose stored bytes are larger than this is stored once
+        as a content-addressed blob (``blobs/{sha256}``) and its log keeps the reference
+    :param codecs: payload codecs applied in order to every stored value after the JSON
+        codec, e.g. ``[ZstdCodec(), AESGCMCodec({"k1": key})]``; values written with
+        other codecs or keys stay readable when those are registered too
     """
 
     # Each lives in ``self._settings``, which every part of the agent reads.
@@ -119,6 +128,8 @@ class Conductor:
         clock: Clock | None = None,
         snapshot_every: int = constants.SNAPSHOT_EVERY,
         max_payload: int = constants.MAX_PAYLOAD_BYTES,
+        blob_threshold: int = constants.BLOB_THRESHOLD_BYTES,
+        codecs: Sequence[PayloadCodec] = (),
     ) -> None:
         if isinstance(backend, str):
             from substantial.backends import from_url
@@ -128,8 +139,12 @@ class Conductor:
             raise ValueError("concurrency must be at least 1")
         if max_payload < 1:
             raise ValueError(f"max_payload must be at least 1 byte, got {max_payload}")
+        if blob_threshold < 1:
+            raise ValueError(f"blob_threshold must be at least 1 byte, got {blob_threshold}")
+        for codec in codecs:
+            register_payload_codec(codec)  # so this process reads what it writes
         self.backend = backend
-        self.store = RunStore(backend, clock)
+        self.store = RunStore(backend, clock, PayloadPolicy(tuple(codecs), blob_threshold))
         self._settings = AgentSettings(
             name=name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
             concurrency=concurrency,
@@ -161,6 +176,15 @@ class Conductor:
     @max_payload.setter
     def max_payload(self, value: int) -> None:
         self._client.max_payload = value
+
+    @property
+    def blob_threshold(self) -> int:
+        """The size from which a stored value goes to a blob (see the parameters)."""
+        return self.store.payloads.blob_threshold
+
+    @blob_threshold.setter
+    def blob_threshold(self, value: int) -> None:
+        self.store.payloads = dataclasses.replace(self.store.payloads, blob_threshold=value)
 
     # ---- the client ----
 

@@ -50,6 +50,7 @@ from substantial._json_tags import (
     rebuild,
     registrable,
 )
+from substantial._payload_codecs import open_payload
 from substantial.errors import CodecError
 from substantial.protocol import substantial_pb2 as pb
 
@@ -355,8 +356,7 @@ def encode_payload(
     """
     Encode ``value`` into a payload that names its codec.
 
-    :param codec: the codec to use; ``None`` means the one registered as ``"json"``
-        (:data:`DEFAULT_CODEC` unless :func:`register_codec` replaced it)
+    :param codec: the codec to use; ``None``: the one registered as ``"json"``
     :param where: how error messages name the value, e.g. ``"args"`` or ``"result"``
     :param limit: the most bytes the encoded value may take; ``None``: no limit
     :raises CodecError: if the value cannot be encoded, or its encoding is over ``limit``
@@ -383,10 +383,9 @@ def decode_payload(payload: pb.Payload) -> object:
     """
     Decode a payload with the registered codec it names.
 
-    :raises CodecError: if the codec is unknown or the bytes do not decode
+    :raises CodecError: if the codec or the key is unknown here, or the bytes are bad
     """
-    if not payload.codec:
-        raise CodecError("payload names no codec (an empty or unset Payload)")
+    payload = open_payload(payload)  # checks it names a codec; undoes payload codecs
     codec = get_codec(payload.codec)
     if isinstance(codec, JSONCodec):  # never holds the bytes and the text at once
         return codec._decode_from(lambda: payload.data)

@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "wire/codec",
         (
             "substantial.codec",
+            "substantial._payload_codecs",
             "substantial._json_tags",
             "substantial._allow",
             "substantial.protocol",

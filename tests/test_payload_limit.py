@@ -54,8 +54,8 @@ async def waits(c: Context, value: Any) -> Any:
     return await c.receive("go")
 
 
-def test_default_limit_is_16_mib() -> None:
-    assert MAX_PAYLOAD_BYTES == 16 * 1024 * 1024
+def test_default_limit_is_64_mib() -> None:
+    assert MAX_PAYLOAD_BYTES == 64 * 1024 * 1024
     assert Conductor("memory://").max_payload == MAX_PAYLOAD_BYTES
     with pytest.raises(ValueError, match="max_payload must be at least 1 byte"):
         Conductor("memory://", max_payload=0)

@@ -53,9 +53,15 @@ COMPACT_MIN_RECORDS = 32
 SHUTDOWN_GRACE_SECONDS = 10.0
 #: The most bytes one encoded value (arguments, an event's value, a step's or a run's
 #: result, a status) may take, checked where it is encoded, before anything is written.
-#: Fits every backend (Redis strings hold 512 MiB; S3 objects far more) with room for the
-#: other events of a segment; an agent needs a few times this much memory per payload.
-MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+#: Fits every backend (Redis strings hold 512 MiB; S3 objects far more); one over the
+#: blob threshold is stored as a blob, so a segment holds only its reference.
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+#: A payload larger than this (after compression and encryption) is stored once as a
+#: content-addressed blob (``blobs/{sha256}``) and its record keeps the reference.
+BLOB_THRESHOLD_BYTES = 256 * 1024
+#: A blob reference whose run has no keys at all is stale only after this long: a start
+#: writes its arguments' blob before the run's first segment.
+BLOB_REF_GRACE_SECONDS = 3600.0
 
 #: A wake-up whose steps have run this long writes ``running`` into the run's summary
 #: (quicker wake-ups leave it as it was: no extra write for a fast step).

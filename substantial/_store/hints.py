@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 from substantial._core.status import END_STATUS as _END_STATUS
 from substantial._core.status import STATUS_TO_PB
 from substantial._store.keys import log_prefix, meta_key, segment_key
+from substantial._store.payloads import open_records
 from substantial._store.runs import RunStore, StoredLog
 from substantial.backends.base import Backend
 from substantial.errors import CorruptLog
@@ -52,6 +53,7 @@ async def read_summary(store: RunStore, run_id: str) -> tuple[pb.RunMeta | None,
         log.warning("run %s: its summary %s is unreadable; rebuilt from the log", run_id,
                     meta_key(run_id))  # fmt: skip
         return None, entry[1]
+    await open_records(store.backend, run_id, [meta])
     return meta, entry[1]
 
 
@@ -132,7 +134,9 @@ async def log_end(store: RunStore, run_id: str, meta: pb.RunMeta) -> pb.Event | 
             and segment.events
             and segment.events[-1].WhichOneof("kind") in END_STATUS
         ):
-            return segment.events[-1]  # nothing follows a terminal segment: it is the end
+            end = segment.events[-1]  # nothing follows a terminal segment: it is the end
+            await open_records(store.backend, run_id, [end])
+            return end
     try:
         stored = await store.read_log(run_id)
     except CorruptLog:

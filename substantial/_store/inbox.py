@@ -11,11 +11,14 @@ from __future__ import annotations
 from google.protobuf.message import DecodeError
 
 from substantial._core import constants
+from substantial._payload_codecs import EncryptedPayload
 from substantial._store import quarantine
 from substantial._store.keys import inbox_prefix
+from substantial._store.payloads import open_records
 from substantial._store.runs import RunStore
+from substantial.backends.base import Backend
 from substantial.codec import decode_payload
-from substantial.errors import CodecError
+from substantial.errors import CodecError, CorruptLog
 from substantial.protocol import substantial_pb2 as pb
 
 __all__ = ["Intake", "unmergeable"]
@@ -88,7 +91,7 @@ class Intake:
                 self._last = key
                 if entry is None:
                     continue  # merged and deleted meanwhile
-                reason, parsed = unmergeable(entry[0])
+                reason, parsed = await unmergeable(backend, self.run_id, entry[0])
                 if parsed is None:
                     self.bad.append((key, entry[0], reason))
                 else:
@@ -110,9 +113,13 @@ class Intake:
             await quarantine.set_aside(self.store, self.run_id, key, data, reason)
 
 
-def unmergeable(data: bytes) -> tuple[str, pb.InboxEntry | None]:
+async def unmergeable(
+    backend: Backend, run_id: str, data: bytes
+) -> tuple[str, pb.InboxEntry | None]:
     """
-    Parse an inbox entry and decode what the run would decode when it is merged.
+    Parse an inbox entry, read its blobs and decode what the run would decode when it is
+    merged. A value encrypted with a key this agent lacks is mergeable: the run parks on
+    it, naming the key, and goes on once an agent with the key takes it.
 
     :return: ``("", entry)``, or the reason it cannot be merged and None
     """
@@ -123,11 +130,17 @@ def unmergeable(data: bytes) -> tuple[str, pb.InboxEntry | None]:
     if not entry.id:
         return "an inbox entry with no event id", None
     try:
+        await open_records(backend, run_id, [entry])
+    except CorruptLog as exc:
+        return f"its value cannot be read: {exc}", None
+    try:
         if entry.HasField("child_ended"):
             if entry.child_ended.HasField("result"):
                 decode_payload(entry.child_ended.result)
         elif not entry.cancel and not entry.HasField("terminate"):
             decode_payload(entry.value)
+    except EncryptedPayload:
+        pass
     except CodecError as exc:
         return f"its value cannot be decoded here: {exc}", None
     return "", entry

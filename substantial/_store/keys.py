@@ -10,6 +10,11 @@ The key layout: every key substantial stores, built and parsed here and nowhere 
     runs/{run}/quarantine/{ms}-{id}     an inbox entry set aside: unreadable, or undecodable
     schedule/{due_ms:015d}-{run}~{tag}  ScheduleEntry: look at this run at that time
     leases/{run}                        Lease: who works on the run, until when
+    runs/{run}/blobs/{sha}              the run refers to blob {sha} (deleted with the run)
+    blobrefs/{sha}/{run}                the same reference, listed by gc (content: ms)
+    blobgc/{sha}                        gc is deleting blob {sha} (see _store/payloads.py)
+    blobs/{sha}                         a payload's bytes, stored once by content (sha256)
+    attrs/{name}/{value}/{run}          search index of Context.set_attributes (content: ms)
 
 A schedule key carries a tag after ``~``: ``t`` for the run's own next wake-up (written
 with create, so repeating it is harmless); every other entry (a start, a send, a hold-off,
@@ -24,9 +29,17 @@ from dataclasses import dataclass
 from substantial._core.runids import is_stored_run_id
 
 __all__ = [
+    "ATTRS_PREFIX",
+    "BLOBS_PREFIX",
     "RUNS_PREFIX",
     "SCHEDULE_PREFIX",
     "ScheduleEntry",
+    "attr_key",
+    "attr_prefix",
+    "blob_key",
+    "blob_mark_key",
+    "blob_ref_key",
+    "blob_ref_prefix",
     "inbox_key",
     "inbox_prefix",
     "lease_key",
@@ -35,6 +48,8 @@ __all__ = [
     "past_run",
     "quarantine_key",
     "quarantine_prefix",
+    "run_blob_key",
+    "run_blobs_prefix",
     "run_id_of",
     "run_prefix",
     "schedule_key",
@@ -46,6 +61,8 @@ __all__ = [
 
 RUNS_PREFIX = "runs/"
 SCHEDULE_PREFIX = "schedule/"
+BLOBS_PREFIX = "blobs/"
+ATTRS_PREFIX = "attrs/"
 
 
 def run_prefix(run_id: str) -> str:
@@ -140,3 +157,36 @@ def schedule_parts(key: str) -> tuple[str, str] | None:
     if not (due.isdigit() and dash == "-" and tilde):
         return None
     return due, run_id
+
+
+def run_blobs_prefix(run_id: str) -> str:
+    return f"{run_prefix(run_id)}blobs/"
+
+
+def run_blob_key(run_id: str, sha: str) -> str:
+    return f"{run_blobs_prefix(run_id)}{sha}"
+
+
+def blob_key(sha: str) -> str:
+    return f"{BLOBS_PREFIX}{sha}"
+
+
+def blob_ref_prefix(sha: str) -> str:
+    return f"blobrefs/{sha}/"
+
+
+def blob_ref_key(sha: str, run_id: str) -> str:
+    return f"{blob_ref_prefix(sha)}{run_id}"
+
+
+def blob_mark_key(sha: str) -> str:
+    return f"blobgc/{sha}"
+
+
+def attr_prefix(name: str, value: str) -> str:
+    """The index prefix of runs whose attribute ``name`` is ``value`` (already quoted)."""
+    return f"{ATTRS_PREFIX}{name}/{value}/"
+
+
+def attr_key(name: str, value: str, run_id: str) -> str:
+    return f"{attr_prefix(name, value)}{run_id}"

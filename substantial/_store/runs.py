@@ -29,6 +29,7 @@ from substantial._store.keys import (
     snapshot_prefix,
 )
 from substantial._store.leases import Lease
+from substantial._store.payloads import DEFAULT_POLICY, PayloadPolicy, open_records, seal
 from substantial._store.records import FORMAT_VERSION, parse_record
 from substantial._store.segments import StoredLog
 from substantial.backends.base import Backend
@@ -64,15 +65,19 @@ log = logging.getLogger("substantial.agent")
 class RunStore:
     """Reads and writes runs in the key layout. Holds no state of its own."""
 
-    def __init__(self, backend: Backend, clock: Clock | None = None) -> None:
+    def __init__(
+        self, backend: Backend, clock: Clock | None = None, payloads: PayloadPolicy | None = None
+    ) -> None:
         self.backend = backend
         self.clock = clock or Clock()
+        #: how payloads are stored: payload codecs, blob threshold
+        self.payloads = payloads or DEFAULT_POLICY
 
     # ---- log (substantial._store.segments) ----
 
     async def append(self, run_id: str, seq: int, events: Sequence[pb.Event]) -> bool:
         """Write segment ``seq``, the fencing point: :func:`segments.append`."""
-        return await segments.append(self.backend, run_id, seq, events)
+        return await segments.append(self.backend, run_id, seq, events, self.payloads)
 
     async def read_log(self, run_id: str) -> StoredLog:
         """
@@ -84,18 +89,18 @@ class RunStore:
 
     async def write_snapshot(self, run_id: str, log: StoredLog) -> None:
         """Store the log read as one snapshot: :func:`segments.write_snapshot`."""
-        await segments.write_snapshot(self.backend, run_id, log)
+        await segments.write_snapshot(self.backend, run_id, log, self.payloads)
 
     async def write_compacted(self, run_id: str, seq: int, events: list[pb.Event]) -> None:
         """Store a compacted history at ``seq``: :func:`segments.write_compacted`."""
-        await segments.write_compacted(self.backend, run_id, seq, events)
+        await segments.write_compacted(self.backend, run_id, seq, events, self.payloads)
 
     # ---- inbox ----
 
     async def post(self, run_id: str, entry: pb.InboxEntry) -> None:
         """Put an event in the run's inbox, then ask for an agent at once."""
         key = inbox_key(run_id, entry.sent_at_ms, entry.id)
-        await self.backend.create(key, entry.SerializeToString())
+        await self.backend.create(key, await seal(self.backend, run_id, entry, self.payloads))
         await self.schedule(run_id, entry.sent_at_ms, "e")
 
     async def read_inbox(
@@ -113,11 +118,13 @@ class RunStore:
         else:
             keys = await self.backend.list(prefix, after=after, limit=limit)
         entries = await self.backend.get_many(keys)
-        return [
+        found = [
             (key, parse_record(pb.InboxEntry, entry[0], run_id, key))
             for key, entry in zip(keys, entries, strict=True)
             if entry is not None
         ]
+        await open_records(self.backend, run_id, [entry for _, entry in found])
+        return found
 
     # ---- meta ----
 
@@ -130,7 +137,9 @@ class RunStore:
         entry = await self.backend.get(meta_key(run_id))
         if entry is None:
             return None, None
-        return parse_record(pb.RunMeta, entry[0], run_id, meta_key(run_id)), entry[1]
+        meta = parse_record(pb.RunMeta, entry[0], run_id, meta_key(run_id))
+        await open_records(self.backend, run_id, [meta])
+        return meta, entry[1]
 
     async def write_meta(
         self,
@@ -148,7 +157,7 @@ class RunStore:
             read and a write; if the summary changed since, it falls back to reading it.
         """
         key = meta_key(meta.run_id)
-        data = meta.SerializeToString()
+        data = await seal(self.backend, meta.run_id, meta, self.payloads)
         if current is not None:
             stored, version = current
             if stored is not None and stored.log_seq > meta.log_seq:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import anyio
 
 from substantial._store.keys import log_prefix, segment_key, snapshot_key, snapshot_prefix
+from substantial._store.payloads import DEFAULT_POLICY, PayloadPolicy, open_records, seal
 from substantial._store.records import FORMAT_VERSION, check_segment, parse_record
 from substantial.backends.base import Backend
 from substantial.errors import CorruptLog
@@ -44,15 +45,23 @@ class _Vanished(Exception):
     """A record disappeared while the log was being read."""
 
 
-async def append(backend: Backend, run_id: str, seq: int, events: Sequence[pb.Event]) -> bool:
+async def append(
+    backend: Backend,
+    run_id: str,
+    seq: int,
+    events: Sequence[pb.Event],
+    policy: PayloadPolicy = DEFAULT_POLICY,
+) -> bool:
     """
     Write segment ``seq``. This is the fencing point: of two agents that both read the
-    log up to ``seq - 1``, only one can write ``seq``.
+    log up to ``seq - 1``, only one can write ``seq``. Its large payloads go to blobs
+    first (:mod:`substantial._store.payloads`).
 
     :return: False if segment ``seq`` already exists
     """
     segment = pb.Segment(format=FORMAT_VERSION, run_id=run_id, seq=seq, events=events)
-    version = await backend.create(segment_key(run_id, seq), segment.SerializeToString())
+    data = await seal(backend, run_id, segment, policy)
+    version = await backend.create(segment_key(run_id, seq), data)
     return version is not None
 
 
@@ -61,14 +70,18 @@ async def read_log(backend: Backend, run_id: str) -> StoredLog:
     Read a run's log. A compaction may delete the snapshot or segments being read; then
     the read starts again.
 
-    :raises CorruptLog: as :func:`_read_log_once`
+    :raises CorruptLog: as :func:`_read_log_once`, or if a blob it refers to is missing
     """
     for _ in range(4):
         try:
-            return await _read_log_once(backend, run_id)
+            stored = await _read_log_once(backend, run_id)
+            break
         except _Vanished:
             continue
-    return await _read_log_once(backend, run_id)
+    else:
+        stored = await _read_log_once(backend, run_id)
+    await open_records(backend, run_id, stored.events)
+    return stored
 
 
 async def _read_log_once(backend: Backend, run_id: str) -> StoredLog:
@@ -112,7 +125,9 @@ async def _read_log_once(backend: Backend, run_id: str) -> StoredLog:
     return StoredLog(events, seq, ends, snapshot_seq)
 
 
-async def write_snapshot(backend: Backend, run_id: str, log: StoredLog) -> None:
+async def write_snapshot(
+    backend: Backend, run_id: str, log: StoredLog, policy: PayloadPolicy = DEFAULT_POLICY
+) -> None:
     """
     Store segments ``0..log.last_seq`` as one object, then drop older snapshots. Safe to
     race: every writer of a snapshot of ``seq`` writes the same events.
@@ -125,12 +140,18 @@ async def write_snapshot(backend: Backend, run_id: str, log: StoredLog) -> None:
         segment_ends=log.segment_ends,
     )
     key = snapshot_key(run_id, log.last_seq)
-    await backend.put(key, snapshot.SerializeToString())
+    await backend.put(key, await seal(backend, run_id, snapshot, policy))
     older = await backend.list(snapshot_prefix(run_id))
     await delete_keys(backend, [other for other in older if other < key])
 
 
-async def write_compacted(backend: Backend, run_id: str, seq: int, events: list[pb.Event]) -> None:
+async def write_compacted(
+    backend: Backend,
+    run_id: str,
+    seq: int,
+    events: list[pb.Event],
+    policy: PayloadPolicy = DEFAULT_POLICY,
+) -> None:
     """
     Store a compacted history as the snapshot at ``seq`` and delete the segments before
     ``seq``. Segment ``seq`` itself stays: it is what fences a stale agent that read the
@@ -145,7 +166,8 @@ async def write_compacted(backend: Backend, run_id: str, seq: int, events: list[
     continuation. It takes an agent stalled across a whole compaction interval, past its
     lease.
     """
-    await write_snapshot(backend, run_id, StoredLog(events, seq, [len(events)] * (seq + 1)))
+    full = StoredLog(events, seq, [len(events)] * (seq + 1))
+    await write_snapshot(backend, run_id, full, policy)
     keys = await backend.list_all(log_prefix(run_id))
     await delete_keys(backend, [key for key in keys if key < segment_key(run_id, seq)])
 

@@ -66,21 +66,74 @@ class Payload(_message.Message):
 
     CODEC_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    ENCODINGS_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    BLOB_FIELD_NUMBER: _builtins.int
+    BLOB_SIZE_FIELD_NUMBER: _builtins.int
     codec: _builtins.str
     data: _builtins.bytes
+    key_id: _builtins.str
+    """the key an encrypting payload codec used (keys rotate by id)"""
+    blob: _builtins.str
+    """Set when the bytes are stored once at blobs/{blob} (their sha256, hex) instead of
+    in `data`, which is then empty; `blob_size` is their length.
+    """
+    blob_size: _builtins.int
+    @_builtins.property
+    def encodings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Payload codecs applied to `data` after `codec`, in order (e.g. "zlib", "aes256gcm");
+        a reader undoes them in reverse order. Empty: `data` is what `codec` wrote.
+        """
+
     def __init__(
         self,
         *,
         codec: _builtins.str = ...,
         data: _builtins.bytes = ...,
+        encodings: _abc.Iterable[_builtins.str] | None = ...,
+        key_id: _builtins.str = ...,
+        blob: _builtins.str = ...,
+        blob_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["codec", b"codec", "data", b"data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "blob_size", b"blob_size", "codec", b"codec", "data", b"data", "encodings", b"encodings", "key_id", b"key_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Payload: _TypeAlias = Payload  # noqa: Y015
+
+@_typing.final
+class Attribute(_message.Message):
+    """A searchable attribute of a run (Context.set_attributes): a small string or number."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    INTEGER_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    text: _builtins.str
+    integer: _builtins.int
+    number: _builtins.float
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        text: _builtins.str = ...,
+        integer: _builtins.int = ...,
+        number: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["integer", b"integer", "number", b"number", "text", b"text", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["integer", b"integer", "name", b"name", "number", b"number", "text", b"text", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["text", "integer", "number"]  # noqa: Y015
+    _WhichOneofArgType_value: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_value) -> _WhichOneofReturnType_value | None: ...
+
+Global___Attribute: _TypeAlias = Attribute  # noqa: Y015
 
 @_typing.final
 class Failure(_message.Message):
@@ -789,6 +842,7 @@ class RunMeta(_message.Message):
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     CONTINUED_AS_FIELD_NUMBER: _builtins.int
     CHAIN_ROOT_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     workflow: _builtins.str
     created_ms: _builtins.int
@@ -812,6 +866,10 @@ class RunMeta(_message.Message):
     def custom_status(self) -> Global___Payload:
         """the last value the workflow gave Context.set_status()"""
 
+    @_builtins.property
+    def attributes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attribute]:
+        """the run's searchable attributes, by name"""
+
     def __init__(
         self,
         *,
@@ -830,10 +888,11 @@ class RunMeta(_message.Message):
         parent_run_id: _builtins.str = ...,
         continued_as: _builtins.str = ...,
         chain_root: _builtins.str = ...,
+        attributes: _abc.Iterable[Global___Attribute] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "custom_status", b"custom_status", "failure", b"failure", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "chain_root", b"chain_root", "continued_as", b"continued_as", "created_ms", b"created_ms", "custom_status", b"custom_status", "failure", b"failure", "log_seq", b"log_seq", "parent_run_id", b"parent_run_id", "parked_reason", b"parked_reason", "result", b"result", "run_id", b"run_id", "status", b"status", "updated_ms", b"updated_ms", "wake_at_ms", b"wake_at_ms", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "attributes", b"attributes", "chain_root", b"chain_root", "continued_as", b"continued_as", "created_ms", b"created_ms", "custom_status", b"custom_status", "failure", b"failure", "log_seq", b"log_seq", "parent_run_id", b"parent_run_id", "parked_reason", b"parked_reason", "result", b"result", "run_id", b"run_id", "status", b"status", "updated_ms", b"updated_ms", "wake_at_ms", b"wake_at_ms", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,198 @@
+"""
+Payloads at rest. On the way to storage every payload of a record (log segment, inbox
+entry, summary) goes through the conductor's payload codecs (compression, encryption),
+and one still larger than the blob threshold is stored once, content-addressed, at
+``blobs/{sha256}``; the record keeps the reference. On the way back blobs are read and
+the codecs undone, where this process has their keys (a payload whose key is unknown
+stays sealed: decoding it raises :class:`~substantial.codec.EncryptedPayload`).
+
+The in-memory record is never left changed: it is sealed, serialized and restored.
+
+Blob references, and why ``gc`` cannot delete a blob a run is about to refer to::
+
+    runs/{run}/blobs/{sha}    the run's side: deleted with the run
+    blobrefs/{sha}/{run}      the blob's side: what gc lists (content: creation ms)
+    blobgc/{sha}              gc's mark: "about to delete this blob"
+    blobs/{sha}               the bytes
+
+A writer creates both reference keys, *then* reads the mark, and only with no mark
+creates (or reuses) the blob; with a mark it keeps the bytes in the record instead. gc
+marks an unreferenced blob, lists its references again, and deletes it (then the mark)
+only if there are still none. Any writer that reuses the blob either created its
+reference before that second listing (gc sees it and keeps the blob) or read the mark
+after gc wrote it (and kept its bytes inline). See docs/decisions.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from substantial._core import constants
+from substantial._core.clock import now_ms
+from substantial._payload_codecs import PayloadCodec, chain_decode, chain_encode
+from substantial._store.keys import (
+    blob_key,
+    blob_mark_key,
+    blob_ref_key,
+    run_blob_key,
+)
+from substantial.backends.base import Backend
+from substantial.errors import CodecError, CorruptLog
+from substantial.protocol import substantial_pb2 as pb
+
+__all__ = ["DEFAULT_POLICY", "PayloadPolicy", "open_records", "payloads_in", "seal"]
+
+#: Where each event kind keeps its payload, if it has one.
+_EVENT_PAYLOADS = {
+    "started": "args",
+    "step_completed": "result",
+    "event_received": "value",
+    "completed": "result",
+    "continued_as": "args",
+    "child_started": "args",
+    "child_ended": "result",
+}
+
+Record = pb.Segment | pb.InboxEntry | pb.RunMeta | pb.Event
+_R = TypeVar("_R", pb.Segment, pb.InboxEntry, pb.RunMeta)
+
+
+@dataclass(frozen=True)
+class PayloadPolicy:
+    """
+    How payloads are stored: the payload codecs applied in order, and the size from
+    which a payload's bytes go to a blob.
+    """
+
+    codecs: tuple[PayloadCodec, ...] = ()
+    blob_threshold: int = constants.BLOB_THRESHOLD_BYTES
+
+
+DEFAULT_POLICY = PayloadPolicy()
+
+
+def _event_payload(event: pb.Event) -> pb.Payload | None:
+    kind = event.WhichOneof("kind")
+    field = _EVENT_PAYLOADS.get(kind or "")
+    if field is None:
+        return None
+    inner = getattr(event, kind or "")
+    return getattr(inner, field) if inner.HasField(field) else None
+
+
+def payloads_in(record: Record) -> Iterator[pb.Payload]:
+    """Every payload a record holds."""
+    if isinstance(record, pb.Event):
+        found = _event_payload(record)
+        if found is not None:
+            yield found
+    elif isinstance(record, pb.Segment):
+        for event in record.events:
+            found = _event_payload(event)
+            if found is not None:
+                yield found
+    elif isinstance(record, pb.InboxEntry):
+        if record.HasField("value"):
+            yield record.value
+        if record.HasField("child_ended") and record.child_ended.HasField("result"):
+            yield record.child_ended.result
+    else:
+        for name in ("args", "result", "custom_status"):
+            if record.HasField(name):
+                yield getattr(record, name)
+
+
+async def seal(backend: Backend, run_id: str, record: Record, policy: PayloadPolicy) -> bytes:
+    """
+    ``record`` serialized with its payloads as stored: encoded by the policy's codecs,
+    the large ones in blobs (written here, first). ``record`` itself is left as it was.
+    """
+    threshold = policy.blob_threshold
+    if not policy.codecs and record.ByteSize() <= threshold:
+        return record.SerializeToString()  # the common case: nothing to do
+    saved: list[tuple[pb.Payload, pb.Payload]] = []
+    try:
+        for payload in payloads_in(record):
+            if payload.blob or payload.encodings:
+                continue  # already sealed (e.g. a summary rebuilt from a stored start)
+            if not policy.codecs and payload.ByteSize() <= threshold:
+                continue
+            sealed = _encode(payload, policy.codecs)
+            if len(sealed.data) > threshold and await _store_blob(backend, run_id, sealed):
+                sealed.ClearField("data")
+            if sealed is payload:
+                continue
+            original = pb.Payload()
+            original.CopyFrom(payload)
+            saved.append((payload, original))
+            payload.CopyFrom(sealed)
+        return record.SerializeToString()
+    finally:
+        for payload, original in saved:
+            payload.CopyFrom(original)
+
+
+def _encode(payload: pb.Payload, codecs: Sequence[PayloadCodec]) -> pb.Payload:
+    if not codecs:
+        return pb.Payload(codec=payload.codec, data=payload.data)
+    try:
+        data, names, key_id = chain_encode(codecs, payload.data)
+    except CodecError:
+        raise
+    except Exception as exc:
+        raise CodecError(f"payload codecs could not encode a payload: {exc!r}") from exc
+    return pb.Payload(codec=payload.codec, data=data, encodings=names, key_id=key_id)
+
+
+async def _store_blob(backend: Backend, run_id: str, sealed: pb.Payload) -> bool:
+    """
+    Store ``sealed.data`` as a blob and make ``sealed`` refer to it.
+
+    :return: False if gc is deleting that blob right now: keep the bytes inline
+    """
+    data = sealed.data
+    sha = hashlib.sha256(data).hexdigest()
+    await backend.create(run_blob_key(run_id, sha), b"")
+    await backend.create(blob_ref_key(sha, run_id), str(now_ms()).encode())
+    if await backend.get(blob_mark_key(sha)) is not None:
+        return False
+    await backend.create(blob_key(sha), data)
+    sealed.blob = sha
+    sealed.blob_size = len(data)
+    return True
+
+
+async def open_records(
+    backend: Backend, run_id: str, records: Iterable[Record], *, blobs: bool = True
+) -> None:
+    """
+    Undo :func:`seal` in place: read the blobs referred to, then undo the codecs where
+    the keys are known here (payloads with unknown keys stay sealed).
+
+    :param blobs: read blobs too (a listing leaves them, and shows their size)
+    :raises CorruptLog: if a blob referred to is missing
+    """
+    sealed = [p for record in records for p in payloads_in(record) if p.blob or p.encodings]
+    if not sealed:
+        return
+    if blobs:
+        refs = [p for p in sealed if p.blob]
+        keys = [blob_key(p.blob) for p in refs]
+        for payload, key, entry in zip(refs, keys, await backend.get_many(keys), strict=True):
+            if entry is None:
+                raise CorruptLog(run_id, key, "a blob the log refers to is missing")
+            payload.data = entry[0]
+            payload.ClearField("blob")
+            payload.ClearField("blob_size")
+    for payload in sealed:
+        if payload.encodings and not payload.blob:
+            try:
+                data = chain_decode(payload.encodings, payload.data, payload.key_id)
+            except CodecError:
+                continue  # decoding the value raises it, where it is used
+            payload.data = data
+            payload.ClearField("encodings")
+            payload.ClearField("key_id")
