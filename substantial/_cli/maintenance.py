@@ -155,3 +155,5 @@ def gc_command(backend_url: str | None, older_than: timedelta, dry_run: bool) ->
     for run_id in outcome.live:
         click.echo(f"skipped {run_id}: its summary says finished, its log does not")
     click.echo(f"{verb} {count(len(outcome.runs), 'run')} ({count(outcome.keys, 'key')})")
+    if outcome.blobs:
+        click.echo(f"{verb} {count(len(outcome.blobs), 'blob')} no run refers to")

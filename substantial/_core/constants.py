@@ -59,9 +59,9 @@ MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 #: A payload larger than this (after compression and encryption) is stored once as a
 #: content-addressed blob (``blobs/{sha256}``) and its record keeps the reference.
 BLOB_THRESHOLD_BYTES = 256 * 1024
-#: A blob reference whose run has no keys at all is stale only after this long: a start
-#: writes its arguments' blob before the run's first segment.
-BLOB_REF_GRACE_SECONDS = 3600.0
+#: gc's mark "deleting this blob" lasts one blob's check; one older than this was left by
+#: a gc that died, and is removed (while it stands, writers keep that blob's bytes inline).
+BLOB_MARK_GRACE_SECONDS = 3600.0
 
 #: A wake-up whose steps have run this long writes ``running`` into the run's summary
 #: (quicker wake-ups leave it as it was: no extra write for a fast step).

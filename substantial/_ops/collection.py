@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import anyio
 
+from substantial._ops.blobs import drop_run_refs, sweep_blobs
 from substantial._ops.listing import Progress, list_runs, no_progress
 from substantial._store import hints
 from substantial._store.keys import SCHEDULE_PREFIX, ScheduleEntry, lease_key, meta_key, run_prefix
@@ -35,6 +36,7 @@ class GcResult:
     :ivar busy: finished runs left alone because an agent held their lease
     :ivar dry_run: whether nothing was deleted
     :ivar live: runs left alone because their summary says finished and their log does not
+    :ivar blobs: the blobs (sha256) deleted because no run refers to them any more
     """
 
     runs: list[str] = field(default_factory=list)
@@ -42,6 +44,7 @@ class GcResult:
     busy: list[str] = field(default_factory=list)
     dry_run: bool = False
     live: list[str] = field(default_factory=list)
+    blobs: list[str] = field(default_factory=list)
 
 
 async def gc(
@@ -59,7 +62,8 @@ async def gc(
     (its last segment is read): a summary that says finished is not enough.
 
     Each run is deleted under a lease taken as ``gc``, so no agent works on it meanwhile;
-    its summary goes last, so an interrupted gc is finished by the next one.
+    its summary goes last, so an interrupted gc is finished by the next one. Then every
+    blob no run refers to any more is deleted (:func:`~substantial._ops.blobs.sweep_blobs`).
 
     :param older_than: minimum age of the run's last update
     :param dry_run: only report what would be deleted
@@ -73,15 +77,16 @@ async def gc(
         for s in await list_runs(backend)
         if s.status.finished and s.updated is not None and s.updated < cutoff
     ]
-    if not old:
-        progress(0, 0)
-        return GcResult(dry_run=dry_run)
-    scheduled = await _schedule_keys(backend, set(old))
     sweep = _Sweep(RunStore(backend), dry_run)
-    for done, run_id in enumerate(old, start=1):
-        await sweep.collect(run_id, scheduled.get(run_id, []))
-        progress(done, len(old))
-    return GcResult(sweep.deleted, sweep.keys, sweep.busy, dry_run, sweep.live)
+    if old:
+        scheduled = await _schedule_keys(backend, set(old))
+        for done, run_id in enumerate(old, start=1):
+            await sweep.collect(run_id, scheduled.get(run_id, []))
+            progress(done, len(old))
+    else:
+        progress(0, 0)
+    blobs = await sweep_blobs(backend, dry_run=dry_run)
+    return GcResult(sweep.deleted, sweep.keys, sweep.busy, dry_run, sweep.live, blobs)
 
 
 async def _schedule_keys(backend: Backend, run_ids: set[str]) -> dict[str, list[str]]:
@@ -118,6 +123,7 @@ class _Sweep:
                 self.busy.append(run_id)
                 return
             meta = meta_key(run_id)
+            await drop_run_refs(backend, run_id, run_keys)
             await _delete_all(backend, schedule_keys)
             await _delete_all(backend, [key for key in run_keys if key != meta])
             await _delete_all(backend, [key for key in run_keys if key == meta])

@@ -15,6 +15,7 @@ from substantial._core.status import STATUS_FROM_PB, RunStatus
 from substantial._ops.values import safe_plain, time_of
 from substantial._store import hints
 from substantial._store.keys import RUNS_PREFIX, meta_key, past_run, run_id_of, segment_key
+from substantial._store.payloads import open_records
 from substantial._store.runs import RunStore, check_run_id
 from substantial.backends.base import Backend
 from substantial.errors import CorruptLog, RunNotFound
@@ -125,14 +126,19 @@ async def iter_run_ids(backend: Backend, *, page: int = PAGE) -> AsyncIterator[s
         after = past_run(last)
 
 
-async def _summaries(backend: Backend, run_ids: Sequence[str]) -> list[RunSummary | None]:
+async def _summaries(
+    backend: Backend, run_ids: Sequence[str], *, blobs: bool = False
+) -> list[RunSummary | None]:
+    """The runs' summaries; values in blobs are read only with ``blobs`` (one run shown)."""
     store = RunStore(backend)
     entries = await backend.get_many([meta_key(run_id) for run_id in run_ids])
     found: list[RunSummary | None] = []
     for run_id, entry in zip(run_ids, entries, strict=True):
         if entry is not None:
             try:
-                found.append(_summary(pb.RunMeta.FromString(entry[0])))
+                meta = pb.RunMeta.FromString(entry[0])
+                await open_records(backend, run_id, [meta], blobs=blobs)
+                found.append(_summary(meta))
                 continue
             except Exception:  # a torn summary: fall back to the log, the truth
                 pass
@@ -255,7 +261,7 @@ async def get_run(backend: Backend, run_id: str) -> RunSummary:
 
     :raises RunNotFound: if the run has neither a summary nor a log
     """
-    (summary,) = await _summaries(backend, [check_run_id(run_id)])
+    (summary,) = await _summaries(backend, [check_run_id(run_id)], blobs=True)
     if summary is None:
         raise RunNotFound(run_id)
     return summary

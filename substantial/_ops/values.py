@@ -9,19 +9,32 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from substantial._payload_codecs import EncryptedPayload, open_payload
 from substantial.codec import decode_payload
 from substantial.errors import CodecError
 from substantial.protocol import substantial_pb2 as pb
 
-__all__ = ["plain_value", "safe_plain", "time_of"]
+__all__ = ["ENCRYPTED", "plain_value", "safe_plain", "time_of"]
+
+#: How a value encrypted with a key this process lacks is shown.
+ENCRYPTED = "<encrypted>"
 
 
 def plain_value(payload: pb.Payload) -> Any:
     """
     A payload as plain JSON-compatible data, without importing the classes it names.
 
+    A value in a blob that was not read shows as ``<blob: N bytes>``; one encrypted with a
+    key this process lacks (see ``$SUBSTANTIAL_KEYS``) as ``<encrypted>``.
+
     :raises CodecError: if the payload's codec is not JSON and it cannot be decoded
     """
+    if payload.blob:
+        return f"<blob: {payload.blob_size:,} bytes>"
+    try:
+        payload = open_payload(payload)
+    except EncryptedPayload:
+        return ENCRYPTED
     if payload.codec == "json":
         try:
             return _untag(json.loads(payload.data))

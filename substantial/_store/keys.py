@@ -31,6 +31,7 @@ from substantial._core.runids import is_stored_run_id
 __all__ = [
     "ATTRS_PREFIX",
     "BLOBS_PREFIX",
+    "BLOB_MARKS_PREFIX",
     "RUNS_PREFIX",
     "SCHEDULE_PREFIX",
     "ScheduleEntry",
@@ -62,6 +63,7 @@ __all__ = [
 RUNS_PREFIX = "runs/"
 SCHEDULE_PREFIX = "schedule/"
 BLOBS_PREFIX = "blobs/"
+BLOB_MARKS_PREFIX = "blobgc/"
 ATTRS_PREFIX = "attrs/"
 
 
@@ -180,7 +182,7 @@ def blob_ref_key(sha: str, run_id: str) -> str:
 
 
 def blob_mark_key(sha: str) -> str:
-    return f"blobgc/{sha}"
+    return f"{BLOB_MARKS_PREFIX}{sha}"
 
 
 def attr_prefix(name: str, value: str) -> str:

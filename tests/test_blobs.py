@@ -1,0 +1,138 @@
+"""Large payloads: stored once as blobs, read back as they were, and collected by gc."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+import pytest
+
+from substantial import CodecError, Conductor, Context, workflow
+from substantial._store.keys import BLOB_MARKS_PREFIX, BLOBS_PREFIX, blob_ref_prefix, log_prefix
+from substantial._store.payloads import PayloadPolicy, open_records, seal
+from substantial.backends import Backend
+from substantial.codec import encode_payload
+from substantial.ops import describe_run, gc
+from substantial.protocol import substantial_pb2 as pb
+from tests.harness import WAIT, make_conductor
+
+FIVE_MIB = 5 * 1024 * 1024
+
+
+@workflow(name="blobs.big_step")
+async def big_step(c: Context, size: int) -> int:
+    value = await c.save(lambda: "b" * size)
+    await c.save(lambda: 1)  # one more wake-up step: the big result is replayed from the blob
+    return len(value)
+
+
+@workflow(name="blobs.big_result")
+async def big_result(c: Context, size: int) -> str:
+    return await c.save(lambda: "r" * size)
+
+
+async def keys(backend: Backend, prefix: str) -> list[str]:
+    return list(await backend.list_all(prefix))
+
+
+async def test_a_5_mib_step_result_round_trips_through_one_blob(backend: Backend) -> None:
+    async with make_conductor(backend, big_step, virtual_clock=True) as conductor:
+        handle = await conductor.start(big_step, FIVE_MIB, run_id="big")
+        assert await handle.result(timeout=WAIT) == FIVE_MIB
+        history = await handle.history()
+
+    (blob,) = await keys(backend, BLOBS_PREFIX)
+    data, _ = await backend.get(blob) or (b"", "")
+    assert len(data) == FIVE_MIB + 2  # the JSON string, quotes included
+    assert blob == BLOBS_PREFIX + hashlib.sha256(data).hexdigest()
+    for key in await keys(backend, log_prefix("big")):  # the log keeps only the reference
+        entry = await backend.get(key)
+        assert entry is not None
+        assert len(entry[0]) < 10_000
+    steps = [e for e in history if e.kind == "step_completed"]
+    assert len(steps[0].details["result"]) == FIVE_MIB  # history reads the blob
+
+    details = await describe_run(backend, "big")  # what `substantial show` prints
+    shown = next(e for e in details.history if e.kind == "step_completed")
+    assert shown.details["result"] == "b" * FIVE_MIB
+
+    outcome = await gc(backend, timedelta(0))
+    assert outcome.runs == ["big"]
+    assert outcome.blobs == [blob[len(BLOBS_PREFIX) :]]
+    assert await backend.list("") == []  # the run, its references and its blob
+
+
+async def test_a_large_result_is_one_blob_shared_by_log_and_summary(backend: Backend) -> None:
+    async with make_conductor(
+        backend, big_result, virtual_clock=True, blob_threshold=1000
+    ) as conductor:
+        handle = await conductor.start(big_result, 5000)
+        assert await handle.result(timeout=WAIT) == "r" * 5000
+    assert len(await keys(backend, BLOBS_PREFIX)) == 1
+
+
+async def test_values_under_the_threshold_stay_inline(backend: Backend) -> None:
+    async with make_conductor(backend, big_step, virtual_clock=True) as conductor:
+        handle = await conductor.start(big_step, 1000)
+        assert await handle.result(timeout=WAIT) == 1000
+    assert await keys(backend, BLOBS_PREFIX) == []
+
+
+async def test_a_blob_another_run_refers_to_survives_gc(backend: Backend) -> None:
+    async with make_conductor(
+        backend, big_result, virtual_clock=True, blob_threshold=1000
+    ) as conductor:
+        first = await conductor.start(big_result, 5000, run_id="first")
+        await first.result(timeout=WAIT)
+        outcome = await gc(backend, timedelta(0))
+        assert outcome.runs == ["first"]
+        assert len(outcome.blobs) == 1
+        second = await conductor.start(big_result, 5000, run_id="second")
+        await second.result(timeout=WAIT)
+        third = await conductor.start(big_result, 5000, run_id="third")  # same bytes
+        await third.result(timeout=WAIT)
+    (blob,) = await keys(backend, BLOBS_PREFIX)
+    sha = blob[len(BLOBS_PREFIX) :]
+    assert len(await keys(backend, blob_ref_prefix(sha))) == 2
+    gone = await gc(backend, timedelta(0), now=None)
+    assert sorted(gone.runs) == ["second", "third"]
+    assert gone.blobs == [sha]
+
+
+async def test_a_writer_keeps_its_bytes_inline_while_gc_marks_the_blob(backend: Backend) -> None:
+    """The race gc must not lose: a run refers to a blob gc is about to delete."""
+    policy = PayloadPolicy(blob_threshold=100)
+    value = encode_payload("m" * 500)
+    sha = hashlib.sha256(value.data).hexdigest()
+    await backend.create(BLOBS_PREFIX + sha, value.data)  # an old, unreferenced blob
+    await backend.put(BLOB_MARKS_PREFIX + sha, b"0")  # gc has marked it for deletion
+    event = pb.Event(completed=pb.Completed(result=value))
+    stored = await seal(backend, "racer", event, policy)
+    assert len(stored) > 500  # inline: the writer did not reuse the marked blob
+    # ... and its reference makes gc's second listing keep the blob
+    assert await keys(backend, blob_ref_prefix(sha)) == [f"{blob_ref_prefix(sha)}racer"]
+    await backend.delete(BLOB_MARKS_PREFIX + sha)
+    event = pb.Event(completed=pb.Completed(result=value))
+    stored = await seal(backend, "racer", event, policy)
+    assert len(stored) < 200  # no mark: the blob is reused
+    parsed = pb.Event.FromString(stored)
+    await open_records(backend, "racer", [parsed])
+    assert parsed.completed.result.data == value.data
+
+
+async def test_over_the_hard_limit_fails_before_anything_is_written(backend: Backend) -> None:
+    async with Conductor(backend, max_payload=1000, poll_interval=0.05) as conductor:
+        conductor.register(big_step)
+        with pytest.raises(CodecError, match="2,009 bytes are over the payload limit of 1,000"):
+            await conductor.start(big_step, "x" * 2000)  # type: ignore[arg-type]
+    assert await backend.list("") == []
+
+
+def test_the_threshold_is_settable() -> None:
+    conductor = Conductor("memory://", blob_threshold=1234)
+    assert conductor.blob_threshold == 1234
+    conductor.blob_threshold = 99
+    assert conductor.store.payloads.blob_threshold == 99
+    assert Conductor("memory://").blob_threshold == 256 * 1024
+    with pytest.raises(ValueError, match="blob_threshold must be at least 1 byte"):
+        Conductor("memory://", blob_threshold=0)
