@@ -15,6 +15,7 @@ from substantial._core.status import RunStatus
 from substantial._engine.children import ChildHandle
 from substantial._engine.context import Context
 from substantial._engine.workflow import Workflow, workflow
+from substantial._payload_codecs import AESGCMCodec, PayloadCodec, ZlibCodec, ZstdCodec
 from substantial.errors import (
     BackendError,
     BackendRefused,
@@ -24,7 +25,9 @@ from substantial.errors import (
     CompactionError,
     CompensationFailed,
     CorruptLog,
+    EncryptedPayload,
     InvalidArguments,
+    InvalidAttribute,
     InvalidRunId,
     LeaseLost,
     NonDeterminismError,
@@ -42,6 +45,7 @@ from substantial.errors import (
 )
 
 __all__ = [
+    "AESGCMCodec",
     "BackendError",
     "BackendRefused",
     "BackendUnavailable",
@@ -53,13 +57,16 @@ __all__ = [
     "Conductor",
     "Context",
     "CorruptLog",
+    "EncryptedPayload",
     "Handle",
     "HistoryEvent",
     "InvalidArguments",
+    "InvalidAttribute",
     "InvalidRunId",
     "LeaseLost",
     "NonDeterminismError",
     "NotAWorkflow",
+    "PayloadCodec",
     "RetryPolicy",
     "RunCancelled",
     "RunError",
@@ -73,6 +80,8 @@ __all__ = [
     "SubstantialError",
     "UnknownWorkflow",
     "Workflow",
+    "ZlibCodec",
+    "ZstdCodec",
     "__version__",
     "workflow",
 ]
@@ -80,6 +89,10 @@ __all__ = [
 __version__ = "0.1.0"
 
 for _name in (
+    "AESGCMCodec",
+    "PayloadCodec",
+    "ZlibCodec",
+    "ZstdCodec",
     "Conductor",
     "Context",
     "RetryPolicy",

@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from substantial.errors import CodecError
+from substantial.errors import CodecError, EncryptedPayload
 from substantial.protocol import substantial_pb2 as pb
 
 __all__ = [
@@ -60,20 +60,6 @@ class PayloadCodec(Protocol):
         :raises CodecError: if the bytes are bad, or ``key_id`` is unknown here
         """
         ...
-
-
-class EncryptedPayload(CodecError):
-    """A payload is encrypted with a key this process does not have."""
-
-    def __init__(self, key_id: str) -> None:
-        self.key_id = key_id
-        super().__init__(
-            f"payload is encrypted with key id {key_id!r}, which this process does not have "
-            f"(give it to Conductor(codecs=[AESGCMCodec(...)]) or in ${KEYS_ENV})"
-        )
-
-    def __reduce__(self) -> tuple[type[EncryptedPayload], tuple[str]]:
-        return type(self), (self.key_id,)
 
 
 class ZlibCodec:

@@ -18,6 +18,7 @@ import click
 
 from substantial._cli.agent import check, worker
 from substantial._cli.control import start, terminate
+from substantial._cli.keys import load_keys
 from substantial._cli.maintenance import gc_command, quarantine_command, replay, versions
 from substantial._cli.runs import cancel, list_command, result, send, show, stats
 
@@ -28,6 +29,7 @@ __all__ = ["main"]
 @click.version_option(package_name="substantial")
 def main() -> None:
     """Brokerless durable execution: run agents and inspect runs."""
+    load_keys()  # $SUBSTANTIAL_KEYS: without them, encrypted values show as <encrypted>
 
 
 _COMMANDS = (worker, check, start, list_command, stats, show, send, cancel, terminate, result)

@@ -8,6 +8,9 @@ Every error substantial raises, under one root.
           read-only, permission denied); retrying helps only once an operator acts
         * LeaseLost: another agent took over a run this agent was working on
     * CodecError (also ValueError): a value could not be encoded or decoded
+        * EncryptedPayload: a value is encrypted with a key id this process lacks
+    * InvalidAttribute (also ValueError): a search attribute that is not a small string
+      or number, or a bad ``--where`` filter
     * InvalidArguments (also TypeError): arguments that do not fit the workflow's signature
     * InvalidRunId (also ValueError): a run id that breaks the run-id rule
     * RunError: about one run; carries ``run_id``
@@ -39,7 +42,9 @@ __all__ = [
     "CompactionError",
     "CompensationFailed",
     "CorruptLog",
+    "EncryptedPayload",
     "InvalidArguments",
+    "InvalidAttribute",
     "InvalidRunId",
     "LeaseLost",
     "NonDeterminismError",
@@ -115,6 +120,32 @@ class LeaseLost(BackendError):
 
 class CodecError(SubstantialError, ValueError):
     """A value could not be encoded, or stored bytes could not be decoded."""
+
+
+class EncryptedPayload(CodecError):
+    """A stored value is encrypted with a key (``key_id``) this process does not have."""
+
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+        super().__init__(
+            f"payload is encrypted with key id {key_id!r}, which this process does not have "
+            "(give it to Conductor(codecs=[AESGCMCodec(...)]) or in $SUBSTANTIAL_KEYS)"
+        )
+
+    def __reduce__(self) -> tuple[type[EncryptedPayload], tuple[str]]:
+        return type(self), (self.key_id,)
+
+
+class InvalidAttribute(SubstantialError, ValueError):
+    """A search attribute is not a small string or number, or its name is not allowed."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"bad search attribute {name!r}: {detail}")
+        self.name = name
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[type[InvalidAttribute], tuple[str, str]]:
+        return type(self), (self.name, self.detail)
 
 
 class InvalidArguments(SubstantialError, TypeError):

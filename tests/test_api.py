@@ -5,6 +5,7 @@ from __future__ import annotations
 import substantial
 
 PUBLIC = [
+    "AESGCMCodec",
     "BackendError",
     "BackendRefused",
     "BackendUnavailable",
@@ -16,13 +17,16 @@ PUBLIC = [
     "Conductor",
     "Context",
     "CorruptLog",
+    "EncryptedPayload",
     "Handle",
     "HistoryEvent",
     "InvalidArguments",
+    "InvalidAttribute",
     "InvalidRunId",
     "LeaseLost",
     "NonDeterminismError",
     "NotAWorkflow",
+    "PayloadCodec",
     "RetryPolicy",
     "RunCancelled",
     "RunError",
@@ -36,20 +40,26 @@ PUBLIC = [
     "SubstantialError",
     "UnknownWorkflow",
     "Workflow",
+    "ZlibCodec",
+    "ZstdCodec",
     "__version__",
     "workflow",
 ]
 
 # Re-exported objects the package gives ``substantial`` as their home.
 HOMED = [
+    "AESGCMCodec",
     "ChildHandle",
     "Conductor",
     "Context",
     "Handle",
     "HistoryEvent",
+    "PayloadCodec",
     "RetryPolicy",
     "RunStatus",
     "Workflow",
+    "ZlibCodec",
+    "ZstdCodec",
     "workflow",
 ]
 

@@ -108,61 +108,65 @@ def payloads_in(record: Record) -> Iterator[pb.Payload]:
 async def seal(backend: Backend, run_id: str, record: Record, policy: PayloadPolicy) -> bytes:
     """
     ``record`` serialized with its payloads as stored: encoded by the policy's codecs,
-    the large ones in blobs (written here, first). ``record`` itself is left as it was.
+    the large ones in blobs (written here, first). ``record`` itself is left as it was:
+    each payload changed is put back from the one copy of its bytes kept meanwhile.
     """
     threshold = policy.blob_threshold
     if not policy.codecs and record.ByteSize() <= threshold:
         return record.SerializeToString()  # the common case: nothing to do
-    saved: list[tuple[pb.Payload, pb.Payload]] = []
+    saved: list[tuple[pb.Payload, bytes]] = []
     try:
         for payload in payloads_in(record):
             if payload.blob or payload.encodings:
                 continue  # already sealed (e.g. a summary rebuilt from a stored start)
             if not policy.codecs and payload.ByteSize() <= threshold:
                 continue
-            sealed = _encode(payload, policy.codecs)
-            if len(sealed.data) > threshold and await _store_blob(backend, run_id, sealed):
-                sealed.ClearField("data")
-            if sealed is payload:
+            plain = payload.data
+            data, names, key_id = _encode(plain, policy.codecs)
+            sha = await _store_blob(backend, run_id, data) if len(data) > threshold else ""
+            if not names and not sha:
                 continue
-            original = pb.Payload()
-            original.CopyFrom(payload)
-            saved.append((payload, original))
-            payload.CopyFrom(sealed)
+            saved.append((payload, plain))
+            payload.ClearField("data")  # the proto's copy goes; `plain` restores it
+            if sha:
+                payload.blob, payload.blob_size = sha, len(data)
+            else:
+                payload.data = data
+            payload.encodings.extend(names)
+            payload.key_id = key_id
+            del data
         return record.SerializeToString()
     finally:
-        for payload, original in saved:
-            payload.CopyFrom(original)
+        for payload, plain in saved:
+            for name in ("blob", "blob_size", "encodings", "key_id"):
+                payload.ClearField(name)
+            payload.data = plain
 
 
-def _encode(payload: pb.Payload, codecs: Sequence[PayloadCodec]) -> pb.Payload:
+def _encode(data: bytes, codecs: Sequence[PayloadCodec]) -> tuple[bytes, list[str], str]:
     if not codecs:
-        return pb.Payload(codec=payload.codec, data=payload.data)
+        return data, [], ""
     try:
-        data, names, key_id = chain_encode(codecs, payload.data)
+        return chain_encode(codecs, data)
     except CodecError:
         raise
     except Exception as exc:
         raise CodecError(f"payload codecs could not encode a payload: {exc!r}") from exc
-    return pb.Payload(codec=payload.codec, data=data, encodings=names, key_id=key_id)
 
 
-async def _store_blob(backend: Backend, run_id: str, sealed: pb.Payload) -> bool:
+async def _store_blob(backend: Backend, run_id: str, data: bytes) -> str:
     """
-    Store ``sealed.data`` as a blob and make ``sealed`` refer to it.
+    Store ``data`` as a blob (after both references to it).
 
-    :return: False if gc is deleting that blob right now: keep the bytes inline
+    :return: its sha256, or "" if gc is deleting that blob right now: keep it inline
     """
-    data = sealed.data
     sha = hashlib.sha256(data).hexdigest()
     await backend.create(run_blob_key(run_id, sha), b"")
     await backend.create(blob_ref_key(sha, run_id), str(now_ms()).encode())
     if await backend.get(blob_mark_key(sha)) is not None:
-        return False
+        return ""
     await backend.create(blob_key(sha), data)
-    sealed.blob = sha
-    sealed.blob_size = len(data)
-    return True
+    return sha
 
 
 async def open_records(
