@@ -6,9 +6,12 @@ rebuilt from the log) up to date with the state the log left the run in.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from substantial._core.attributes import AttributeValue, from_pb, to_pb
 from substantial._core.status import END_STATUS, STATUS_TO_PB, RunStatus
+from substantial._store.attrs import unindex, write_index
 from substantial._store.runs import RunStore, StoredLog
 from substantial.protocol import substantial_pb2 as pb
 
@@ -35,6 +38,8 @@ class SummaryChange:
     parked_reason: str = ""
     #: the run's log, to fill in a summary that could not be read
     stored: StoredLog | None = None
+    #: the run's search attributes now (None: as the summary read says)
+    attributes: Mapping[str, AttributeValue] | None = None
 
 
 class RunSummary:
@@ -65,14 +70,37 @@ class RunSummary:
         wake: int | None,
         waiting: bool,
         published: pb.Payload | None,
+        attributes: Mapping[str, AttributeValue] | None = None,
     ) -> None:
         """
         Write the state a wake-up left the run in (ended, sleeping until ``wake``,
-        waiting for events, or running), unless the summary already says so.
+        waiting for events, or running), unless the summary already says so; with its
+        search attributes, indexed before the summary shows them.
         """
+        known = from_pb(self.meta.attributes) if self.meta is not None else {}
+        if attributes is not None and dict(attributes) == known:
+            attributes = None  # unchanged: no index writes, and no summary write for them
+        if attributes is not None:
+            await write_index(self._store.backend, self.run_id, attributes, known)
+        await self._record(seq, outcome, wake, waiting, published, attributes)
+        if attributes is not None:
+            await unindex(self._store.backend, self.run_id, known, attributes)
+
+    async def _record(
+        self,
+        seq: int,
+        outcome: pb.Event | None,
+        wake: int | None,
+        waiting: bool,
+        published: pb.Payload | None,
+        attributes: Mapping[str, AttributeValue] | None,
+    ) -> None:
         if outcome is not None:
             status = END_STATUS[outcome.WhichOneof("kind") or ""]
-            await self.write(SummaryChange(status, seq, end=outcome, published=published))
+            change = SummaryChange(
+                status, seq, end=outcome, published=published, attributes=attributes
+            )
+            await self.write(change)
             log.info("run %s %s", self.run_id, status.value)
             return
         if wake is not None:
@@ -87,11 +115,14 @@ class RunSummary:
             and self.says(status)
             and meta.wake_at_ms == (wake or 0)
             and (published is None or meta.custom_status == published)
+            and attributes is None
         ):
             return
         if not self.says(status):
             log.info("run %s %s", self.run_id, status.value)  # one line per state change
-        await self.write(SummaryChange(status, seq, wake_at_ms=wake, published=published))
+        await self.write(
+            SummaryChange(status, seq, wake_at_ms=wake, published=published, attributes=attributes)
+        )
 
     async def write(self, change: SummaryChange) -> None:
         """Write the summary read, with ``change`` applied."""
@@ -119,6 +150,9 @@ class RunSummary:
             updated.continued_as = end.continued_as.run_id
         if change.published is not None:
             updated.custom_status.CopyFrom(change.published)
+        if change.attributes is not None:
+            del updated.attributes[:]
+            updated.attributes.extend(to_pb(change.attributes))
         current = (self.meta, self.version) if self.version else None
         written = await self._store.write_meta(updated, current=current)
         if written is not None:  # the next write of this wake-up is one conditional write

@@ -215,8 +215,9 @@ class WakeUp:
             await store.schedule(run_id, store.clock.now_ms(), "more")  # events left unmerged
         published = encode_payload(execution.custom_status) if execution.has_custom_status else None
         await self._summary.record_state(
-            self._seq, execution.outcome, wake=wake, waiting=waiting, published=published
-        )
+            self._seq, execution.outcome, wake=wake, waiting=waiting, published=published,
+            attributes=execution.attributes,
+        )  # fmt: skip
         if execution.outcome is not None:
             # The summary holds the outcome: local result() waiters need not wait for the
             # clean-up below (deleting consumed entries, releasing the lease).

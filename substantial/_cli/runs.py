@@ -44,6 +44,12 @@ __all__ = ["cancel", "list_command", "result", "send", "show", "stats"]
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many runs (a page).")
 @click.option("--after", metavar="RUN", help="The page after this run (as printed by --limit).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
+@click.option(
+    "--where",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Only runs with this search attribute (repeatable); read from the index.",
+)
 def list_command(
     backend_url: str | None,
     workflow: str | None,
@@ -53,10 +59,12 @@ def list_command(
     limit: int | None,
     after: str | None,
     as_json: bool,
+    where: tuple[str, ...],
 ) -> None:
     """
-    List runs, oldest first. Reads every key under runs/: an operator command. With
-    --limit, prints one page and, on stderr, the --after that gives the next.
+    List runs, oldest first. Reads every key under runs/ (an operator command), or, with
+    --where, only the runs the attribute index lists. With --limit, prints one page and,
+    on stderr, the --after that gives the next.
     """
     progress = Progress("runs read")
 
@@ -67,6 +75,7 @@ def list_command(
             status=[RunStatus(s) for s in statuses] or None,
             started_before=started_before,
             started_after=started_after,
+            where=where or None,
             progress=progress,
         )
 
@@ -149,6 +158,8 @@ def show(backend_url: str | None, run_id: str, as_json: bool) -> None:
         lines.append(("wakes at", time_text(run.wake_at)))
     if run.custom_status is not None:
         lines.append(("says", json_text(run.custom_status)))
+    if run.attributes:
+        lines.append(("where", " ".join(f"{k}={v}" for k, v in run.attributes.items())))
     if details.lease_owner:
         lines.append(
             ("agent", f"{details.lease_owner} (lease until {time_text(details.lease_expires)})")

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, cast, overload
 
 from substantial import _allow
+from substantial._core.attributes import AttributeValue, check_attributes
 from substantial._core.retry import RetryPolicy
 from substantial._core.runids import check_run_id
 from substantial._engine.children import ChildHandle
@@ -66,6 +67,7 @@ class Engine(Protocol):
     ) -> None: ...
     def ensure(self, predicate: Callable[[], bool]) -> asyncio.Future[Any]: ...
     def set_status(self, value: Any) -> None: ...
+    def set_attributes(self, attributes: dict[str, AttributeValue | None]) -> None: ...
     def version(self, change_id: str) -> bool: ...
     async def revert(self) -> NoReturn: ...
     def continue_using(self, workflow: str, args: pb.Payload) -> NoReturn: ...
@@ -241,6 +243,18 @@ class Context:
         """
         encode_payload(value, where="status", limit=self._engine.max_payload)  # fail here
         self._engine.set_status(value)
+
+    def set_attributes(self, **attributes: str | int | float | None) -> None:
+        """
+        Set search attributes the run can be found by: ``substantial list --where
+        customer=acme``, ``list_runs(backend, where={"customer": "acme"})``. Values are
+        small strings and numbers; ``None`` removes one. Stored in plain text (not
+        encrypted: they are meant to be searched), kept after each wake-up of the run.
+
+        :raises InvalidAttribute: for a name that is not an identifier, or a value that
+            is not a string (at most 256 characters), an int or a finite float
+        """
+        self._engine.set_attributes(check_attributes(attributes))
 
     def version(self, change_id: str) -> bool:
         """

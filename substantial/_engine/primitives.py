@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from substantial._core import constants
+from substantial._core.attributes import AttributeValue
 from substantial._core.runids import derived_run_id
 from substantial._engine.applier import EventApplier
 from substantial._engine.children import ChildHandle
@@ -51,6 +52,8 @@ class Primitives(EventApplier):
         #: The last value given to ``Context.set_status``, and whether there was one.
         self.custom_status: Any = None
         self.has_custom_status = False
+        #: The run's search attributes as ``Context.set_attributes`` left them.
+        self.attributes: dict[str, AttributeValue] = {}
         #: Answers ``Context.version`` gave, by change id.
         self.versions: dict[str, bool] = {}
 
@@ -134,6 +137,13 @@ class Primitives(EventApplier):
     def set_status(self, value: Any) -> None:
         self.custom_status = value
         self.has_custom_status = True
+
+    def set_attributes(self, attributes: dict[str, AttributeValue | None]) -> None:
+        for name, value in attributes.items():
+            if value is None:
+                self.attributes.pop(name, None)
+            else:
+                self.attributes[name] = value
 
     def version(self, change_id: str) -> bool:
         """True where this code path is new to the run, False where the log predates it."""

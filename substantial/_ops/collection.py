@@ -13,12 +13,15 @@ from datetime import UTC, datetime, timedelta
 
 import anyio
 
+from substantial._core.attributes import from_pb
 from substantial._ops.blobs import drop_run_refs, sweep_blobs
 from substantial._ops.listing import Progress, list_runs, no_progress
 from substantial._store import hints
+from substantial._store.attrs import unindex
 from substantial._store.keys import SCHEDULE_PREFIX, ScheduleEntry, lease_key, meta_key, run_prefix
 from substantial._store.runs import RunStore
 from substantial.backends.base import Backend
+from substantial.errors import CorruptLog
 
 __all__ = ["GcResult", "gc"]
 
@@ -124,6 +127,7 @@ class _Sweep:
                 return
             meta = meta_key(run_id)
             await drop_run_refs(backend, run_id, run_keys)
+            await _drop_index(self.store, run_id)
             await _delete_all(backend, schedule_keys)
             await _delete_all(backend, [key for key in run_keys if key != meta])
             await _delete_all(backend, [key for key in run_keys if key == meta])
@@ -131,6 +135,16 @@ class _Sweep:
             await backend.prune(f"runs/{run_id}/")
         self.keys += len(run_keys) + len(schedule_keys)
         self.deleted.append(run_id)
+
+
+async def _drop_index(store: RunStore, run_id: str) -> None:
+    """Delete the run's search-attribute index entries (stale ones are pruned by searches)."""
+    try:
+        meta = await store.read_meta(run_id)
+    except CorruptLog:
+        return
+    if meta is not None:
+        await unindex(store.backend, run_id, from_pb(meta.attributes), {})
 
 
 async def _delete_all(backend: Backend, keys: Sequence[str]) -> None:

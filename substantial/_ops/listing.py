@@ -6,12 +6,14 @@ from its first segment is listed as ``corrupt``, never skipped.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from substantial._core.attributes import AttributeValue, from_pb, parse_where
 from substantial._core.status import STATUS_FROM_PB, RunStatus
+from substantial._ops.search import indexed_runs, matches_where, prune_stale
 from substantial._ops.values import safe_plain, time_of
 from substantial._store import hints
 from substantial._store.keys import RUNS_PREFIX, meta_key, past_run, run_id_of, segment_key
@@ -51,6 +53,7 @@ class RunSummary:
     :ivar error: ``Type: message`` of a failed run, or of what makes a run corrupt
     :ivar parked_reason: why a parked run no longer replays
     :ivar custom_status: the last value the workflow gave ``Context.set_status()``
+    :ivar attributes: the run's search attributes (``Context.set_attributes()``)
     """
 
     run_id: str
@@ -64,6 +67,7 @@ class RunSummary:
     error: str = ""
     parked_reason: str = ""
     custom_status: Any = None
+    attributes: dict[str, AttributeValue] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The summary as a JSON-compatible dict (times as ISO 8601 strings)."""
@@ -83,6 +87,7 @@ class RunSummary:
             "error": self.error or None,
             "parked_reason": self.parked_reason or None,
             "custom_status": self.custom_status,
+            "attributes": self.attributes,
         }
 
 
@@ -103,6 +108,7 @@ def _summary(meta: pb.RunMeta) -> RunSummary:
         error=error,
         parked_reason=meta.parked_reason,
         custom_status=safe_plain(meta.custom_status) if meta.HasField("custom_status") else None,
+        attributes=from_pb(meta.attributes),
     )
 
 
@@ -196,6 +202,7 @@ async def list_runs(
     started_before: datetime | None = None,
     started_after: datetime | None = None,
     *,
+    where: Mapping[str, object] | Iterable[str] | None = None,
     progress: Progress = no_progress,
 ) -> list[RunSummary]:
     """
@@ -208,7 +215,11 @@ async def list_runs(
     :param status: only runs in this status (or one of these)
     :param started_before: only runs started before this time
     :param started_after: only runs started at or after this time
+    :param where: only runs with these search attributes, ``{"customer": "acme"}`` or
+        ``["customer=acme"]`` (values compared as text); found through the attribute
+        index, so only the matching runs' summaries are read
     :param progress: called with the number of runs read so far
+    :raises InvalidAttribute: for a ``where`` condition that is not ``name=value``
     :raises BackendUnavailable: if the storage cannot be reached
     """
     wanted: set[RunStatus] | None = None
@@ -229,13 +240,40 @@ async def list_runs(
         batch.clear()
         progress(seen, None)
 
-    async for run_id in iter_run_ids(backend):
-        batch.append(run_id)
-        if len(batch) >= PAGE:
-            await flush()
-    await flush()
+    if where is not None:
+        wanted_attrs = parse_where(where)
+        found = await _search(backend, wanted_attrs)
+        found = [s for s in found if _matches(s, workflow, wanted, started_before, started_after)]
+        progress(len(found), len(found))
+    else:
+        async for run_id in iter_run_ids(backend):
+            batch.append(run_id)
+            if len(batch) >= PAGE:
+                await flush()
+        await flush()
     epoch = datetime.fromtimestamp(0, UTC)
     found.sort(key=lambda s: (s.created or epoch, s.run_id))
+    return found
+
+
+async def _search(backend: Backend, wanted: Mapping[str, str]) -> list[RunSummary]:
+    """The runs with the wanted attributes, through the index; stale entries pruned."""
+    if not wanted:
+        return []
+    indexed = await indexed_runs(backend, wanted)
+    found: list[RunSummary] = []
+    stale: list[tuple[str, datetime | None]] = []
+    for start in range(0, len(indexed), PAGE):
+        page = indexed[start : start + PAGE]
+        summaries = await _summaries(backend, [run_id for _, run_id in page])
+        for (key, _), summary in zip(page, summaries, strict=True):
+            if summary is None:
+                stale.append((key, None))
+            elif matches_where(summary.attributes, wanted):
+                found.append(summary)
+            elif not matches_where(summary.attributes, dict([next(iter(wanted.items()))])):
+                stale.append((key, summary.updated))
+    await prune_stale(backend, stale)
     return found
 
 
