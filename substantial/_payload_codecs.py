@@ -38,6 +38,7 @@ __all__ = [
     "open_payload",
     "parse_keys",
     "register_payload_codec",
+    "registered_names",
 ]
 
 #: The environment variable the CLI reads keys from: ``id1:base64key,id2:base64key``.
@@ -225,6 +226,11 @@ def register_payload_codec(codec: PayloadCodec) -> None:
     if isinstance(codec, AESGCMCodec):
         _KEYRING.update(codec.keys)
     _PAYLOAD_CODECS[name] = codec
+
+
+def registered_names() -> tuple[bytes, ...]:
+    """The names of the payload codecs registered here (and zstd, made on first use)."""
+    return (ZstdCodec.name.encode(), *(name.encode() for name in _PAYLOAD_CODECS))
 
 
 def get_payload_codec(name: str) -> PayloadCodec:

@@ -32,7 +32,12 @@ from typing import TypeVar
 
 from substantial._core import constants
 from substantial._core.clock import now_ms
-from substantial._payload_codecs import PayloadCodec, chain_decode, chain_encode
+from substantial._payload_codecs import (
+    PayloadCodec,
+    chain_decode,
+    chain_encode,
+    registered_names,
+)
 from substantial._store.keys import (
     blob_key,
     blob_mark_key,
@@ -43,7 +48,14 @@ from substantial.backends.base import Backend
 from substantial.errors import CodecError, CorruptLog
 from substantial.protocol import substantial_pb2 as pb
 
-__all__ = ["DEFAULT_POLICY", "PayloadPolicy", "open_records", "payloads_in", "seal"]
+__all__ = [
+    "DEFAULT_POLICY",
+    "PayloadPolicy",
+    "maybe_sealed",
+    "open_records",
+    "payloads_in",
+    "seal",
+]
 
 #: Where each event kind keeps its payload, if it has one.
 _EVENT_PAYLOADS = {
@@ -167,6 +179,15 @@ async def _store_blob(backend: Backend, run_id: str, data: bytes) -> str:
         return ""
     await backend.create(blob_key(sha), data)
     return sha
+
+
+def maybe_sealed(data: bytes) -> bool:
+    """
+    Whether stored bytes may hold a sealed payload: a blob reference (field 5, 64 hex
+    characters: the bytes ``2a 40``) or the name of a payload codec registered here (a
+    payload of an unregistered one cannot be opened anyway). A false alarm costs a walk.
+    """
+    return b"\x2a\x40" in data or any(name in data for name in registered_names())
 
 
 async def open_records(

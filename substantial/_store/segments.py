@@ -11,7 +11,13 @@ from dataclasses import dataclass
 import anyio
 
 from substantial._store.keys import log_prefix, segment_key, snapshot_key, snapshot_prefix
-from substantial._store.payloads import DEFAULT_POLICY, PayloadPolicy, open_records, seal
+from substantial._store.payloads import (
+    DEFAULT_POLICY,
+    PayloadPolicy,
+    maybe_sealed,
+    open_records,
+    seal,
+)
 from substantial._store.records import FORMAT_VERSION, check_segment, parse_record
 from substantial.backends.base import Backend
 from substantial.errors import CorruptLog
@@ -39,6 +45,8 @@ class StoredLog:
     segment_ends: list[int]
     #: the snapshot the log was read from (-1: none)
     snapshot_seq: int = -1
+    #: whether a payload read may be sealed (in a blob, or encoded by a payload codec)
+    sealed: bool = True
 
 
 class _Vanished(Exception):
@@ -80,7 +88,8 @@ async def read_log(backend: Backend, run_id: str) -> StoredLog:
             continue
     else:
         stored = await _read_log_once(backend, run_id)
-    await open_records(backend, run_id, stored.events)
+    if stored.sealed:
+        await open_records(backend, run_id, stored.events)
     return stored
 
 
@@ -93,6 +102,7 @@ async def _read_log_once(backend: Backend, run_id: str) -> StoredLog:
     """
     events: list[pb.Event] = []
     ends: list[int] = []
+    sealed = False
     seq = -1
     snapshot_seq = -1
     after = None
@@ -103,6 +113,7 @@ async def _read_log_once(backend: Backend, run_id: str) -> StoredLog:
     if snapshot is not None:
         key = snapshots[-1]
         segment = parse_record(pb.Segment, snapshot[0], run_id, key)
+        sealed = maybe_sealed(snapshot[0])
         check_segment(segment, run_id, key, int(key.rsplit("/", 1)[1]))
         events.extend(segment.events)
         ends.extend(segment.segment_ends)
@@ -115,6 +126,7 @@ async def _read_log_once(backend: Backend, run_id: str) -> StoredLog:
             raise _Vanished
         seq += 1
         segment = parse_record(pb.Segment, entry[0], run_id, key)
+        sealed = sealed or maybe_sealed(entry[0])
         if key != segment_key(run_id, seq):
             raise CorruptLog(run_id, key, f"segment {seq} is missing before it")
         check_segment(segment, run_id, key, seq)
@@ -122,7 +134,7 @@ async def _read_log_once(backend: Backend, run_id: str) -> StoredLog:
         ends.append(len(events))
     if events and events[0].WhichOneof("kind") != "started":
         raise CorruptLog(run_id, segment_key(run_id, 0), "the log does not begin with a start")
-    return StoredLog(events, seq, ends, snapshot_seq)
+    return StoredLog(events, seq, ends, snapshot_seq, sealed)
 
 
 async def write_snapshot(
