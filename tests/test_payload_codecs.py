@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from substantial import (
@@ -21,11 +24,12 @@ from substantial import (
 )
 from substantial import _payload_codecs as registry
 from substantial._payload_codecs import parse_keys
-from substantial.backends import Backend
+from substantial.backends import Backend, FSBackend
 from substantial.codec import decode_payload, encode_payload
 from substantial.ops import describe_run, get_run
 from tests.harness import WAIT, make_conductor, wait_for_status
 
+ROOT = Path(__file__).resolve().parent.parent
 KEY1 = bytes(range(32))
 KEY2 = bytes(range(32, 64))
 SECRETS = ("alice-secret-arg", "step-secret-value", "event-secret-value", "status-secret")
@@ -175,3 +179,42 @@ def test_the_same_value_seals_to_the_same_bytes() -> None:
     codec = AESGCMCodec({"a": KEY1})
     assert codec.encode(b"v")[0] == codec.encode(b"v")[0]
     assert codec.encode(b"v")[0] != codec.encode(b"w")[0]
+
+
+async def run_cli(*args: str, keys: str | None) -> tuple[int, str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("SUBSTANTIAL_BACKEND", None)
+    env.pop("SUBSTANTIAL_KEYS", None)
+    if keys is not None:
+        env["SUBSTANTIAL_KEYS"] = keys
+    script = str(Path(sys.executable).with_name("substantial"))
+    with anyio.fail_after(60):
+        done = await anyio.run_process([script, *args], env=env, check=False)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+async def test_the_cli_reads_keys_from_the_environment(tmp_path: Path) -> None:
+    backend = FSBackend(tmp_path / "store")
+    url = f"file://{tmp_path / 'store'}"
+    keys = f"k1:{base64.b64encode(KEY1).decode()}"
+    codecs = [AESGCMCodec({"k1": KEY1})]
+    async with make_conductor(backend, secret, virtual_clock=True, codecs=codecs) as conductor:
+        handle = await conductor.start(secret, "alice-secret-arg", run_id="cli")
+        await wait_for_status(handle, RunStatus.WAITING)
+        code, out, err = await run_cli(
+            "send", "cli", "go", '"event-secret-value"', "--backend", url, keys=keys
+        )
+        assert code == 0, err
+        await handle.result(timeout=WAIT)
+    assert b"event-secret-value" not in await stored_bytes(backend)  # the CLI encrypted it
+
+    code, out, _ = await run_cli("show", "cli", "--backend", url, keys=None)
+    assert code == 0
+    assert "<encrypted>" in out
+    assert "secret-value" not in out
+    code, out, _ = await run_cli("show", "cli", "--backend", url, keys=keys)
+    assert code == 0
+    assert "event-secret-value" in out
+    code, _, err = await run_cli("list", "--backend", url, keys="k1:notbase64!")
+    assert code == 2
+    assert "SUBSTANTIAL_KEYS" in err

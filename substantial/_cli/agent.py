@@ -17,6 +17,7 @@ from substantial._cli.common import (
     open_backend,
     workflows_in,
 )
+from substantial._cli.keys import cli_codecs
 from substantial._conductor import Conductor
 from substantial._core import constants
 from substantial._store.keys import SCHEDULE_PREFIX
@@ -73,7 +74,7 @@ def worker(
             conductor = _rebuilt(conductor, open_backend(backend_url))
     elif app and backend_url:
         module = import_object(app)
-        conductor = Conductor(open_backend(backend_url))
+        conductor = Conductor(open_backend(backend_url), codecs=cli_codecs())
         workflows = workflows_in(module)
         if not workflows:
             raise click.UsageError(f"module {app!r} defines no @workflow functions")
@@ -99,6 +100,9 @@ def _rebuilt(conductor: Conductor, backend: Backend) -> Conductor:
         lease=conductor.lease_seconds,
         park_retry=conductor.park_retry,
         shutdown_grace=conductor.shutdown_grace,
+        max_payload=conductor.max_payload,
+        blob_threshold=conductor.blob_threshold,
+        codecs=conductor.store.payloads.codecs,
     )
     fresh.register(*conductor.workflows)
     return fresh

@@ -10,6 +10,7 @@ import click
 from substantial import ops
 from substantial._cli.common import backend_option, fail, run_id_argument, with_backend
 from substantial._cli.formatting import json_text
+from substantial._cli.keys import cli_codecs
 from substantial._client.handle import Handle
 from substantial._conductor import Conductor
 from substantial.backends import Backend
@@ -69,7 +70,7 @@ def start(
     args, kwargs = _arguments(args_json)
 
     async def body(backend: Backend) -> tuple[str, bool, Any]:
-        handle: Handle[Any] = await Conductor(backend).start(
+        handle: Handle[Any] = await Conductor(backend, codecs=cli_codecs()).start(
             workflow, *args, run_id=run_id, **kwargs
         )
         if not wait:

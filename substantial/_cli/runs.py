@@ -21,6 +21,7 @@ from substantial._cli.formatting import (
     table,
     time_text,
 )
+from substantial._cli.keys import cli_codecs
 from substantial._conductor import Conductor
 from substantial._core.status import RunStatus
 from substantial.backends import Backend
@@ -189,7 +190,10 @@ def send(backend_url: str | None, run_id: str, name: str, value: str | None) -> 
         decoded = None if value is None else json.loads(value)
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="JSON") from None
-    with_backend(backend_url, lambda backend: Conductor(backend).handle(run_id).send(name, decoded))
+    with_backend(
+        backend_url,
+        lambda backend: Conductor(backend, codecs=cli_codecs()).handle(run_id).send(name, decoded),
+    )
     click.echo(f"sent {name} to {run_id}")
 
 
