@@ -136,3 +136,17 @@ def test_the_threshold_is_settable() -> None:
     assert Conductor("memory://").blob_threshold == 256 * 1024
     with pytest.raises(ValueError, match="blob_threshold must be at least 1 byte"):
         Conductor("memory://", blob_threshold=0)
+
+
+async def test_gc_collects_the_blob_of_a_start_that_died_before_its_first_segment(
+    backend: Backend,
+) -> None:
+    policy = PayloadPolicy(blob_threshold=100)
+    started = pb.Event(started=pb.Started(run_id="died", args=encode_payload("a" * 500)))
+    await seal(backend, "died", started, policy)  # the blob and its references; no segment
+    (blob,) = await keys(backend, BLOBS_PREFIX)
+    assert (await gc(backend, timedelta(0))).blobs == []  # it may still be starting
+    (ref,) = await keys(backend, "blobrefs/")
+    await backend.put(ref, b"0")  # as if written long ago
+    assert (await gc(backend, timedelta(0))).blobs == [blob[len(BLOBS_PREFIX) :]]
+    assert await backend.list("") == []

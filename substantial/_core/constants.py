@@ -59,6 +59,10 @@ MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 #: A payload larger than this (after compression and encryption) is stored once as a
 #: content-addressed blob (``blobs/{sha256}``) and its record keeps the reference.
 BLOB_THRESHOLD_BYTES = 256 * 1024
+#: A blob reference of a run that has no log yet counts this long: its start may still
+#: be writing (it stores its arguments' blob before the first segment). After that the
+#: start died half-way, and gc deletes the reference and, if no other run has one, the blob.
+BLOB_START_GRACE_SECONDS = 3600.0
 #: gc's mark "deleting this blob" lasts one blob's check; one older than this was left by
 #: a gc that died, and is removed (while it stands, writers keep that blob's bytes inline).
 BLOB_MARK_GRACE_SECONDS = 3600.0

@@ -18,6 +18,7 @@ from substantial._store.keys import (
     blob_ref_prefix,
     run_blob_key,
     run_blobs_prefix,
+    run_prefix,
 )
 from substantial.backends.base import Backend
 
@@ -38,16 +39,39 @@ async def drop_run_refs(backend: Backend, run_id: str, run_keys: Sequence[str]) 
 async def _referenced(backend: Backend, sha: str, *, dry_run: bool) -> bool:
     """
     Whether a run refers to blob ``sha``. A reference counts while its run's own key
-    for it exists (written first, deleted last); one without it is stale and deleted.
+    for it exists (written first, deleted last) and the run has more than blob keys, or
+    is younger than ``BLOB_START_GRACE_SECONDS`` (a start writes its arguments' blob
+    before the run's first segment). Others are stale (the run was deleted, or its start
+    died half-way) and deleted.
     """
     refs = await backend.list_all(blob_ref_prefix(sha))
-    for ref in refs:
+    entries = await backend.get_many(refs)
+    for ref, entry in zip(refs, entries, strict=True):
         run_id = ref.rpartition("/")[2]
+        if entry is None:
+            continue
         if await backend.get(run_blob_key(run_id, sha)) is not None:
-            return True
+            if await _has_more_than_blobs(backend, run_id) or _young(entry[0]):
+                return True
+            if not dry_run:  # a start that died before its first segment
+                await backend.delete(run_blob_key(run_id, sha))
         if not dry_run:
             await backend.delete(ref)
     return False
+
+
+async def _has_more_than_blobs(backend: Backend, run_id: str) -> bool:
+    """Whether the run has a key besides its blob references (they sort first)."""
+    past_blobs = run_blobs_prefix(run_id)[:-1] + "~"
+    return bool(await backend.list(run_prefix(run_id), after=past_blobs, limit=1))
+
+
+def _young(stamp: bytes) -> bool:
+    try:
+        written = int(stamp)
+    except ValueError:
+        return False
+    return now_ms() - written < constants.BLOB_START_GRACE_SECONDS * 1000
 
 
 async def sweep_blobs(backend: Backend, *, dry_run: bool = False) -> list[str]:
