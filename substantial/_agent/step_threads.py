@@ -91,6 +91,7 @@ class DaemonThreadPool(concurrent.futures.Executor):
                     future.set_exception(exc)
                 else:
                     future.set_result(result)
+                    del result  # an idle thread must not keep the last step's value alive
             with self._lock:
                 if future in self._abandoned:
                     self._abandoned.discard(future)

@@ -6,7 +6,7 @@ and one still larger than the blob threshold is stored once, content-addressed, 
 the codecs undone, where this process has their keys (a payload whose key is unknown
 stays sealed: decoding it raises :class:`~substantial.codec.EncryptedPayload`).
 
-The in-memory record is never left changed: it is sealed, serialized and restored.
+The in-memory record is never changed: what is written is a copy with sealed payloads.
 
 Blob references, and why ``gc`` cannot delete a blob a run is about to refer to::
 
@@ -26,9 +26,12 @@ after gc wrote it (and kept its bytes inline). See docs/decisions.md.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
 
 from substantial._core import constants
 from substantial._core.clock import now_ms
@@ -69,7 +72,7 @@ _EVENT_PAYLOADS = {
 }
 
 Record = pb.Segment | pb.InboxEntry | pb.RunMeta | pb.Event
-_R = TypeVar("_R", pb.Segment, pb.InboxEntry, pb.RunMeta)
+_M = TypeVar("_M", bound=Message)
 
 
 @dataclass(frozen=True)
@@ -120,39 +123,104 @@ def payloads_in(record: Record) -> Iterator[pb.Payload]:
 async def seal(backend: Backend, run_id: str, record: Record, policy: PayloadPolicy) -> bytes:
     """
     ``record`` serialized with its payloads as stored: encoded by the policy's codecs,
-    the large ones in blobs (written here, first). ``record`` itself is left as it was:
-    each payload changed is put back from the one copy of its bytes kept meanwhile.
+    the large ones in blobs (written here, first). ``record`` itself is never changed:
+    the bytes come from a copy built field by field around the sealed payloads, which
+    copies no large value (assigning to the record's own fields would grow its protobuf
+    arena by each value, and show other tasks a half-sealed record during the writes).
     """
     threshold = policy.blob_threshold
     if not policy.codecs and record.ByteSize() <= threshold:
         return record.SerializeToString()  # the common case: nothing to do
-    saved: list[tuple[pb.Payload, bytes]] = []
-    try:
-        for payload in payloads_in(record):
-            if payload.blob or payload.encodings:
-                continue  # already sealed (e.g. a summary rebuilt from a stored start)
-            if not policy.codecs and payload.ByteSize() <= threshold:
-                continue
-            plain = payload.data
-            data, names, key_id = _encode(plain, policy.codecs)
-            sha = await _store_blob(backend, run_id, data) if len(data) > threshold else ""
-            if not names and not sha:
-                continue
-            saved.append((payload, plain))
-            payload.ClearField("data")  # the proto's copy goes; `plain` restores it
-            if sha:
-                payload.blob, payload.blob_size = sha, len(data)
-            else:
-                payload.data = data
-            payload.encodings.extend(names)
-            payload.key_id = key_id
-            del data
+    sealed: list[pb.Payload | None] = []
+    for payload in _all_payloads(record):
+        if payload.blob or payload.encodings:
+            sealed.append(None)  # already sealed (e.g. a summary rebuilt from a stored start)
+        elif not policy.codecs and payload.ByteSize() <= threshold:
+            sealed.append(None)
+        else:
+            sealed.append(await _seal_one(backend, run_id, payload, policy))
+    if not any(sealed):
         return record.SerializeToString()
-    finally:
-        for payload, plain in saved:
-            for name in ("blob", "blob_size", "encodings", "key_id"):
-                payload.ClearField(name)
-            payload.data = plain
+    replacements = iter(sealed)
+    return _copy_with(record, lambda: next(replacements)).SerializeToString()
+
+
+async def _seal_one(
+    backend: Backend, run_id: str, payload: pb.Payload, policy: PayloadPolicy
+) -> pb.Payload | None:
+    data, names, key_id = _encode(payload.data, policy.codecs)
+    sha = await _store_blob(backend, run_id, data) if len(data) > policy.blob_threshold else ""
+    if sha:
+        return pb.Payload(
+            codec=payload.codec, blob=sha, blob_size=len(data), encodings=names, key_id=key_id
+        )
+    if names:
+        return pb.Payload(codec=payload.codec, data=data, encodings=names, key_id=key_id)
+    return None
+
+
+def _all_payloads(message: Message) -> Iterator[pb.Payload]:
+    """Every payload in ``message``, in the order :func:`_copy_with` meets them."""
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        for item in value if _repeated(field) else [value]:
+            if field.message_type is _PAYLOAD:
+                yield item
+            elif field.message_type in _HOLDS_PAYLOADS:
+                yield from _all_payloads(item)
+
+
+def _copy_with(message: _M, replacement: Callable[[], pb.Payload | None]) -> _M:
+    """
+    A copy of ``message`` in which each payload is what ``replacement()`` gives for it,
+    in :func:`_all_payloads` order (None: the payload as it is).
+    """
+    out = type(message)()
+    for field, value in message.ListFields():
+        target = getattr(out, field.name)
+        if field.message_type is None:
+            if _repeated(field):
+                target.extend(value)
+            else:
+                setattr(out, field.name, value)
+            continue
+        items = value if _repeated(field) else [value]
+        for item in items:
+            slot = target.add() if _repeated(field) else target
+            if field.message_type is _PAYLOAD:
+                slot.CopyFrom(replacement() or item)
+            elif field.message_type in _HOLDS_PAYLOADS:
+                slot.CopyFrom(_copy_with(item, replacement))
+            else:
+                slot.CopyFrom(item)
+    return out
+
+
+def _repeated(field: FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
+
+
+def _holding_payloads() -> frozenset[Descriptor]:
+    """The message types that contain a Payload, at any depth."""
+    found: set[Descriptor] = set()
+    changed = True
+    types = list(pb.DESCRIPTOR.message_types_by_name.values())
+    while changed:
+        changed = False
+        for kind in types:
+            if kind in found:
+                continue
+            for field in kind.fields:
+                if field.message_type is _PAYLOAD or field.message_type in found:
+                    found.add(kind)
+                    changed = True
+                    break
+    return frozenset(found)
+
+
+_PAYLOAD = pb.Payload.DESCRIPTOR
+_HOLDS_PAYLOADS = _holding_payloads()
 
 
 def _encode(data: bytes, codecs: Sequence[PayloadCodec]) -> tuple[bytes, list[str], str]:
