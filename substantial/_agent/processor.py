@@ -114,8 +114,11 @@ class RunProcessor:
         now_ms = self._store.clock.now_ms
         with anyio.CancelScope(shield=True), anyio.move_on_after(parts.settings.lease_seconds):
             try:
-                await mark_held(self._store, run_id, reason, now_ms())
-                await self._store.schedule(run_id, now_ms() + round(wait * 1000), "h")
+                retry_at = now_ms() + round(wait * 1000)
+                await mark_held(
+                    self._store, run_id, reason, now_ms=now_ms(), retry_at_ms=retry_at, agent=name
+                )
+                await self._store.schedule(run_id, retry_at, "h")
                 await self._store.delete([entry.key for entry in entries])
             except Exception as exc:  # best effort: the in-memory hold-off still stands
                 log.warning("agent %s: could not record the hold-off of run %s: %s",

@@ -26,7 +26,7 @@ from substantial._core.status import RunStatus
 from substantial.backends import Backend
 from substantial.errors import CodecError
 
-__all__ = ["cancel", "list_command", "result", "send", "show", "stats"]
+__all__ = ["cancel", "list_command", "plain_result", "result", "send", "show", "stats"]
 
 
 @click.command("list")
@@ -145,14 +145,15 @@ def show(backend_url: str | None, run_id: str, as_json: bool) -> None:
         lines.append(("error", run.error))
     if run.parked_reason:
         lines.append(("parked", run.parked_reason))
-    if run.wake_at is not None:
-        lines.append(("wakes at", time_text(run.wake_at)))
+    lines += _when_lines(run)
     if run.custom_status is not None:
         lines.append(("says", json_text(run.custom_status)))
     if details.lease_owner:
         lines.append(
             ("agent", f"{details.lease_owner} (lease until {time_text(details.lease_expires)})")
         )
+    elif run.agent and not run.status.finished:
+        lines.append(("agent", f"none now (last: {run.agent})"))
     if details.inbox:
         lines.append(("inbox", f"{details.inbox} event(s) not yet merged into the log"))
     for entry in details.quarantined:  # `substantial quarantine RUN --drop KEY` deletes one
@@ -165,6 +166,17 @@ def show(backend_url: str | None, run_id: str, as_json: bool) -> None:
         click.echo(
             f"  {time_text(event.at, ms=True)}  {event.kind:<19} {event_text(event)}".rstrip()
         )
+
+
+def _when_lines(run: inspect.RunSummary) -> list[tuple[str, str]]:
+    """What a run waits for and until when, as ``show`` prints it."""
+    at = time_text(run.wake_at) if run.wake_at is not None else ""
+    if run.waiting_for:
+        timeout = f" (times out at {at})" if at else ""
+        return [("waits for", ", ".join(run.waiting_for) + timeout)]
+    if not at or run.status.finished:
+        return []
+    return [("retry at" if run.status is RunStatus.PARKED else "wakes at", at)]
 
 
 @click.command()
@@ -205,16 +217,19 @@ def result(backend_url: str | None, run_id: str, timeout: float | None, as_json:
     such run; 2 for a bad argument.
     """
 
-    async def body(backend: Backend) -> tuple[bool, Any]:
-        try:
-            await Conductor(backend).handle(run_id).result(timeout=timeout)
-        except CodecError:
-            pass  # its classes are not importable here: print it as plain JSON below
-        except TimeoutError:
-            return False, None
-        return True, (await inspect.get_run(backend, run_id)).result
-
-    finished, value = with_backend(backend_url, body)
-    if not finished:
-        fail(f"run {run_id!r} has not finished after {timeout:g}s")
+    value = with_backend(backend_url, lambda backend: plain_result(backend, run_id, timeout))
     click.echo(json_text({"run_id": run_id, "result": value} if as_json else value))
+
+
+async def plain_result(backend: Backend, run_id: str, timeout: float | None) -> Any:
+    """
+    Wait for a run to finish; its result as plain JSON data. A run that did not complete
+    raises its error (``with_backend`` prints it and exits 1); a timeout exits 1 too.
+    """
+    try:
+        await Conductor(backend).handle(run_id).result(timeout=timeout)
+    except CodecError:
+        pass  # its classes are not importable here: read as plain JSON below
+    except TimeoutError:
+        fail(f"run {run_id!r} has not finished after {timeout:g}s")
+    return (await inspect.get_run(backend, run_id)).result

@@ -44,12 +44,15 @@ class RunSummary:
         ``corrupt`` if neither its summary nor its log can be read
     :ivar created: when it was started
     :ivar updated: when its summary was last written
-    :ivar wake_at: when a sleeping run wakes
+    :ivar wake_at: when a sleeping run wakes, a waiting one times out, a parked one is
+        retried
     :ivar args: the positional and keyword arguments, as plain data
     :ivar result: the result of a completed run, as plain data
     :ivar error: ``Type: message`` of a failed run, or of what makes a run corrupt
     :ivar parked_reason: why a parked run no longer replays
     :ivar custom_status: the last value the workflow gave ``Context.set_status()``
+    :ivar waiting_for: what a waiting run waits for, e.g. ``event 'approve'``
+    :ivar agent: the agent that last wrote the summary (``show`` names the lease holder)
     """
 
     run_id: str
@@ -63,6 +66,8 @@ class RunSummary:
     error: str = ""
     parked_reason: str = ""
     custom_status: Any = None
+    waiting_for: tuple[str, ...] = ()
+    agent: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The summary as a JSON-compatible dict (times as ISO 8601 strings)."""
@@ -82,6 +87,8 @@ class RunSummary:
             "error": self.error or None,
             "parked_reason": self.parked_reason or None,
             "custom_status": self.custom_status,
+            "waiting_for": list(self.waiting_for),
+            "agent": self.agent or None,
         }
 
 
@@ -102,6 +109,8 @@ def _summary(meta: pb.RunMeta) -> RunSummary:
         error=error,
         parked_reason=meta.parked_reason,
         custom_status=safe_plain(meta.custom_status) if meta.HasField("custom_status") else None,
+        waiting_for=tuple(meta.waiting_for),
+        agent=meta.agent,
     )
 
 
