@@ -130,6 +130,10 @@ async def describe_agent(conductor: Conductor) -> str:
             conductor.store.clock.now_ms(), after=None, limit=40
         )
         lines.append(f"due (next {next_due}, more {more}): {[e.key for e in entries]}")
+        for run_id in sorted({entry.run_id for entry in entries}):
+            held = await conductor.store.lease_holder(run_id)
+            lease = "none" if held is None else f"{held.owner} until {held.expires_ms}"
+            lines.append(f"lease of {run_id}: {lease}")
     except Exception as exc:  # a report must not fail on a broken store
         lines.append(f"due: cannot read: {exc!r}")
     for task in asyncio.all_tasks():

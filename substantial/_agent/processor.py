@@ -5,7 +5,6 @@ went wrong (a lost lease, a store outage, an error of the run's own), release th
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 
@@ -62,8 +61,11 @@ class RunProcessor:
             self._scopes.pop(run_id, None)
             with anyio.CancelScope(shield=True):
                 if not holder.lost:
-                    with contextlib.suppress(BackendUnavailable):  # it expires on its own
+                    try:
                         await self._store.release(holder.lease)
+                    except BackendUnavailable as exc:  # it expires; this agent retakes it
+                        log.info("agent %s: lease of run %s not released: %s",
+                                 parts.settings.name, run_id, describe(exc))  # fmt: skip
             self.active.discard(run_id)
             parts.client.notifier.changed(run_id)
             parts.client.notifier.kick()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from contextlib import aclosing
 from datetime import datetime
 from typing import Any
 
@@ -55,25 +56,29 @@ def list_command(
     as_json: bool,
 ) -> None:
     """
-    List runs, oldest first. Reads every key under runs/: an operator command. With
-    --limit, prints one page and, on stderr, the --after that gives the next.
+    List runs, oldest first. Reads every run's summary: an operator command. With
+    --limit, lists one page in run-id order, reading only as far as the page goes, and
+    prints on stderr the --after that gives the next page.
     """
     progress = Progress("runs read")
+    wanted = [RunStatus(s) for s in statuses] or None
+    filters = (workflow, wanted, started_before, started_after)
 
     async def body(backend: Backend) -> list[inspect.RunSummary]:
-        return await inspect.list_runs(
-            backend,
-            workflow=workflow,
-            status=[RunStatus(s) for s in statuses] or None,
-            started_before=started_before,
-            started_after=started_after,
-            progress=progress,
-        )
+        if limit is None:
+            return await inspect.list_runs(backend, *filters, progress=progress)
+        page: list[inspect.RunSummary] = []
+        read = min(limit + 1, 1000)
+        found = inspect.iter_runs(backend, *filters, after=after, read=read, progress=progress)
+        async with aclosing(found):
+            async for run in found:
+                page.append(run)
+                if len(page) > limit:
+                    break
+        return page
 
     runs = with_backend(backend_url, body)
     progress.finish()
-    if after is not None:
-        runs = runs[next((i + 1 for i, run in enumerate(runs) if run.run_id == after), 0) :]
     more = limit is not None and len(runs) > limit
     runs = runs[:limit]
     if as_json:
