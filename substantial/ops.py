@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from substantial._ops.collection import GcResult, gc
 from substantial._ops.details import RunDetails, describe_run
-from substantial._ops.listing import Progress, RunSummary, get_run, iter_run_ids, list_runs
+from substantial._ops.listing import (
+    Progress,
+    RunSummary,
+    get_run,
+    iter_run_ids,
+    iter_runs,
+    list_runs,
+)
 from substantial._ops.replay_check import ReplayCheck, check_replay, runs_on_old_branch
 from substantial._ops.values import plain_value
 
@@ -30,6 +37,7 @@ __all__ = [
     "gc",
     "get_run",
     "iter_run_ids",
+    "iter_runs",
     "list_runs",
     "plain_value",
     "runs_on_old_branch",

@@ -30,8 +30,10 @@ class SummaryChange:
     seq: int
     #: the terminal event, for a run that ended: its result, failure or continuation
     end: pb.Event | None = None
-    #: when a sleeping run wakes up
+    #: when a sleeping run wakes up, a waiting one times out, a parked one is retried
     wake_at_ms: int | None = None
+    #: what a waiting run waits for (see ``Execution.waiting_for``)
+    waiting_for: tuple[str, ...] = ()
     #: the encoded value of the run's last ``Context.set_status``, if it set one
     published: pb.Payload | None = None
     #: why agents hold the run off (status ``parked``)
@@ -48,13 +50,21 @@ class RunSummary:
 
     :param meta: the summary read (None: none, or unreadable)
     :param version: its version as read; a write then starts with one conditional write
+    :param agent: the name of the agent that writes it
     """
 
     def __init__(
-        self, store: RunStore, run_id: str, meta: pb.RunMeta | None, version: str | None
+        self,
+        store: RunStore,
+        run_id: str,
+        meta: pb.RunMeta | None,
+        version: str | None,
+        *,
+        agent: str,
     ) -> None:
         self._store = store
         self.run_id = run_id
+        self.agent = agent
         self.meta = meta
         self.version = version
 
@@ -68,7 +78,7 @@ class RunSummary:
         outcome: pb.Event | None,
         *,
         wake: int | None,
-        waiting: bool,
+        waiting: list[str],
         published: pb.Payload | None,
         attributes: Mapping[str, AttributeValue] | None = None,
     ) -> None:
@@ -91,7 +101,7 @@ class RunSummary:
         seq: int,
         outcome: pb.Event | None,
         wake: int | None,
-        waiting: bool,
+        waiting: list[str],
         published: pb.Payload | None,
         attributes: Mapping[str, AttributeValue] | None,
     ) -> None:
@@ -114,15 +124,22 @@ class RunSummary:
             meta is not None
             and self.says(status)
             and meta.wake_at_ms == (wake or 0)
+            and list(meta.waiting_for) == waiting
             and (published is None or meta.custom_status == published)
             and attributes is None
         ):
             return
         if not self.says(status):
             log.info("run %s %s", self.run_id, status.value)  # one line per state change
-        await self.write(
-            SummaryChange(status, seq, wake_at_ms=wake, published=published, attributes=attributes)
+        change = SummaryChange(
+            status,
+            seq,
+            wake_at_ms=wake,
+            waiting_for=tuple(waiting),
+            published=published,
+            attributes=attributes,
         )
+        await self.write(change)
 
     async def write(self, change: SummaryChange) -> None:
         """Write the summary read, with ``change`` applied."""
@@ -140,6 +157,9 @@ class RunSummary:
         updated.log_seq = max(change.seq, 0)
         updated.wake_at_ms = change.wake_at_ms or 0
         updated.parked_reason = change.parked_reason
+        updated.agent = self.agent
+        del updated.waiting_for[:]
+        updated.waiting_for.extend(change.waiting_for)
         end = change.end
         kind = end.WhichOneof("kind") if end is not None else None
         if end is not None and kind == "completed":

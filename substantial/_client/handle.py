@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
@@ -22,6 +23,7 @@ from substantial._store import hints
 from substantial._store.runs import RunStore, check_run_id
 from substantial.codec import decode_payload, encode_payload
 from substantial.errors import (
+    BackendUnavailable,
     RunCancelled,
     RunFailed,
     RunFinished,
@@ -32,6 +34,8 @@ from substantial.errors import (
 from substantial.protocol import substantial_pb2 as pb
 
 __all__ = ["Handle", "HistoryEvent"]
+
+log = logging.getLogger("substantial.client")
 
 R = TypeVar("R")
 
@@ -157,6 +161,7 @@ class Handle(Generic[R]):
         :raises TimeoutError: if ``timeout`` passed first
         :raises RunNotFound: if the run does not exist
 
+        A storage outage while it waits is waited out (logged once), as agents do.
         A run that continued as a new run (``continue_using``) is followed to the end of
         its chain. The outcome is read from the run's log: its summary only says when to
         look (one extra read), and a summary that claims an end the log does not have is
@@ -174,13 +179,19 @@ class Handle(Generic[R]):
             with anyio.move_on_after(delay):
                 await created.wait()
         repaired: set[str] = set()
+        outage = False
         while True:
             changed = self._notifier.watch(run_id)
-            meta = await self._require_meta(run_id)
-            status = STATUS_FROM_PB.get(meta.status)
-            # The summary is a hint: an end it reports is taken from the log.
-            finished = status is not None and status.finished
-            end = await hints.log_end(self._store, run_id, meta) if finished else None
+            try:
+                finished, end = await self._read_end(run_id)
+            except BackendUnavailable as exc:  # waited out, like the agents do
+                if not outage:
+                    log.warning("waiting for run %s: %s; retrying", run_id, exc)
+                outage = True
+                await anyio.sleep(delay)
+                delay = min(delay * 2, RESULT_POLL_MAX_SECONDS)
+                continue
+            outage = False
             kind = end.WhichOneof("kind") if end is not None else None
             if kind == "completed":
                 assert end is not None
@@ -210,6 +221,14 @@ class Handle(Generic[R]):
             with anyio.move_on_after(delay):
                 await changed.wait()
             delay = min(delay * 2, RESULT_POLL_MAX_SECONDS)
+
+    async def _read_end(self, run_id: str) -> tuple[bool, pb.Event | None]:
+        """Whether the summary says the run ended, and the end its log holds if so."""
+        meta = await self._require_meta(run_id)
+        status = STATUS_FROM_PB.get(meta.status)
+        # The summary is a hint: an end it reports is taken from the log.
+        finished = status is not None and status.finished
+        return finished, await hints.log_end(self._store, run_id, meta) if finished else None
 
     async def history(self) -> list[HistoryEvent]:
         """

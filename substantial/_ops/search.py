@@ -6,14 +6,58 @@ summaries, never every log. Entries a summary contradicts are stale: deleted her
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Protocol, TypeVar
 
 from substantial._core.attributes import AttributeValue, text_of
 from substantial._store.attrs import index_prefix
 from substantial.backends.base import Backend
 
-__all__ = ["indexed_runs", "matches_where", "prune_stale"]
+__all__ = ["indexed_runs", "matches_where", "prune_stale", "search"]
+
+PAGE = 1000
+
+
+class _Summary(Protocol):
+    @property
+    def attributes(self) -> Mapping[str, AttributeValue]: ...
+    @property
+    def updated(self) -> datetime | None: ...
+
+
+_S = TypeVar("_S", bound=_Summary)  # the listing's RunSummary
+
+
+async def search(
+    backend: Backend,
+    wanted: Mapping[str, str],
+    summaries: Callable[[Backend, Sequence[str]], Awaitable[Sequence[_S | None]]],
+) -> list[_S]:
+    """
+    The summaries of the runs with every wanted attribute, found through the index of
+    the first; ``summaries`` reads those of a page of run ids (None: no such run).
+    Entries a summary contradicts are pruned.
+    """
+    if not wanted:
+        return []
+    first = dict([next(iter(wanted.items()))])
+    indexed = await indexed_runs(backend, wanted)
+    found: list[_S] = []
+    stale: list[tuple[str, datetime | None]] = []
+    for start in range(0, len(indexed), PAGE):
+        page = indexed[start : start + PAGE]
+        for (key, _), summary in zip(
+            page, await summaries(backend, [run_id for _, run_id in page]), strict=True
+        ):
+            if summary is None:
+                stale.append((key, None))
+            elif matches_where(summary.attributes, wanted):
+                found.append(summary)
+            elif not matches_where(summary.attributes, first):
+                stale.append((key, summary.updated))
+    await prune_stale(backend, stale)
+    return found
 
 
 async def indexed_runs(backend: Backend, wanted: Mapping[str, str]) -> list[tuple[str, str]]:

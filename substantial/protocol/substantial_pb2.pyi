@@ -842,6 +842,8 @@ class RunMeta(_message.Message):
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     CONTINUED_AS_FIELD_NUMBER: _builtins.int
     CHAIN_ROOT_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     workflow: _builtins.str
@@ -856,6 +858,8 @@ class RunMeta(_message.Message):
     continued_as: _builtins.str
     """the run this one continued as"""
     chain_root: _builtins.str
+    agent: _builtins.str
+    """the agent that wrote this summary"""
     @_builtins.property
     def args(self) -> Global___Payload: ...
     @_builtins.property
@@ -865,6 +869,12 @@ class RunMeta(_message.Message):
     @_builtins.property
     def custom_status(self) -> Global___Payload:
         """the last value the workflow gave Context.set_status()"""
+
+    @_builtins.property
+    def waiting_for(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """what a waiting run waits for, e.g. "event 'approve'", "child 'order-7-ship'"
+        (the first few; wake_at_ms is then its timeout, if it has one)
+        """
 
     @_builtins.property
     def attributes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attribute]:
@@ -888,11 +898,13 @@ class RunMeta(_message.Message):
         parent_run_id: _builtins.str = ...,
         continued_as: _builtins.str = ...,
         chain_root: _builtins.str = ...,
+        waiting_for: _abc.Iterable[_builtins.str] | None = ...,
+        agent: _builtins.str = ...,
         attributes: _abc.Iterable[Global___Attribute] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "custom_status", b"custom_status", "failure", b"failure", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "attributes", b"attributes", "chain_root", b"chain_root", "continued_as", b"continued_as", "created_ms", b"created_ms", "custom_status", b"custom_status", "failure", b"failure", "log_seq", b"log_seq", "parent_run_id", b"parent_run_id", "parked_reason", b"parked_reason", "result", b"result", "run_id", b"run_id", "status", b"status", "updated_ms", b"updated_ms", "wake_at_ms", b"wake_at_ms", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "args", b"args", "attributes", b"attributes", "chain_root", b"chain_root", "continued_as", b"continued_as", "created_ms", b"created_ms", "custom_status", b"custom_status", "failure", b"failure", "log_seq", b"log_seq", "parent_run_id", b"parent_run_id", "parked_reason", b"parked_reason", "result", b"result", "run_id", b"run_id", "status", b"status", "updated_ms", b"updated_ms", "waiting_for", b"waiting_for", "wake_at_ms", b"wake_at_ms", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
