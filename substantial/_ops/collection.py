@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import anyio
+from google.protobuf.message import DecodeError
 
 from substantial._core.attributes import from_pb
 from substantial._ops.blobs import drop_run_refs, sweep_blobs
@@ -21,7 +22,7 @@ from substantial._store.attrs import unindex
 from substantial._store.keys import SCHEDULE_PREFIX, ScheduleEntry, lease_key, meta_key, run_prefix
 from substantial._store.runs import RunStore
 from substantial.backends.base import Backend
-from substantial.errors import CorruptLog
+from substantial.protocol import substantial_pb2 as pb
 
 __all__ = ["GcResult", "gc"]
 
@@ -139,9 +140,10 @@ class _Sweep:
 
 async def _drop_index(store: RunStore, run_id: str) -> None:
     """Delete the run's search-attribute index entries (stale ones are pruned by searches)."""
+    entry = await store.backend.get(meta_key(run_id))  # not read_meta: it reads blobs
     try:
-        meta = await store.read_meta(run_id)
-    except CorruptLog:
+        meta = pb.RunMeta.FromString(entry[0]) if entry is not None else None
+    except DecodeError:
         return
     if meta is not None:
         await unindex(store.backend, run_id, from_pb(meta.attributes), {})
