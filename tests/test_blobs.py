@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from substantial import CodecError, Conductor, Context, workflow
+from substantial import CodecError, Conductor, Context, ZlibCodec, workflow
 from substantial._store.keys import BLOB_MARKS_PREFIX, BLOBS_PREFIX, blob_ref_prefix, log_prefix
 from substantial._store.payloads import PayloadPolicy, open_records, seal
-from substantial.backends import Backend
+from substantial.backends import Backend, MemoryBackend
 from substantial.codec import encode_payload
 from substantial.ops import describe_run, gc
 from substantial.protocol import substantial_pb2 as pb
@@ -150,3 +154,46 @@ async def test_gc_collects_the_blob_of_a_start_that_died_before_its_first_segmen
     await backend.put(ref, b"0")  # as if written long ago
     assert (await gc(backend, timedelta(0))).blobs == [blob[len(BLOBS_PREFIX) :]]
     assert await backend.list("") == []
+
+
+PAYLOADS = st.builds(
+    lambda data: pb.Payload(codec="json", data=data), st.binary(min_size=1, max_size=400)
+)
+EVENTS = st.one_of(
+    st.builds(lambda p: pb.Event(completed=pb.Completed(result=p)), PAYLOADS),
+    st.builds(
+        lambda p, n: pb.Event(step_completed=pb.StepCompleted(position=n, result=p, name="f")),
+        PAYLOADS,
+        st.integers(0, 99),
+    ),
+    st.builds(lambda p: pb.Event(event_received=pb.EventReceived(id="e", value=p)), PAYLOADS),
+    st.just(pb.Event(cancelled=pb.Cancelled())),
+    st.builds(lambda n: pb.Event(timer_fired=pb.TimerFired(position=n)), st.integers(0, 9)),
+)
+RECORDS = st.one_of(
+    st.builds(lambda events: pb.Segment(run_id="r", events=events), st.lists(EVENTS, max_size=5)),
+    st.builds(
+        lambda a, r: pb.RunMeta(run_id="r", args=a, result=r, attributes=[pb.Attribute(name="x")]),
+        PAYLOADS,
+        PAYLOADS,
+    ),
+    st.builds(lambda v: pb.InboxEntry(id="i", value=v), PAYLOADS),
+)
+
+
+@given(record=RECORDS, threshold=st.integers(1, 300), codecs=st.sampled_from([(), "zlib"]))
+@settings(max_examples=60, deadline=None)
+def test_seal_then_open_gives_the_record_back(record: Any, threshold: int, codecs: Any) -> None:
+    """Whatever goes to blobs or through codecs, reading gives back what was written."""
+    policy = PayloadPolicy((ZlibCodec(),) if codecs else (), threshold)
+    before = record.SerializeToString()
+
+    async def round_trip() -> Any:
+        backend = MemoryBackend()
+        stored = await seal(backend, "r", record, policy)
+        assert record.SerializeToString() == before  # the record itself is left alone
+        parsed = type(record).FromString(stored)
+        await open_records(backend, "r", [parsed])
+        return parsed
+
+    assert asyncio.run(round_trip()) == record
