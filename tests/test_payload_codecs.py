@@ -83,7 +83,7 @@ async def test_an_encrypted_run_stores_none_of_its_plaintext(backend: Backend) -
 
     forget_keys()  # the CLI without $SUBSTANTIAL_KEYS
     summary = await get_run(backend, "secret")
-    assert summary.result == summary.custom_status == "<encrypted>"
+    assert summary.result == summary.args == summary.custom_status == "<encrypted>"
     registry.keys_from_env({"SUBSTANTIAL_KEYS": f"k1:{base64.b64encode(KEY1).decode()}"})
     summary = await get_run(backend, "secret")
     assert summary.result == expected
