@@ -184,6 +184,8 @@ class Conductor:
 
     @blob_threshold.setter
     def blob_threshold(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"blob_threshold must be at least 1 byte, got {value}")
         self.store.payloads = dataclasses.replace(self.store.payloads, blob_threshold=value)
 
     # ---- the client ----

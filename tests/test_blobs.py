@@ -140,6 +140,8 @@ def test_the_threshold_is_settable() -> None:
     assert Conductor("memory://").blob_threshold == 256 * 1024
     with pytest.raises(ValueError, match="blob_threshold must be at least 1 byte"):
         Conductor("memory://", blob_threshold=0)
+    with pytest.raises(ValueError, match="blob_threshold must be at least 1 byte, got -1"):
+        conductor.blob_threshold = -1
 
 
 async def test_gc_collects_the_blob_of_a_start_that_died_before_its_first_segment(
