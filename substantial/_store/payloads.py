@@ -60,17 +60,6 @@ __all__ = [
     "seal",
 ]
 
-#: Where each event kind keeps its payload, if it has one.
-_EVENT_PAYLOADS = {
-    "started": "args",
-    "step_completed": "result",
-    "event_received": "value",
-    "completed": "result",
-    "continued_as": "args",
-    "child_started": "args",
-    "child_ended": "result",
-}
-
 Record = pb.Segment | pb.InboxEntry | pb.RunMeta | pb.Event
 _M = TypeVar("_M", bound=Message)
 
@@ -89,35 +78,19 @@ class PayloadPolicy:
 DEFAULT_POLICY = PayloadPolicy()
 
 
-def _event_payload(event: pb.Event) -> pb.Payload | None:
-    kind = event.WhichOneof("kind")
-    field = _EVENT_PAYLOADS.get(kind or "")
-    if field is None:
-        return None
-    inner = getattr(event, kind or "")
-    return getattr(inner, field) if inner.HasField(field) else None
-
-
-def payloads_in(record: Record) -> Iterator[pb.Payload]:
-    """Every payload a record holds."""
-    if isinstance(record, pb.Event):
-        found = _event_payload(record)
-        if found is not None:
-            yield found
-    elif isinstance(record, pb.Segment):
-        for event in record.events:
-            found = _event_payload(event)
-            if found is not None:
-                yield found
-    elif isinstance(record, pb.InboxEntry):
-        if record.HasField("value"):
-            yield record.value
-        if record.HasField("child_ended") and record.child_ended.HasField("result"):
-            yield record.child_ended.result
-    else:
-        for name in ("args", "result", "custom_status"):
-            if record.HasField(name):
-                yield getattr(record, name)
+def payloads_in(record: Message) -> Iterator[pb.Payload]:
+    """
+    Every payload a record holds, found through the message types (so a payload in an
+    event kind added later is sealed and opened too).
+    """
+    for field, value in record.ListFields():
+        if field.message_type is None:
+            continue
+        for item in value if _repeated(field) else [value]:
+            if field.message_type is _PAYLOAD:
+                yield item
+            elif field.message_type in _HOLDS_PAYLOADS:
+                yield from payloads_in(item)
 
 
 async def seal(backend: Backend, run_id: str, record: Record, policy: PayloadPolicy) -> bytes:
@@ -132,7 +105,7 @@ async def seal(backend: Backend, run_id: str, record: Record, policy: PayloadPol
     if not policy.codecs and record.ByteSize() <= threshold:
         return record.SerializeToString()  # the common case: nothing to do
     sealed: list[pb.Payload | None] = []
-    for payload in _all_payloads(record):
+    for payload in payloads_in(record):
         if payload.blob or payload.encodings:
             sealed.append(None)  # already sealed (e.g. a summary rebuilt from a stored start)
         elif not policy.codecs and payload.ByteSize() <= threshold:
@@ -159,22 +132,10 @@ async def _seal_one(
     return None
 
 
-def _all_payloads(message: Message) -> Iterator[pb.Payload]:
-    """Every payload in ``message``, in the order :func:`_copy_with` meets them."""
-    for field, value in message.ListFields():
-        if field.message_type is None:
-            continue
-        for item in value if _repeated(field) else [value]:
-            if field.message_type is _PAYLOAD:
-                yield item
-            elif field.message_type in _HOLDS_PAYLOADS:
-                yield from _all_payloads(item)
-
-
 def _copy_with(message: _M, replacement: Callable[[], pb.Payload | None]) -> _M:
     """
     A copy of ``message`` in which each payload is what ``replacement()`` gives for it,
-    in :func:`_all_payloads` order (None: the payload as it is).
+    in :func:`payloads_in` order (None: the payload as it is).
     """
     out = type(message)()
     for field, value in message.ListFields():
