@@ -50,7 +50,7 @@ from substantial._json_tags import (
     rebuild,
     registrable,
 )
-from substantial._payload_codecs import open_payload
+from substantial._payload_codecs import open_payload, register_payload_codec
 from substantial.errors import CodecError
 from substantial.protocol import substantial_pb2 as pb
 
@@ -62,6 +62,7 @@ __all__ = [
     "encode_payload",
     "get_codec",
     "register_codec",
+    "register_payload_codec",
     "register_type",
 ]
 

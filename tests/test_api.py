@@ -102,7 +102,7 @@ FACES = {
     ],
     "substantial.codec": [
         "DEFAULT_CODEC", "Codec", "JSONCodec", "decode_payload", "encode_payload",
-        "get_codec", "register_codec", "register_type",
+        "get_codec", "register_codec", "register_payload_codec", "register_type",
     ],
     "substantial.errors": sorted(
         name for name in PUBLIC if name[0].isupper() and name not in HOMED
