@@ -12,8 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from substantial import CodecError, Conductor, Context, ZlibCodec, workflow
+from substantial._store.inbox import Intake
 from substantial._store.keys import BLOB_MARKS_PREFIX, BLOBS_PREFIX, blob_ref_prefix, log_prefix
 from substantial._store.payloads import PayloadPolicy, open_records, seal
+from substantial._store.runs import RunStore
 from substantial.backends import Backend, MemoryBackend
 from substantial.codec import encode_payload
 from substantial.ops import describe_run, gc
@@ -199,3 +201,17 @@ def test_seal_then_open_gives_the_record_back(record: Any, threshold: int, codec
         return parsed
 
     assert asyncio.run(round_trip()) == record
+
+
+async def test_the_merge_budget_counts_the_bytes_in_blobs(backend: Backend) -> None:
+    """Events whose values are blobs are small in the inbox, not once they are read."""
+    store = RunStore(backend, payloads=PayloadPolicy(blob_threshold=100))
+    for i in range(6):
+        value = pb.Payload(codec="json", data=b'"' + str(i).encode() * 1000 + b'"')
+        await store.post("r", pb.InboxEntry(id=f"e{i}", name="big", sent_at_ms=i, value=value))
+    assert len(await keys(backend, BLOBS_PREFIX)) == 6
+    intake = Intake(store, "r", max_bytes=2500)
+    read = await intake.read()
+    assert [entry.id for _, entry in read] == ["e0", "e1"]
+    assert read[0][1].value.data == b'"' + b"0" * 1000 + b'"'  # the blob was read
+    assert intake.more

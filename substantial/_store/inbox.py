@@ -14,7 +14,7 @@ from substantial._core import constants
 from substantial._payload_codecs import EncryptedPayload
 from substantial._store import quarantine
 from substantial._store.keys import inbox_prefix
-from substantial._store.payloads import open_records
+from substantial._store.payloads import open_records, size_with_blobs
 from substantial._store.runs import RunStore
 from substantial.backends.base import Backend
 from substantial.codec import decode_payload
@@ -82,7 +82,7 @@ class Intake:
         while index < len(keys):
             batch = keys[index : index + chunk]
             for key, entry in zip(batch, await backend.get_many(batch), strict=True):
-                size = len(entry[0]) if entry is not None else 0
+                size = size_with_blobs(pb.InboxEntry, entry[0]) if entry is not None else 0
                 if self.count and self.bytes + size > self.max_bytes:
                     self.more = True  # over budget: it waits for the next wake-up
                     return self._took(fresh)

@@ -58,6 +58,7 @@ __all__ = [
     "open_records",
     "payloads_in",
     "seal",
+    "size_with_blobs",
 ]
 
 Record = pb.Segment | pb.InboxEntry | pb.RunMeta | pb.Event
@@ -208,6 +209,18 @@ async def _store_blob(backend: Backend, run_id: str, data: bytes) -> str:
         return ""
     await backend.create(blob_key(sha), data)
     return sha
+
+
+def size_with_blobs(kind: type[Message], data: bytes) -> int:
+    """The bytes a stored record takes once its blobs are read (for memory budgets)."""
+    size = len(data)
+    if b"\x2a\x40" not in data:
+        return size
+    try:
+        record = kind.FromString(data)
+    except Exception:
+        return size
+    return size + sum(payload.blob_size for payload in payloads_in(record))
 
 
 def maybe_sealed(data: bytes) -> bool:
