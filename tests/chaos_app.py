@@ -11,6 +11,8 @@ Environment:
   ``CHAOS_POLL`` (seconds, default 0.2), ``CHAOS_GRACE`` (seconds, default 5)
 * ``CHAOS_CLOCK_OFFSET_MS``: shift this agent's wall clock (a test of clock skew; the
   library has no hook for it, this app rebinds ``now_ms`` where it was imported)
+* ``CHAOS_BLOB_THRESHOLD``, ``CHAOS_ZLIB``: store payloads over that many bytes as
+  blobs, and compress them (a test of payloads at rest under kill -9)
 * ``CHAOS_STEP_SECONDS``: upper bound of a random pause inside each step, which widens
   the window in which a kill lands mid-step (default 0.05)
 
@@ -26,11 +28,12 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import substantial._client.handle
 import substantial._conductor
 import substantial._store.runs
-from substantial import Conductor, Context, StepFailed, workflow
+from substantial import Conductor, Context, StepFailed, ZlibCodec, workflow
 
 _offset = int(os.environ.get("CHAOS_CLOCK_OFFSET_MS", "0"))
 if _offset:
@@ -169,6 +172,16 @@ async def counter(c: Context) -> dict[str, int]:
         c.compact()
 
 
+def payload_options() -> dict[str, Any]:
+    """``CHAOS_BLOB_THRESHOLD`` (bytes) and ``CHAOS_ZLIB`` (any value): payloads at rest."""
+    options: dict[str, Any] = {}
+    if "CHAOS_BLOB_THRESHOLD" in os.environ:
+        options["blob_threshold"] = int(os.environ["CHAOS_BLOB_THRESHOLD"])
+    if os.environ.get("CHAOS_ZLIB"):
+        options["codecs"] = [ZlibCodec()]
+    return options
+
+
 def build(url: str) -> Conductor:
     conductor = Conductor(
         url,
@@ -176,6 +189,7 @@ def build(url: str) -> Conductor:
         concurrency=int(os.environ.get("CHAOS_CONCURRENCY", "16")),
         poll_interval=float(os.environ.get("CHAOS_POLL", "0.2")),
         shutdown_grace=float(os.environ.get("CHAOS_GRACE", "5")),
+        **payload_options(),
     )
     conductor.register(mix, steps, gate, saga, fan_child, fan_out, chain, counter)
     return conductor

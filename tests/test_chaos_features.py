@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from substantial import Conductor, RunReverted
+from substantial import Conductor, RunReverted, ZlibCodec
 from substantial._core.status import RunStatus
 from substantial._store.runs import RunStore
 from substantial.backends import Backend, from_url
@@ -63,11 +63,16 @@ async def test_chaos_features(kind: str, request: pytest.FixtureRequest, tmp_pat
     rng = random.Random(20240918)
     backend: Backend = from_url(url)
     store = RunStore(backend)
-    client = Conductor(backend)
+    # Payloads over 24 bytes (the counters' states, most results) go to blobs, and every
+    # payload is compressed: stored values at rest must survive the kills as inline ones.
+    env = {
+        "CHAOS_LEASE": "1.5", "CHAOS_CONCURRENCY": "16", "CHAOS_POLL": "0.2",
+        "CHAOS_BLOB_THRESHOLD": "24", "CHAOS_ZLIB": "1",
+    }  # fmt: skip
+    client = Conductor(backend, blob_threshold=24, codecs=[ZlibCodec()])
     client.register(
         chaos_app.saga, chaos_app.fan_child, chaos_app.fan_out, chaos_app.chain, chaos_app.counter
     )
-    env = {"CHAOS_LEASE": "1.5", "CHAOS_CONCURRENCY": "16", "CHAOS_POLL": "0.2"}
     agents = [Agent(url, effects, logs, env) for _ in range(AGENTS)]
     began = time.monotonic()
     saga_ids = [f"saga-{i}" for i in range(SAGAS)]
@@ -208,6 +213,7 @@ async def test_chaos_features(kind: str, request: pytest.FixtureRequest, tmp_pat
             assert kinds.count("completed") == 1, (run_id, kinds)
             assert len(kinds) < 2 * EVENTS, (run_id, len(kinds))  # compacted on the way
             count_effects(run_id, {"add": EVENTS})
+        assert await backend.list("blobs/", limit=1)  # the states went through blobs
 
         print(
             f"\nchaos-features[{kind}]: {killer.kills} kills, "
