@@ -7,6 +7,7 @@ the commands in :mod:`substantial._cli`.
     substantial worker --app myapp.flows --backend redis://127.0.0.1:6379/0
     substantial check --backend file://./runs
     substantial start|list|show|send|cancel|terminate|result|replay|quarantine|gc --backend URL ...
+    substantial ui --backend URL [--host 127.0.0.1] [--port 8233] [--read-only] [--token TOKEN]
 
 Errors are one line on stderr (``error: ...``); a bad argument exits 2, a failed
 operation 1.
@@ -20,6 +21,7 @@ from substantial._cli.agent import check, worker
 from substantial._cli.control import start, terminate
 from substantial._cli.maintenance import gc_command, quarantine_command, replay, versions
 from substantial._cli.runs import cancel, list_command, result, send, show, stats
+from substantial._cli.ui import ui
 
 __all__ = ["main"]
 
@@ -31,5 +33,5 @@ def main() -> None:
 
 
 _COMMANDS = (worker, check, start, list_command, stats, show, send, cancel, terminate, result)
-for _command in (*_COMMANDS, replay, versions, quarantine_command, gc_command):
+for _command in (*_COMMANDS, replay, versions, quarantine_command, gc_command, ui):
     main.add_command(_command)

@@ -1,0 +1,87 @@
+"""
+An agent process for the web view's tests (``tests/test_ui_browser.py``): workflows that
+wait for an event, run steps in parallel, retry, sleep and start a child, and one whose
+names and values are hostile HTML.
+
+    python tests/ui_app.py BACKEND_URL
+
+Prints ``ready`` on stdout once it serves; SIGTERM/SIGINT stop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+from substantial import Conductor, Context, RetryPolicy, workflow
+
+HOSTILE = "<script>alert('x')</script>"
+
+_attempts: Counter[str] = Counter()
+
+
+@workflow(name="approval")
+async def approval(c: Context, order: str) -> dict[str, Any]:
+    """Checks an order, then waits for someone to send ``approve``."""
+    c.set_status({"stage": "awaiting approval"})
+    checked = await c.save(lambda: f"checked {order}")
+    decision = await c.receive("approve")
+    c.set_status({"stage": "approved"})
+    return {"order": order, "decision": decision, "checked": checked}
+
+
+def _pause(seconds: float, value: int) -> Any:
+    def step() -> int:
+        time.sleep(seconds)  # a step that takes a while: its bar has a length
+        return value
+
+    return step
+
+
+@workflow(name="double")
+async def double(c: Context, n: int) -> int:
+    return await c.save(lambda: n * 2)
+
+
+@workflow(name="pipeline")
+async def pipeline(c: Context, n: int) -> int:
+    """Three steps at once, a flaky step retried twice, a durable sleep and a child."""
+    parts = await asyncio.gather(
+        c.save(_pause(0.3, 1)), c.save(_pause(0.5, 2)), c.save(_pause(0.2, 3))
+    )
+
+    this_run = str(c.uuid4())  # the same on every replay, new for every run (unlike its id)
+
+    def flaky() -> int:
+        _attempts[this_run] += 1
+        if _attempts[this_run] < 3:
+            raise ConnectionError(f"upstream busy (attempt {_attempts[this_run]})")
+        return n
+
+    retry = RetryPolicy(max_attempts=4, initial_interval=0.2, backoff_coefficient=1.0)
+    got = await c.save(flaky, retry=retry)
+    await c.sleep(0.4)
+    doubled = await c.child(double, got)
+    return sum(parts) + doubled
+
+
+@workflow(name=f"hostile{HOSTILE}")
+async def hostile(c: Context, text: str) -> str:
+    """Names, statuses and values that are HTML: the view must show them as text."""
+    c.set_status(HOSTILE)
+    await c.save(lambda: HOSTILE, key=HOSTILE)
+    return str(await c.receive(HOSTILE)) + text
+
+
+def build(url: str) -> Conductor:
+    conductor = Conductor(url, poll_interval=0.05, lease=3.0)
+    conductor.register(approval, double, pipeline, hostile)
+    return conductor
+
+
+if __name__ == "__main__":
+    from agent_process import run_agent  # a sibling: the app runs as a script
+
+    run_agent(build)
