@@ -67,6 +67,25 @@ async def pipeline(c: Context, n: int) -> int:
     return sum(parts) + doubled
 
 
+@workflow(name="charge")
+async def charge(c: Context, amount: int) -> str:
+    """Fails when the card is declined (over 100): a failed run with a traceback."""
+
+    def authorise() -> str:
+        if amount > 100:
+            raise ValueError(f"card declined for {amount}")
+        return f"authorised {amount}"
+
+    return await c.save(authorise)
+
+
+@workflow(name="reminder")
+async def reminder(c: Context, hours: int) -> str:
+    """Sleeps for hours: a sleeping run with a wake time."""
+    await c.sleep(hours * 3600)
+    return "reminded"
+
+
 @workflow(name=f"hostile{HOSTILE}")
 async def hostile(c: Context, text: str) -> str:
     """Names, statuses and values that are HTML: the view must show them as text."""
@@ -77,7 +96,7 @@ async def hostile(c: Context, text: str) -> str:
 
 def build(url: str) -> Conductor:
     conductor = Conductor(url, poll_interval=0.05, lease=3.0)
-    conductor.register(approval, double, pipeline, hostile)
+    conductor.register(approval, double, pipeline, charge, reminder, hostile)
     return conductor
 
 

@@ -92,14 +92,19 @@ async def trusted_summary(
     meta: pb.RunMeta | None,
     version: str | None,
     stored: StoredLog,
-) -> pb.RunMeta | None:
+) -> pb.RunMeta:
     """
-    The summary an agent that read ``stored`` may build on: ``meta`` itself, or, when it
-    was unreadable (``meta`` None, ``version`` set) or claims a segment the log does not
-    have, a summary rebuilt from the log (to be written over ``version``).
+    The summary an agent that read ``stored`` may build on: ``meta`` itself, or, when
+    there is none, it was unreadable (``meta`` None, ``version`` set) or it claims a
+    segment the log does not have, a summary rebuilt from the log (to be written over
+    ``version``).
     """
     if meta is None:
-        return rebuilt(run_id, stored) if version is not None else None
+        # Also when there is no summary yet: a start writes it after segment 0, so an
+        # agent in another process can get here first. What it writes must still name
+        # the workflow, the arguments and the start time (the start's own write then
+        # finds a summary of a later segment and leaves it).
+        return rebuilt(run_id, stored)
     if meta.log_seq <= stored.last_seq:
         return meta
     # The summary is of a later segment than the log read: another agent moved on (this

@@ -17,7 +17,9 @@
   button.addEventListener("click", () => { paused = !paused; show(); });
   show();
   live.before(button);
+  let ticks = 0;
   async function refresh() {
+    live.dataset.ticks = String(++ticks);  // what a test watches, paused or not
     if (!paused && !document.hidden) {
       try {
         const response = await fetch(location.href, { headers: { "Accept": "text/html" } });
