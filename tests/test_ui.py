@@ -79,7 +79,7 @@ async def test_run_page_draws_parallel_steps_retries_timer_and_child(conductor: 
         child = (await client.get("/runs/pipe-1-c5")).text
     steps = re.findall(r'<g class="bar b-step[^"]*" data-kind="step" data-label="([^"]+)"', page)
     assert len(steps) == 4, steps
-    assert "pipeline.&lt;locals&gt;.flaky \u00d73" in page  # three attempts: two failed
+    assert "pipeline.&lt;locals&gt;.call_supplier \u00d73" in page  # three attempts: two failed
     assert page.count("upstream busy (attempt") >= 2
     assert 'data-kind="timer"' in page
     assert 'class="deadline"' in page

@@ -25,6 +25,9 @@ from tests.harness import WAIT
 from tests.ui_app import HOSTILE
 from tests.ui_sites import Site, in_thread
 
+# One browser and one set of processes per module: the tests share a worker under xdist.
+pytestmark = pytest.mark.xdist_group("ui-browser")
+
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
 
@@ -72,8 +75,10 @@ def page(browser: Any) -> Iterator[Any]:
     context.close()
 
 
-def _site(url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    site = Site(url, tmp_path_factory.mktemp("ui-site")).start()
+def _site(
+    url: str, tmp_path_factory: pytest.TempPathFactory, *, read_only: bool = False
+) -> Iterator[Site]:
+    site = Site(url, tmp_path_factory.mktemp("ui-site"), read_only).start()
     try:
         yield site
     finally:
@@ -82,7 +87,8 @@ def _site(url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 @pytest.fixture(scope="module")
 def files_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    yield from _site(f"file://{tmp_path_factory.mktemp('ui-store')}", tmp_path_factory)
+    url = f"file://{tmp_path_factory.mktemp('ui-store')}"
+    yield from _site(url, tmp_path_factory, read_only=True)
 
 
 @pytest.fixture(
@@ -124,6 +130,7 @@ def test_filter_open_a_waiting_run_and_send_its_event(site: Site, page: Any) -> 
     expect(page.get_by_role("status")).to_have_text("sent approve")
     expect(page.locator("#run-status")).to_have_text("completed")  # the page refreshed itself
     expect(page.locator("#run-result")).to_contain_text('"by": "the browser"')
+    expect(page.get_by_role("button", name="Send")).to_have_count(0)  # nothing left to do
 
 
 def test_cancel_a_run_from_its_page(files_site: Site, page: Any) -> None:

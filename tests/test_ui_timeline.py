@@ -30,7 +30,7 @@ def test_sequential_steps_begin_where_the_one_before_ended() -> None:
         _event(100, "step_completed", position=0),
         _event(300, "step_completed", position=1),
         _event(350, "step_completed", position=2),
-        _event(350, "completed"),
+        _event(2000, "completed"),  # the bars in the left part: labels drawn after them
     ]
     assert _begins(history) == {0: (0, 100, 0), 1: (100, 300, 0), 2: (300, 350, 0)}
 
@@ -95,3 +95,15 @@ def test_a_step_still_retrying_stays_open_until_now() -> None:
     assert bar.open
     assert len(bar.spans) == 2
     assert bar.end == T0 + 5000
+
+
+def test_a_label_counts_as_part_of_its_bar() -> None:
+    history = [
+        _event(0, "started"),
+        _event(100, "step_completed", position=0, name="a" * 40),  # a label past 100 ms
+        _event(150, "step_completed", position=1, name="b"),
+        _event(1000, "completed"),
+    ]
+    begins = _begins(history)
+    assert begins[1][:2] == (100, 150)
+    assert begins[0][2] != begins[1][2], "step 1 would be drawn over step 0's label"

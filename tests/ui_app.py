@@ -32,12 +32,19 @@ async def approval(c: Context, order: str) -> dict[str, Any]:
     return {"order": order, "decision": decision, "checked": checked}
 
 
-def _pause(seconds: float, value: int) -> Any:
-    def step() -> int:
-        time.sleep(seconds)  # a step that takes a while: its bar has a length
-        return value
+def load_orders() -> int:
+    time.sleep(0.3)  # steps that take a while: their bars have a length
+    return 1
 
-    return step
+
+def load_stock() -> int:
+    time.sleep(0.5)
+    return 2
+
+
+def load_prices() -> int:
+    time.sleep(0.2)
+    return 3
 
 
 @workflow(name="double")
@@ -48,20 +55,18 @@ async def double(c: Context, n: int) -> int:
 @workflow(name="pipeline")
 async def pipeline(c: Context, n: int) -> int:
     """Three steps at once, a flaky step retried twice, a durable sleep and a child."""
-    parts = await asyncio.gather(
-        c.save(_pause(0.3, 1)), c.save(_pause(0.5, 2)), c.save(_pause(0.2, 3))
-    )
+    parts = await asyncio.gather(c.save(load_orders), c.save(load_stock), c.save(load_prices))
 
     this_run = str(c.uuid4())  # the same on every replay, new for every run (unlike its id)
 
-    def flaky() -> int:
+    def call_supplier() -> int:
         _attempts[this_run] += 1
         if _attempts[this_run] < 3:
             raise ConnectionError(f"upstream busy (attempt {_attempts[this_run]})")
         return n
 
     retry = RetryPolicy(max_attempts=4, initial_interval=0.2, backoff_coefficient=1.0)
-    got = await c.save(flaky, retry=retry)
+    got = await c.save(call_supplier, retry=retry)
     await c.sleep(0.4)
     doubled = await c.child(double, got)
     return sum(parts) + doubled

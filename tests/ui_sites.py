@@ -81,10 +81,11 @@ class UiServer:
 
 @dataclass
 class Site:
-    """An agent, a view that can act and a read-only view, all on ``backend_url``."""
+    """An agent and a view that can act (and a read-only one), all on ``backend_url``."""
 
     backend_url: str
     logs: Path
+    with_read_only: bool = False
     agent: Agent = field(init=False)
     ui: UiServer = field(init=False)
     read_only: UiServer = field(init=False)
@@ -97,7 +98,8 @@ class Site:
     def start(self) -> Site:
         self.agent.spawn()
         self.ui.start()
-        self.read_only.start()
+        if self.with_read_only:
+            self.read_only.start()
         self.agent.wait_ready()
         return self
 

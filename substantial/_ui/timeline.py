@@ -158,9 +158,8 @@ def build_timeline(history: list[HistoryEvent], now: datetime) -> Timeline:
         if bar.open:
             bar.spans[-1].end = max(bar.spans[-1].end, end)
     ordered = sorted(bars.values(), key=lambda bar: (bar.start, bar.position))
-    lanes = _lanes(ordered)
-    return Timeline(_ms(history[0]), max(end, *(bar.end for bar in ordered), 0), ordered,
-                    marks, lanes)  # fmt: skip
+    first, last = _ms(history[0]), max(end, *(bar.end for bar in ordered), 0)
+    return Timeline(first, last, ordered, marks, _lanes(ordered, first, last))
 
 
 def _apply(
@@ -222,16 +221,29 @@ def _failure(failure: Any) -> str:
     return ""
 
 
-def _lanes(bars: list[Bar]) -> int:
-    """Put each bar in the first lane free at its start; return how many lanes."""
+#: about how much of the timeline's width one character of a label takes
+LABEL_CHAR = 0.0055
+
+
+def _lanes(bars: list[Bar], start: int, end: int) -> int:
+    """
+    Put each bar in the first lane free at its start; return how many lanes. A bar's
+    label counts as part of it (after the bar's start, or before it near the right edge,
+    as ``run.html`` draws it), so labels do not run over the next bar.
+    """
+    width = max(end - start, 1)
     ends: list[int] = []
     for bar in bars:
+        label = int(len(bar.label) * LABEL_CHAR * width) + 1
+        right_side = (bar.start - start) / width > 0.7
+        since = bar.start - label if right_side else bar.start
+        until = bar.end if right_side else max(bar.end, bar.start + label)
         for lane, busy_until in enumerate(ends):
-            if busy_until <= bar.start:
+            if busy_until <= since:
                 bar.lane = lane
-                ends[lane] = bar.end
+                ends[lane] = until
                 break
         else:
             bar.lane = len(ends)
-            ends.append(bar.end)
+            ends.append(until)
     return len(ends)

@@ -29,7 +29,11 @@
           if (fresh && !paused) {
             live.replaceChildren(...fresh.childNodes);
             live.dataset.refreshed = String(Date.now());
-            if (!(Number(fresh.dataset.refresh) > 0)) return;  // the run has ended
+            if (!(Number(fresh.dataset.refresh) > 0)) {  // the run has ended
+              button.remove();
+              if (!page.querySelector(".actions")) document.querySelector(".actions")?.remove();
+              return;
+            }
           }
         }
       } catch (error) {
