@@ -91,6 +91,15 @@ async def reminder(c: Context, hours: int) -> str:
     return "reminded"
 
 
+@workflow(name="countdown")
+async def countdown(c: Context, n: int) -> str:
+    """Continues as a new run until ``n`` reaches 0: a ``continue_using`` chain."""
+    await c.save(lambda: n)
+    if n > 0:
+        await c.continue_using(countdown, n - 1)
+    return "lift-off"
+
+
 @workflow(name=f"hostile{HOSTILE}")
 async def hostile(c: Context, text: str) -> str:
     """Names, statuses and values that are HTML: the view must show them as text."""
@@ -101,7 +110,7 @@ async def hostile(c: Context, text: str) -> str:
 
 def build(url: str) -> Conductor:
     conductor = Conductor(url, poll_interval=0.05, lease=3.0)
-    conductor.register(approval, double, pipeline, charge, reminder, hostile)
+    conductor.register(approval, double, pipeline, charge, reminder, countdown, hostile)
     return conductor
 
 

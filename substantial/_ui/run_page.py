@@ -40,19 +40,28 @@ class RunPage:
     events_pages: int = 1
 
 
-async def load_run_page(backend: Backend, run_id: str, events_page: int, now: datetime) -> RunPage:
+async def load_run_page(
+    backend: Backend,
+    run_id: str,
+    events_page: int,
+    now: datetime,
+    *,
+    per_page: int = EVENTS_PER_PAGE,
+) -> RunPage:
     """
     Read one run (its summary, log, inbox and lease: one run's keys, nothing else).
+
+    :param events_page: which page of ``per_page`` raw events to show (from 1)
 
     :raises RunNotFound: if there is no such run
     :raises CorruptLog: if its log cannot be read
     """
     details = await ops.describe_run(backend, run_id)
     history = details.history
-    pages = max(1, -(-len(history) // EVENTS_PER_PAGE))
+    pages = max(1, -(-len(history) // per_page))
     page = min(max(events_page, 1), pages)
-    first = (page - 1) * EVENTS_PER_PAGE
-    shown = list(enumerate(history))[first : first + EVENTS_PER_PAGE]
+    first = (page - 1) * per_page
+    shown = list(enumerate(history))[first : first + per_page]
     return RunPage(
         details=details,
         timeline=build_timeline(history, now),
