@@ -59,5 +59,6 @@ def ui(
     app = create_app(settings, open_backend(backend_url), close_backend=True)
     shown = f"[{host}]" if ":" in host else host
     where = f"http://{shown}:{port}/"
-    click.echo(f"substantial ui on {where}" + (" (open it once with ?token=...)" if token else ""))
+    note = " (open it once as /?token=TOKEN)" if token else ""
+    click.echo(f"substantial ui on {where}{note}: reading every run's summary, then listening")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")

@@ -18,7 +18,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-__all__ = ["COOKIE", "Guard", "is_loopback", "new_csrf"]
+__all__ = ["COOKIE", "Guard", "new_csrf", "same"]
 
 COOKIE = "substantial_ui_token"
 
@@ -43,10 +43,6 @@ HEADERS = [
 
 def new_csrf() -> str:
     return secrets.token_urlsafe(32)
-
-
-def is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
 
 
 def same(given: str, wanted: str) -> bool:
