@@ -107,3 +107,28 @@ def test_a_label_counts_as_part_of_its_bar() -> None:
     begins = _begins(history)
     assert begins[1][:2] == (100, 150)
     assert begins[0][2] != begins[1][2], "step 1 would be drawn over step 0's label"
+
+
+def test_a_run_page_says_which_step_it_retries_and_which_child_it_awaits() -> None:
+    from substantial import RunStatus
+    from substantial._ui.run_page import run_doing
+    from substantial.ops import RunSummary
+
+    now = datetime.fromtimestamp((T0 + 2000) / 1000, UTC)
+    retrying = [
+        _event(0, "started"),
+        _event(
+            100,
+            "step_attempt_failed",
+            position=0,
+            attempt=1,
+            retry_at_ms=T0 + 5000,
+            name="charge_card",
+        ),
+    ]
+    sleeping = RunSummary("r", "w", RunStatus.SLEEPING, None, None)
+    said = run_doing(sleeping, build_timeline(retrying, now), now)
+    assert said == "retrying charge_card: attempt 2 at 2027-01-15 08:00:05Z"
+    awaiting = [_event(0, "started"), _event(10, "child_started", position=0, run_id="kid")]
+    waiting = RunSummary("r", "w", RunStatus.WAITING, None, None)
+    assert run_doing(waiting, build_timeline(awaiting, now), now) == "waiting for child run kid"

@@ -22,7 +22,7 @@ from substantial._core.status import RunStatus
 from substantial._store.runs import check_run_id
 from substantial._ui import actions, text
 from substantial._ui.guard import Guard, new_csrf
-from substantial._ui.run_page import load_run_page
+from substantial._ui.run_page import load_run_page, run_doing
 from substantial._ui.runs_page import RANGES, Filters, runs_page
 from substantial._ui.snapshot import SnapshotCache
 from substantial.backends import Backend, from_url
@@ -121,7 +121,8 @@ class Ui:
             return self.render(request, "trouble.html", 503, problem=f"backend unreachable: {exc}")
         return self.render(
             request, "run.html", page=page, run=page.details.summary, now=now,
-            doing=text.doing(page.details.summary, now), said=request.query_params.get("said", ""),
+            doing=run_doing(page.details.summary, page.timeline, now),
+            said=request.query_params.get("said", ""),
             commands=actions.run_commands(self.settings.backend_url, run_id),
         )  # fmt: skip
 

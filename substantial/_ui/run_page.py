@@ -7,11 +7,13 @@ from datetime import datetime
 
 from substantial import ops
 from substantial._client.handle import HistoryEvent
+from substantial._core.status import RunStatus
 from substantial._store.runs import RunStore
-from substantial._ui.timeline import Timeline, build_timeline
+from substantial._ui.text import doing, time_text
+from substantial._ui.timeline import Timeline, build_timeline, ms_datetime
 from substantial.backends.base import Backend
 
-__all__ = ["EVENTS_PER_PAGE", "Link", "RunPage", "load_run_page"]
+__all__ = ["EVENTS_PER_PAGE", "Link", "RunPage", "load_run_page", "run_doing"]
 
 EVENTS_PER_PAGE = 100
 
@@ -98,3 +100,21 @@ def _links(history: list[HistoryEvent]) -> list[Link]:
         elif event.kind == "continued_as":
             links.append(Link("continued as", str(event.details.get("run_id", ""))))
     return links
+
+
+def run_doing(run: ops.RunSummary, timeline: Timeline, now: datetime) -> str:
+    """
+    What the run is doing, told more closely than its summary alone can (``text.doing``):
+    the step it is retrying and when, or the child it waits for.
+    """
+    if run.status.finished:
+        return doing(run, now)
+    for bar in timeline.bars:
+        if bar.kind == "step" and bar.open and len(bar.spans) > 1:
+            due = time_text(ms_datetime(bar.spans[-1].start))
+            return f"retrying {bar.label}: attempt {len(bar.spans)} at {due}"
+    if run.status is RunStatus.WAITING:
+        children = [bar.link for bar in timeline.bars if bar.kind == "child" and bar.open]
+        if children:
+            return "waiting for child run " + ", ".join(children)
+    return doing(run, now)

@@ -15,12 +15,12 @@ are drawn at their recorded times.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from substantial._client.handle import HistoryEvent
 
-__all__ = ["Bar", "Mark", "Timeline", "build_timeline"]
+__all__ = ["Bar", "Mark", "Timeline", "build_timeline", "ms_datetime"]
 
 _OUTCOMES = ("step_completed", "timer_fired", "child_ended", "event_received", "started")
 
@@ -90,6 +90,11 @@ class Timeline:
 
     def w(self, start: int, end: int) -> float:
         return max(round(self.x(end) - self.x(start), 3), 0.4)
+
+
+def ms_datetime(ms: int) -> datetime:
+    """An epoch-milliseconds time of the timeline as a UTC datetime."""
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def _ms(event: HistoryEvent) -> int:
