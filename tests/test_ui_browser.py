@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,12 @@ from tests.ui_sites import Site, in_thread
 # One browser and one set of processes per module: the tests share a worker under xdist.
 pytestmark = pytest.mark.xdist_group("ui-browser")
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+try:
+    from playwright import sync_api as playwright_api
+except ImportError:  # the [dev] extra brings it; on CI its absence is a failure
+    if os.environ.get("CI") == "true":
+        raise
+    pytest.skip("playwright is not installed", allow_module_level=True)
 expect = playwright_api.expect
 
 CHROMIUM = os.environ.get("UI_CHROMIUM", "/usr/bin/chromium")
@@ -194,7 +200,10 @@ def test_pause_stops_the_refresh(files_site: Site, page: Any) -> None:
     )
     ticks = int(live.get_attribute("data-ticks") or 0)
     seen = len(fetches)
-    expect(live).to_have_attribute("data-ticks", str(ticks + 2))  # two refresh periods
+    deadline = time.monotonic() + WAIT
+    while int(live.get_attribute("data-ticks") or 0) < ticks + 2:  # two refresh periods
+        assert time.monotonic() < deadline, "the page's refresh timer stopped ticking"
+        page.wait_for_timeout(50)  # polling the page's tick counter
     assert len(fetches) == seen, "the page fetched while paused"
 
 
