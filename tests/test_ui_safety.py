@@ -143,3 +143,12 @@ def test_pages_show_backend_urls_without_their_secrets() -> None:
     assert "abc" not in shown
     assert "endpoint_url=http://h:9000" in shown
     assert public_url("file:///var/runs") == "file:///var/runs"
+
+
+async def test_on_loopback_it_answers_to_loopback_names_only(conductor: Conductor) -> None:
+    hosts = ("127.0.0.1", "localhost", "::1")
+    async with ui_client(conductor.backend, hosts=hosts) as client:
+        rebound = await client.get("/", headers={"host": "attacker.example:8233"})
+        assert rebound.status_code == 421
+        for host in ("127.0.0.1:8233", "localhost:8233", "[::1]:8233"):
+            assert (await client.get("/", headers={"host": host})).status_code == 200

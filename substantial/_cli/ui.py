@@ -44,7 +44,7 @@ def ui(
     """
     if not backend_url:
         raise click.UsageError("give --backend URL or set SUBSTANTIAL_BACKEND")
-    if host not in LOOPBACK and not host.startswith("127.") and not token:
+    if not (host in LOOPBACK or host.startswith("127.")) and not token:
         raise click.UsageError(
             f"--host {host} serves the view beyond this machine: give --token (or set "
             "SUBSTANTIAL_UI_TOKEN) so that only people with it can see and change runs"
@@ -55,7 +55,13 @@ def ui(
         from substantial._ui import UiSettings, create_app
     except ImportError as exc:
         fail(f"substantial ui needs the [ui] extra (pip install 'substantial[ui]'): {exc}")
-    settings = UiSettings(backend_url, read_only=read_only, token=token or None, refresh=refresh)
+    loopback = host in LOOPBACK or host.startswith("127.")
+    # On loopback without a token, answer only to loopback names: a page of another site
+    # that rebinds its name to 127.0.0.1 is then refused (with a token it lacks the cookie).
+    hosts = (*LOOPBACK, host) if loopback and not token else ()
+    settings = UiSettings(
+        backend_url, read_only=read_only, token=token or None, refresh=refresh, hosts=hosts
+    )
     app = create_app(settings, open_backend(backend_url), close_backend=True)
     shown = f"[{host}]" if ":" in host else host
     where = f"http://{shown}:{port}/"

@@ -40,6 +40,8 @@ class UiSettings:
     :ivar read_only: hide and refuse every action
     :ivar token: required on every request when set
     :ivar refresh: seconds between the runs page's refreshes (0: none)
+    :ivar hosts: the host names requests may address (empty: any); the CLI sets the
+        loopback names when it serves on loopback without a token
     :ivar csrf: the value every form must send back (random per process)
     """
 
@@ -47,6 +49,7 @@ class UiSettings:
     read_only: bool = False
     token: str | None = None
     refresh: float = 5.0
+    hosts: tuple[str, ...] = ()
     csrf: str = field(default_factory=new_csrf)
 
 
@@ -160,4 +163,4 @@ def create_app(
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         *actions.routes(ui),
     ]
-    return Guard(Starlette(routes=routes, lifespan=lifespan), settings.token)
+    return Guard(Starlette(routes=routes, lifespan=lifespan), settings.token, settings.hosts)

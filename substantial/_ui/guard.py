@@ -52,9 +52,12 @@ def same(given: str, wanted: str) -> bool:
 class Guard:
     """ASGI middleware: the token check and the security headers, around the whole app."""
 
-    def __init__(self, app: App, token: str | None) -> None:
+    def __init__(self, app: App, token: str | None, hosts: tuple[str, ...] = ()) -> None:
         self.app = app
         self.token = token or None
+        #: the host names a request may address (empty: any); against DNS rebinding, where
+        #: another site's page reaches a view on 127.0.0.1 under that site's own name
+        self.hosts = hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,6 +69,9 @@ class Guard:
                 message["headers"] = [*message.get("headers", []), *HEADERS]
             await send(message)
 
+        if self.hosts and _host_name(scope) not in self.hosts:
+            await _refuse(with_headers, 421, b"This view answers to its own address only.\n")
+            return
         if self.token is not None:
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
             offered = query.get("token")
@@ -73,7 +79,7 @@ class Guard:
                 await _set_cookie_and_clean(scope, query, self.token, with_headers)
                 return
             if not self._shown(scope):
-                await _refuse(with_headers)
+                await _refuse(with_headers, 401, NEEDS_TOKEN)
                 return
         await self.app(scope, receive, with_headers)
 
@@ -113,15 +119,28 @@ async def _set_cookie_and_clean(
     await send({"type": "http.response.body", "body": b""})
 
 
-async def _refuse(send: Send) -> None:
-    body = (
-        b"This view needs its token: open it once as /?token=TOKEN, "
-        b"or send Authorization: Bearer TOKEN.\n"
-    )
+NEEDS_TOKEN = (
+    b"This view needs its token: open it once as /?token=TOKEN, "
+    b"or send Authorization: Bearer TOKEN.\n"
+)
+
+
+def _host_name(scope: Scope) -> str:
+    """The host name the request addressed (its ``Host`` header, without the port)."""
+    for name, value in scope.get("headers", []):
+        if name == b"host":
+            host = bytes(value).decode("latin-1").lower()
+            if host.startswith("["):  # [::1]:8233
+                return host[1:].partition("]")[0]
+            return host.rpartition(":")[0] if host.count(":") == 1 else host
+    return ""
+
+
+async def _refuse(send: Send, status: int, body: bytes) -> None:
     await send(
         {
             "type": "http.response.start",
-            "status": 401,
+            "status": status,
             "headers": [(b"content-type", b"text/plain; charset=utf-8")],
         }
     )
