@@ -16,6 +16,7 @@ PUBLIC = [
     "Conductor",
     "Context",
     "CorruptLog",
+    "ForkError",
     "Handle",
     "HistoryEvent",
     "InvalidArguments",

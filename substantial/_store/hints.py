@@ -62,10 +62,13 @@ def rebuilt(run_id: str, stored: StoredLog) -> pb.RunMeta:
         first = stored.events[0]
         meta.workflow = first.started.workflow
         meta.args.CopyFrom(first.started.args)
-        meta.created_ms = first.at_ms
+        # A fork keeps its original's start time (replay sees it); it was made later.
+        meta.created_ms = first.started.forked_at_ms or first.at_ms
         meta.updated_ms = stored.events[-1].at_ms
         meta.parent_run_id = first.started.parent_run_id
         meta.chain_root = first.started.chain_root
+        meta.forked_from = first.started.forked_from
+        meta.fork_step = first.started.fork_step
     return meta
 
 
