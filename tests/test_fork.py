@@ -21,9 +21,10 @@ from substantial import (
     RunStatus,
     workflow,
 )
-from substantial._store.keys import log_prefix
+from substantial._store.keys import fork_key, log_prefix
 from substantial.backends import Backend, MemoryBackend
 from substantial.ops import describe_run
+from substantial.protocol import substantial_pb2 as pb
 from tests.harness import WAIT, make_conductor, wait_for_status
 
 NAME = "fork.five_steps"
@@ -208,3 +209,19 @@ async def test_a_retry_replays_a_child_the_original_started() -> None:
         assert await fork.result(timeout=WAIT) == 2 + 10
         starts = [e for e in await fork.history() if e.kind == "child_started"]
         assert [e.details["run_id"] for e in starts] == ["dad-c0"]  # the original's child
+
+
+async def test_a_fork_that_died_before_its_log_is_not_listed_and_can_be_made_again() -> None:
+    async with make_conductor(MemoryBackend(), five_steps, virtual_clock=True) as conductor:
+        original = await conductor.start(five_steps, 1, run_id="k")
+        with pytest.raises(RunFailed):
+            await original.result(timeout=WAIT)
+        # a fork whose maker was killed after the record and before segment 0
+        record = pb.ForkRecord(run_id="k-half", step=3, at_ms=1)
+        await conductor.backend.create(fork_key("k", "k-half"), record.SerializeToString())
+        assert (await describe_run(conductor.backend, "k")).forks == []
+        assert [e for e in await original.history() if e.kind == "forked"] == []
+        conductor.register(five_steps_fixed, replace=True)
+        again = await original.fork(at_step=3, run_id="k-half")  # the maker, run again
+        assert await again.result(timeout=WAIT) == 101
+        assert [f.run_id for f in (await describe_run(conductor.backend, "k")).forks] == ["k-half"]
