@@ -21,7 +21,9 @@ from substantial import (
     RunStatus,
     workflow,
 )
+from substantial._store.forks import cut_at_step
 from substantial._store.keys import fork_key, log_prefix
+from substantial._store.segments import StoredLog
 from substantial.backends import Backend, MemoryBackend
 from substantial.ops import describe_run
 from substantial.protocol import substantial_pb2 as pb
@@ -225,3 +227,24 @@ async def test_a_fork_that_died_before_its_log_is_not_listed_and_can_be_made_aga
         again = await original.fork(at_step=3, run_id="k-half")  # the maker, run again
         assert await again.result(timeout=WAIT) == 101
         assert [f.run_id for f in (await describe_run(conductor.backend, "k")).forks] == ["k-half"]
+
+
+def _step(position: int) -> pb.Event:
+    return pb.Event(step_completed=pb.StepCompleted(position=position, name="work"))
+
+
+def test_the_cut_is_refused_inside_a_compacted_history_or_before_a_child_ends() -> None:
+    start = pb.Event(started=pb.Started(run_id="c", workflow="w"))
+    # segments 0-2 compacted into one snapshot (they all end at index 4), then #7, #8
+    compacted = StoredLog([start, _step(0), _step(5), _step(6), _step(7), _step(8)], 4,
+                          [4, 4, 4, 5, 6], snapshot_seq=2)  # fmt: skip
+    with pytest.raises(ForkError, match=r"before #5 was compacted.*\(#7 or later\)"):
+        cut_at_step("c", compacted, 5)
+    assert cut_at_step("c", compacted, 7) == 4
+    child = pb.Event(child_started=pb.ChildStarted(position=1, run_id="c-c1", workflow="k"))
+    ended = pb.Event(child_ended=pb.ChildEnded(id="e", run_id="c-c1"))
+    running = StoredLog([start, _step(0), child, _step(2), ended, _step(3)], 5, [1, 2, 3, 4, 5, 6])
+    with pytest.raises(ForkError, match=r"child run 'c-c1', started at #1, had not ended"):
+        cut_at_step("c", running, 2)
+    assert cut_at_step("c", running, 3) == 5  # its end is in the copy
+    assert cut_at_step("c", running, 1) == 2  # the fork starts a child of its own

@@ -11,6 +11,7 @@ an entry in :data:`substantial._ops.bulk.ACTIONS` and one :func:`with_filters` c
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -137,6 +138,7 @@ def with_filters(action: str, command: click.Command) -> click.Command:
         if isinstance(param, click.Argument) and param.name == "run_id":
             param.required = False
             param.callback = _optional_run
+            param.metavar = "[RUN]"
     command.params.extend(_filter_options())
     one_run: Callable[..., Any] = command.callback  # type: ignore[assignment]
 
@@ -145,6 +147,8 @@ def with_filters(action: str, command: click.Command) -> click.Command:
         filtered = any(options[name] for name in _FILTERS if name != "dry_run")
         if kwargs.get("run_id") is not None and filtered:
             raise click.UsageError("give RUN or filters (--status, --workflow, ...), not both")
+        if filtered and kwargs.get("fork_id"):
+            raise click.UsageError("--run-id names the fork of one RUN; leave it out with filters")
         if filtered:
             return _run_bulk(kwargs["backend_url"], action, kwargs.get("reason", ""), options)
         if kwargs.get("run_id") is None:
@@ -154,7 +158,7 @@ def with_filters(action: str, command: click.Command) -> click.Command:
         return one_run(**kwargs)
 
     command.callback = callback
-    command.help = (command.help or "") + (
+    command.help = inspect.cleandoc(command.help or "") + (
         "\n\nWith --status, --workflow, --started-before or --started-after instead of RUN, "
         "acts on every run they select (from their summaries), with a progress bar on a "
         "terminal and a summary; --dry-run lists them."
@@ -189,7 +193,7 @@ def retry(backend_url: str | None, run_id: str | None, fork_id: str | None) -> N
     """
     Fork a failed run at the step it failed at, to run that step and the rest again with
     the code agents have now (deploy the fix first). Prints the fork's run id; retrying
-    a run again prints the same fork. Without filters --status is failed.
+    a run again prints the same fork. With filters, --status defaults to failed.
     """
 
     async def body(backend: Backend) -> str:
