@@ -64,7 +64,7 @@ class Bar:
                 from tqdm import tqdm
             except ImportError:
                 return
-            self.bar = tqdm(total=total, desc=self.label, unit="run", file=sys.stderr,
+            self.bar = tqdm(total=total, desc=self.label, unit=" run", file=sys.stderr,
                             disable=None)  # fmt: skip
         self.bar.update(done - self.done)
         self.done = done
@@ -81,7 +81,7 @@ def _run_bulk(backend_url: str | None, action: str, reason: str, options: dict[s
     where = ops.RunFilter(
         options["workflow"], statuses or None, options["started_before"], options["started_after"]
     )
-    selecting, acting = Bar("runs selected"), Bar(_DONE[action].split()[0] + " runs")
+    selecting, acting = Bar("runs selected"), Bar(f"{action} runs")
 
     async def body(backend: Backend) -> ops.BulkResult:
         return await ops.bulk(backend, Conductor(backend).handle, action, where, reason=reason,
