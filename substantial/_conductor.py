@@ -46,8 +46,7 @@ from substantial._core import constants
 from substantial._core.clock import Clock
 from substantial._core.status import RunStatus
 from substantial._engine.workflow import Workflow
-from substantial._ops.bulk import RunFilter, iter_runs
-from substantial._ops.listing import RunSummary
+from substantial._ops.listing import RunSummary, iter_runs
 from substantial._store.runs import RunStore
 from substantial.backends.base import Backend
 from substantial.protocol import substantial_pb2 as pb
@@ -224,8 +223,7 @@ class Conductor:
         :param started_before: only runs started before this time
         :param started_after: only runs started at or after this time
         """
-        where = RunFilter(workflow, status, started_before, started_after)
-        return iter_runs(self.backend, where, page=page)
+        return iter_runs(self.backend, workflow, status, started_before, started_after, read=page)
 
     async def _create_run(self, started: pb.Started) -> bool:
         return await self._client.create_run(started)

@@ -13,7 +13,7 @@ has its module: ``listing``, ``details``, ``replay_check`` and ``collection`` (g
 
 from __future__ import annotations
 
-from substantial._ops.bulk import ACTIONS, BulkResult, RunFilter, bulk, iter_runs
+from substantial._ops.bulk import ACTIONS, BulkResult, RunFilter, bulk
 from substantial._ops.collection import GcResult, gc
 from substantial._ops.details import RunDetails, describe_run
 from substantial._ops.listing import (

@@ -1,7 +1,7 @@
 """
 Acting on many runs at once: the runs a filter selects, read from their summaries a
-page at a time (never their logs), and an action applied to each, with a count of what
-it did.
+page at a time (never their logs: :func:`substantial._ops.listing.iter_runs`), and an
+action applied to each, with a count of what it did.
 
 The actions are ``cancel``, ``terminate`` and ``retry``; :data:`ACTIONS` maps each name
 to what it does to one run, so another action (``pause``, ``resume``) is one entry.
@@ -9,7 +9,8 @@ to what it does to one run, so another action (``pause``, ``resume``) is one ent
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,11 +19,11 @@ import anyio
 
 from substantial._client.handle import Handle
 from substantial._core.status import RunStatus
-from substantial._ops.listing import PAGE, Progress, RunSummary, _matches, _summaries, iter_run_ids
+from substantial._ops.listing import Progress, RunSummary, iter_runs
 from substantial.backends.base import Backend
 from substantial.errors import BackendError, ForkError, RunFinished, SubstantialError
 
-__all__ = ["ACTIONS", "BulkResult", "RunFilter", "bulk", "iter_runs"]
+__all__ = ["ACTIONS", "BulkResult", "RunFilter", "bulk"]
 
 #: Runs acted on at once.
 CONCURRENCY = 16
@@ -44,40 +45,11 @@ class RunFilter:
     started_before: datetime | None = None
     started_after: datetime | None = None
 
-    def statuses(self) -> set[RunStatus] | None:
-        if self.status is None:
-            return None
-        return {self.status} if isinstance(self.status, RunStatus) else set(self.status)
-
-
-async def iter_runs(
-    backend: Backend, where: RunFilter = RunFilter(), *, page: int = PAGE
-) -> AsyncIterator[RunSummary]:
-    """
-    The summaries of the runs ``where`` selects, in run id order, reading ``page`` runs'
-    summaries per round (a missing or torn summary is rebuilt from that run's log).
-    """
-    statuses = where.statuses()
-    batch: list[str] = []
-
-    async def matching() -> list[RunSummary]:
-        found = [
-            summary
-            for summary in await _summaries(backend, batch)
-            if summary is not None
-            and _matches(summary, where.workflow, statuses, where.started_before,
-                         where.started_after)
-        ]  # fmt: skip
-        batch.clear()
-        return found
-
-    async for run_id in iter_run_ids(backend, page=page):
-        batch.append(run_id)
-        if len(batch) >= page:
-            for summary in await matching():
-                yield summary
-    for summary in await matching():
-        yield summary
+    def select(self, backend: Backend) -> AsyncGenerator[RunSummary, None]:
+        """The summaries of the runs selected, in run id order, read a page at a time."""
+        return iter_runs(
+            backend, self.workflow, self.status, self.started_before, self.started_after
+        )
 
 
 @dataclass
@@ -145,10 +117,11 @@ async def bulk(
     """
     act = ACTIONS[action]
     result = BulkResult(action, dry_run)
-    async for summary in iter_runs(backend, where):
-        result.selected.append(summary.run_id)
-        if selecting is not None:
-            selecting(len(result.selected), None)
+    async with aclosing(where.select(backend)) as selected:
+        async for summary in selected:
+            result.selected.append(summary.run_id)
+            if selecting is not None:
+                selecting(len(result.selected), None)
     if dry_run:
         return result
     total, finished = len(result.selected), 0
