@@ -286,3 +286,67 @@ async def test_json_pages_and_counts_from_the_terminal(tmp_path: Path) -> None:
     table = await cli("stats", url=url)
     assert table.returncode == 0
     assert "ops.greet" in table.stdout
+
+
+@workflow(name="operator.approval")
+async def approval(c: Context) -> object:
+    return await c.receive("approve", timeout=3600)
+
+
+@pytest.mark.real_clock  # the hour-long timeout must not pass
+@pytest.mark.conductor(wait, holds_a_child, approval)
+async def test_a_summary_says_what_a_run_waits_for_until_when_and_who_had_it(
+    conductor: Conductor,
+) -> None:
+    backend, agent = conductor.backend, conductor.name
+    timed = await conductor.start(approval, run_id="timed")
+    holder = await conductor.start(holds_a_child, run_id="holder")
+    gone = await conductor.start("operator.gone", run_id="gone")
+    await wait_for_status(timed, RunStatus.SLEEPING)
+    await wait_for_status(holder, RunStatus.WAITING)
+    await wait_for_status(gone, RunStatus.PARKED)
+
+    summary = await ops.get_run(backend, "timed")
+    assert summary.waiting_for == ("event 'approve'",)
+    assert summary.wake_at is not None
+    assert summary.wake_at - summary.created > timedelta(minutes=59)  # the timeout
+    assert summary.agent == agent
+    summary = await ops.get_run(backend, "holder")
+    assert set(summary.waiting_for) == {"event 'never'", "child 'holder-kid'"}
+    summary = await ops.get_run(backend, "gone")
+    assert summary.waiting_for == ()
+    assert summary.wake_at is not None  # when it is retried
+    assert summary.agent == agent
+
+    await timed.send("approve", True)
+    assert await timed.result(timeout=WAIT) is True
+    done = await ops.get_run(backend, "timed")
+    assert (done.waiting_for, done.wake_at) == ((), None)
+
+
+async def test_show_and_list_say_what_a_run_waits_for(tmp_path: Path) -> None:
+    from tests.harness import make_conductor
+    from tests.test_cli_commands import cli
+
+    url = f"file://{tmp_path / 'store'}"
+    async with make_conductor(url, approval, name="agent-7") as conductor:
+        handle = await conductor.start(approval, run_id="a1")
+        gone = await conductor.start("operator.gone", run_id="g1")
+        await wait_for_status(handle, RunStatus.SLEEPING)
+        await wait_for_status(gone, RunStatus.PARKED)
+        shown = await cli("show", "a1", url=url)
+        assert shown.returncode == 0, shown.stderr
+        head = shown.stdout.split("\n\n")[0].splitlines()
+        lines = {line[:9].strip(): line[10:] for line in head}  # "label     value"
+        assert lines["waits for"].startswith("event 'approve' (times out at ")
+        assert lines["agent"].startswith("agent-7 (lease until") or lines["agent"] == (
+            "none now (last: agent-7)"
+        )
+        parked = await cli("show", "g1", url=url)
+        assert "retry at " in parked.stdout
+        assert "operator.gone" in parked.stdout
+        listed = await cli("list", "--json", url=url)
+        runs = {run["run_id"]: run for run in json.loads(listed.stdout)}
+        assert runs["a1"]["waiting_for"] == ["event 'approve'"]
+        assert runs["a1"]["agent"] == "agent-7"
+        assert runs["g1"]["wake_at"] is not None

@@ -62,10 +62,13 @@ def rebuilt(run_id: str, stored: StoredLog) -> pb.RunMeta:
         first = stored.events[0]
         meta.workflow = first.started.workflow
         meta.args.CopyFrom(first.started.args)
-        meta.created_ms = first.at_ms
+        # A fork keeps its original's start time (replay sees it); it was made later.
+        meta.created_ms = first.started.forked_at_ms or first.at_ms
         meta.updated_ms = stored.events[-1].at_ms
         meta.parent_run_id = first.started.parent_run_id
         meta.chain_root = first.started.chain_root
+        meta.forked_from = first.started.forked_from
+        meta.fork_step = first.started.fork_step
     return meta
 
 
@@ -92,19 +95,17 @@ async def trusted_summary(
     meta: pb.RunMeta | None,
     version: str | None,
     stored: StoredLog,
-) -> pb.RunMeta:
+) -> pb.RunMeta | None:
     """
-    The summary an agent that read ``stored`` may build on: ``meta`` itself, or, when
-    there is none, it was unreadable (``meta`` None, ``version`` set) or it claims a
-    segment the log does not have, a summary rebuilt from the log (to be written over
-    ``version``).
+    The summary an agent that read ``stored`` may build on: ``meta`` itself, or, when it
+    is missing or unreadable (``meta`` None) or claims a segment the log does not have, a
+    summary rebuilt from the log (to be written over ``version``).
     """
     if meta is None:
-        # Also when there is no summary yet: a start writes it after segment 0, so an
-        # agent in another process can get here first. What it writes must still name
-        # the workflow, the arguments and the start time (the start's own write then
-        # finds a summary of a later segment and leaves it).
-        return rebuilt(run_id, stored)
+        # Unreadable, or not written yet (an agent got to a run between its start's
+        # segment 0 and its summary): rebuilt, so the summary an agent writes names the
+        # run's workflow and start, which `list --workflow` and time filters read.
+        return rebuilt(run_id, stored) if stored.events else None
     if meta.log_seq <= stored.last_seq:
         return meta
     # The summary is of a later segment than the log read: another agent moved on (this
