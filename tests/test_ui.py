@@ -41,7 +41,7 @@ async def test_runs_page_filters_counts_and_pages(conductor: Conductor) -> None:
         assert set(_run_ids(page)) == {"approve-a", "approve-b", "double-a"}
         assert re.search(r"waiting <b>2</b>", page)
         assert re.search(r"completed <b>1</b>", page)
-        assert "waiting for an event" in page
+        assert "waiting for event &#39;approve&#39;" in page
         assert "awaiting approval" in page
         waiting = (await client.get("/?status=waiting")).text
         assert set(_run_ids(waiting)) == {"approve-a", "approve-b"}
@@ -157,6 +157,12 @@ async def test_cancel_selected_cancels_what_the_filter_selects(conductor: Conduc
         ask = await client.post("/cancel-selected", data=form)
         assert "Cancel 2 unfinished run(s)" in ask.text
         assert "| xargs -n1 substantial cancel" in ask.text
+        by_workflow = await client.post(
+            "/cancel-selected", data={**form, "filters": "workflow=approval"}
+        )
+        assert "substantial cancel --backend memory:// --status pending" in by_workflow.text
+        assert "--workflow approval" in by_workflow.text
+        assert "Cancel 3 unfinished" in by_workflow.text
         done = await client.post("/cancel-selected", data={**form, "confirmed": "yes"})
         assert done.status_code == 303
         unfiltered = await client.post(

@@ -143,6 +143,7 @@ def test_pages_show_backend_urls_without_their_secrets() -> None:
     assert "abc" not in shown
     assert "endpoint_url=http://h:9000" in shown
     assert public_url("file:///var/runs") == "file:///var/runs"
+    assert public_url("memory://") == "memory://"
 
 
 async def test_on_loopback_it_answers_to_loopback_names_only(conductor: Conductor) -> None:

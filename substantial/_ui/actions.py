@@ -76,10 +76,12 @@ def run_commands(backend_url: str, run_id: str) -> dict[str, str]:
 
 
 def cancel_selected_command(backend_url: str, filters: Filters) -> str:
-    """A shell pipeline that cancels what cancel-selected would (``list`` has no id prefix)."""
-    words = ["list"]
-    statuses = filters.statuses or tuple(s for s in RunStatus if not s.finished)
-    for status in statuses:
+    """
+    The command that cancels what cancel-selected would: ``substantial cancel`` with
+    filters, or, since it has no id prefix, ``list --json`` piped through ``jq``.
+    """
+    words: list[str] = []
+    for status in filters.statuses or tuple(RunStatus):
         if not status.finished and status is not RunStatus.CORRUPT:
             words += ["--status", status.value]
     if filters.workflow:
@@ -89,13 +91,12 @@ def cancel_selected_command(backend_url: str, filters: Filters) -> str:
                   else filters.since]  # fmt: skip
     if filters.started_before:
         words += ["--started-before", filters.started_before.isoformat()]
-    words.append("--json")
-    select = ".[].run_id"
-    if filters.prefix:
-        select += f" | select(startswith({json.dumps(filters.prefix)}))"
+    if not filters.prefix:
+        return cli_command(backend_url, "cancel", *words)
+    select = f".[].run_id | select(startswith({json.dumps(filters.prefix)}))"
     backend = shlex.quote(public_url(backend_url))
     return (
-        f"{cli_command(backend_url, *words)} | jq -r {shlex.quote(select)}"
+        f"{cli_command(backend_url, 'list', *words, '--json')} | jq -r {shlex.quote(select)}"
         f" | xargs -n1 substantial cancel --backend {backend}"
     )
 

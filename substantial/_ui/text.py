@@ -92,14 +92,17 @@ def doing(run: RunSummary, now: datetime) -> str:
         return "queued: no agent has picked it up yet"
     if status is RunStatus.RUNNING:
         return "running steps"
+    if status in (RunStatus.SLEEPING, RunStatus.WAITING) and run.waiting_for:
+        # a receive with a timeout sleeps until the timeout: say what it waits for
+        timeout = f" (timeout {time_text(run.wake_at)})" if run.wake_at is not None else ""
+        return "waiting for " + ", ".join(run.waiting_for) + timeout
     if status is RunStatus.SLEEPING:
         return f"sleeping until {time_text(run.wake_at)}" + _in(run.wake_at, now)
     if status is RunStatus.WAITING:
-        if run.wake_at is not None:
-            return f"waiting for an event (timeout {time_text(run.wake_at)})"
         return "waiting for an event"
     if status is RunStatus.PARKED:
-        return f"parked: {run.parked_reason or 'its code no longer replays its log'}"
+        retry = f" (tried again at {time_text(run.wake_at)})" if run.wake_at is not None else ""
+        return f"parked: {run.parked_reason or 'its code no longer replays its log'}{retry}"
     if status is RunStatus.FAILED:
         return f"failed: {run.error}" if run.error else "failed"
     if status is RunStatus.CORRUPT:
@@ -122,9 +125,12 @@ def public_url(url: str) -> str:
         user, _, host = netloc.rpartition("@")
         name = user.partition(":")[0]
         netloc = f"{name}:***@{host}" if ":" in user else f"{user}@{host}"
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    secret = [any(word in name.lower() for word in _SECRET_WORDS) for name, _ in pairs]
+    if netloc == parts.netloc and not any(secret):
+        return url  # nothing to hide: as given (urlunsplit would turn memory:// into memory:)
     query = [
-        (name, "***" if any(word in name.lower() for word in _SECRET_WORDS) else value)
-        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        (name, "***" if hide else value) for (name, value), hide in zip(pairs, secret, strict=True)
     ]
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*/:")))
 
