@@ -91,6 +91,9 @@ def _links(history: list[HistoryEvent]) -> list[Link]:
         links.append(Link("parent", str(started["parent_run_id"])))
     if started.get("continued_from"):
         links.append(Link("continued from", str(started["continued_from"])))
+    if started.get("forked_from"):
+        step = started.get("fork_step", 0)
+        links.append(Link(f"forked from (before #{step})", str(started["forked_from"])))
     root = started.get("chain_root")
     if root and root != started.get("continued_from") and root != started.get("run_id"):
         links.append(Link("first of its chain", str(root)))
