@@ -153,3 +153,15 @@ async def test_on_loopback_it_answers_to_loopback_names_only(conductor: Conducto
         assert rebound.status_code == 421
         for host in ("127.0.0.1:8233", "localhost:8233", "[::1]:8233"):
             assert (await client.get("/", headers={"host": host})).status_code == 200
+
+
+async def test_unknown_and_malformed_run_ids_are_404(conductor: Conductor) -> None:
+    async with ui_client(conductor.backend) as client:
+        missing = await client.get("/runs/nope")
+        malformed = await client.get("/runs/-x")  # a run id starts with a letter or digit
+        csrf = csrf_of((await client.get("/?prefix=x")).text)
+        bad_post = await client.post("/runs/-x/cancel", data={"csrf": csrf})
+    assert missing.status_code == 404
+    assert "no run &#39;nope&#39;" in missing.text
+    assert malformed.status_code == 404
+    assert bad_post.status_code == 404
