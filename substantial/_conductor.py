@@ -25,8 +25,8 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -45,7 +45,9 @@ from substantial._client.client import Client
 from substantial._client.handle import Handle
 from substantial._core import constants
 from substantial._core.clock import Clock
+from substantial._core.status import RunStatus
 from substantial._engine.workflow import Workflow
+from substantial._ops.listing import RunSummary, iter_runs
 from substantial._payload_codecs import PayloadCodec, register_payload_codec
 from substantial._store.payloads import PayloadPolicy
 from substantial._store.runs import RunStore
@@ -226,6 +228,27 @@ class Conductor:
     def handle(self, run_id: str) -> Handle[Any]:
         """A handle to an existing run, from any process."""
         return self._client.handle(run_id)
+
+    def runs(
+        self,
+        *,
+        status: RunStatus | Iterable[RunStatus] | None = None,
+        workflow: str | None = None,
+        started_before: datetime | None = None,
+        started_after: datetime | None = None,
+        page: int = 1000,
+    ) -> AsyncIterator[RunSummary]:
+        """
+        The runs that match every filter given, as :class:`substantial.ops.RunSummary`
+        values, in run id order: ``async for run in conductor.runs(status=...)``. Reads
+        ``page`` runs' summaries per round, never their logs.
+
+        :param status: only runs in this status (or one of these)
+        :param workflow: only runs of this workflow name
+        :param started_before: only runs started before this time
+        :param started_after: only runs started at or after this time
+        """
+        return iter_runs(self.backend, workflow, status, started_before, started_after, read=page)
 
     async def _create_run(self, started: pb.Started) -> bool:
         return await self._client.create_run(started)

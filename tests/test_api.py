@@ -18,6 +18,7 @@ PUBLIC = [
     "Context",
     "CorruptLog",
     "EncryptedPayload",
+    "ForkError",
     "Handle",
     "HistoryEvent",
     "InvalidArguments",
@@ -108,9 +109,9 @@ FACES = {
         name for name in PUBLIC if name[0].isupper() and name not in HOMED
     ),
     "substantial.ops": [
-        "GcResult", "Progress", "ReplayCheck", "RunDetails", "RunSummary", "check_replay",
-        "describe_run", "gc", "get_run", "iter_run_ids", "iter_runs", "list_runs",
-        "plain_value", "runs_on_old_branch",
+        "ACTIONS", "BulkResult", "GcResult", "Progress", "ReplayCheck", "RunDetails",
+        "RunFilter", "RunSummary", "bulk", "check_replay", "describe_run", "gc", "get_run",
+        "iter_run_ids", "iter_runs", "list_runs", "plain_value", "runs_on_old_branch",
     ],
     "substantial.logs": ["RUN_FORMAT", "RunContextFilter", "install"],
     "substantial.telemetry": ["ENABLED", "OUTCOMES", "configure"],

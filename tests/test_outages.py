@@ -325,7 +325,12 @@ async def test_frozen_redis(
     prefix = f"outage-{uuid.uuid4().hex[:8]}"
     agents = await agents_on(
         lambda: RedisBackend(
-            own_redis.url, prefix=prefix, socket_timeout=0.5, socket_connect_timeout=0.5
+            # well under the 5 s freeze, well over what a loaded machine takes to answer
+            # (0.5 s timed out starts before the freeze at load average 18)
+            own_redis.url,
+            prefix=prefix,
+            socket_timeout=2,
+            socket_connect_timeout=2,
         )
     )
 

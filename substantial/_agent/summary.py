@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from substantial._core.attributes import AttributeValue, from_pb, to_pb
 from substantial._core.status import END_STATUS, STATUS_TO_PB, RunStatus
 from substantial._store.attrs import unindex, write_index
+from substantial._store.hints import rebuilt
 from substantial._store.runs import RunStore, StoredLog
 from substantial.protocol import substantial_pb2 as pb
 
@@ -153,10 +154,7 @@ class RunSummary:
         if self.meta is not None:
             updated.CopyFrom(self.meta)
         elif change.stored is not None and change.stored.events:
-            first = change.stored.events[0]
-            updated.workflow = first.started.workflow
-            updated.args.CopyFrom(first.started.args)
-            updated.created_ms = first.at_ms
+            updated.CopyFrom(rebuilt(self.run_id, change.stored))
         updated.run_id = self.run_id
         updated.status = STATUS_TO_PB[change.status]
         updated.updated_ms = self._store.clock.now_ms()

@@ -191,6 +191,12 @@ def show(backend_url: str | None, run_id: str, as_json: bool) -> None:
         lines.append(("inbox", f"{details.inbox} event(s) not yet merged into the log"))
     for entry in details.quarantined:  # `substantial quarantine RUN --drop KEY` deletes one
         lines.append(("set aside", f"{entry.key}: {entry.reason}"))
+    if run.forked_from:
+        lines.append(("forked", f"from {run.forked_from} at #{run.fork_step}"))
+    for fork in details.forks:
+        lines.append(
+            ("fork", f"{fork.run_id} at #{fork.step}" + (" (retry)" if fork.retry else ""))
+        )
     for label, value in lines:
         click.echo(f"{label:<9} {value}".rstrip())
     click.echo("")

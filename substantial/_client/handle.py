@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
+from substantial._client import forking
 from substantial._core.constants import (
     MAX_PAYLOAD_BYTES,
     RESULT_POLL_MAX_SECONDS,
@@ -19,7 +20,7 @@ from substantial._core.constants import (
 )
 from substantial._core.notify import Notifier
 from substantial._core.status import STATUS_FROM_PB, RunStatus
-from substantial._store import hints
+from substantial._store import forks, hints
 from substantial._store.runs import RunStore, check_run_id
 from substantial.codec import decode_payload, encode_payload
 from substantial.errors import (
@@ -45,7 +46,9 @@ class HistoryEvent:
     """
     One event of a run's log, decoded for people and tools.
 
-    :ivar segment: the log segment it was recorded in
+    :ivar segment: the log segment it was recorded in; ``-1`` for an event of kind
+        ``forked``, which is not in the log: a fork of this run (``run_id``, ``step``,
+        ``retry``), recorded beside it
     :ivar at: when it was recorded
     :ivar kind: ``started``, ``step_completed``, ``timer_fired``, ``event_received``, ...
     :ivar details: the event's fields, with values decoded
@@ -124,6 +127,48 @@ class Handle(Generic[R]):
         """
         request = pb.TerminateRequest(reason=reason)
         await self._post(pb.InboxEntry(terminate=request), "the termination")
+
+    async def fork(self, at_step: int, run_id: str | None = None) -> Handle[R]:
+        """
+        Start a new run whose log is this run's up to, not including, the first record of
+        the step at position ``at_step`` (``#N`` in ``substantial show``): that step and
+        what follows run again with the code agents have today; what came before is
+        replayed, not re-executed. This run is never written; its ``history()`` and
+        ``substantial show`` list its forks, and the fork's start names this run.
+
+        Events recorded before the cut (sent events, timers, steps of other positions
+        that finished first) stay in the fork. A fork whose code no longer replays the
+        copied prefix is parked with the usual ``NonDeterminismError`` reason.
+
+        :param at_step: the position to cut at: a ``save``, ``sleep``, ``receive`` with a
+            timeout, or child, whose position the log records
+        :param run_id: the fork's id (default: a random one); forking again with the same
+            id and step returns the same fork
+        :raises ForkError: if nothing is recorded at ``at_step``, the history before it
+            was compacted, a child started before it had not ended by then, or ``run_id``
+            names another run
+        :raises RunNotFound: if this run does not exist
+        """
+        fork_id = await forking.fork(self._store, self.run_id, at_step, run_id)
+        return self._other(fork_id)
+
+    async def retry(self, run_id: str | None = None) -> Handle[R]:
+        """
+        Fork a failed run at the step it failed at, so that step and the rest run again
+        with today's code (deploy the fix first): :meth:`fork` at the step whose failure
+        failed the run, or, for a run that failed in its own code, at the end of its log.
+
+        :param run_id: the fork's id (default: ``{run}-retry``, so retrying twice makes
+            one fork, and a bulk retry that was interrupted can simply run again)
+        :raises ForkError: if the run has not failed, or as :meth:`fork`
+        :raises RunNotFound: if this run does not exist
+        """
+        fork_id = await forking.retry(self._store, self.run_id, run_id)
+        return self._other(fork_id)
+
+    def _other(self, run_id: str) -> Handle[Any]:
+        self._notifier.kick()
+        return Handle(self._store, run_id, self._notifier, max_payload=self._max_payload)
 
     async def _post(self, entry: pb.InboxEntry, what: str) -> None:
         meta = await self._require_meta()
@@ -232,7 +277,9 @@ class Handle(Generic[R]):
 
     async def history(self) -> list[HistoryEvent]:
         """
-        The run's stored log, decoded.
+        The run's stored log, decoded, then one ``forked`` entry per fork of it (not in
+        the log: see :class:`HistoryEvent`). A fork's own ``started`` entry names its
+        original (``forked_from``, ``fork_step``).
 
         :raises RunNotFound: if the run does not exist
         :raises CorruptLog: if a segment cannot be read
@@ -246,6 +293,10 @@ class Handle(Generic[R]):
             while index >= stored.segment_ends[segment]:
                 segment += 1
             history.append(_describe(event, segment))
+        for fork in await forks.forks_of(self._store, self.run_id):
+            at = datetime.fromtimestamp(fork.at_ms / 1000, UTC)
+            details = {"run_id": fork.run_id, "step": fork.step, "retry": fork.retry}
+            history.append(HistoryEvent(-1, at, "forked", details))
         return history
 
     async def query(self) -> Any:

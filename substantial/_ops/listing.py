@@ -65,6 +65,8 @@ class RunSummary:
     :ivar custom_status: the last value the workflow gave ``Context.set_status()``
     :ivar waiting_for: what a waiting run waits for, e.g. ``event 'approve'``
     :ivar agent: the agent that last wrote the summary (``show`` names the lease holder)
+    :ivar forked_from: the run this one is a fork of (``Handle.fork``, ``retry``), if any
+    :ivar fork_step: the position that fork's log was cut at
     :ivar attributes: the run's search attributes (``Context.set_attributes()``)
     """
 
@@ -81,6 +83,8 @@ class RunSummary:
     custom_status: Any = None
     waiting_for: tuple[str, ...] = ()
     agent: str = ""
+    forked_from: str = ""
+    fork_step: int = 0
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -104,7 +108,9 @@ class RunSummary:
             "waiting_for": list(self.waiting_for),
             "agent": self.agent or None,
             "attributes": self.attributes,
-        }
+            **({"forked_from": self.forked_from, "fork_step": self.fork_step}
+               if self.forked_from else {}),
+        }  # fmt: skip
 
 
 def _summary(meta: pb.RunMeta) -> RunSummary:
@@ -126,6 +132,8 @@ def _summary(meta: pb.RunMeta) -> RunSummary:
         custom_status=safe_plain(meta.custom_status) if meta.HasField("custom_status") else None,
         waiting_for=tuple(meta.waiting_for),
         agent=meta.agent,
+        forked_from=meta.forked_from,
+        fork_step=meta.fork_step,
         attributes=from_pb(meta.attributes),
     )
 
