@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -16,9 +17,10 @@ from substantial import Context, InvalidAttribute, RunFailed, RunStatus, workflo
 from substantial._core.attributes import check_attributes, parse_where
 from substantial._store.attrs import index_key
 from substantial._store.keys import ATTRS_PREFIX
-from substantial.backends import Backend, FSBackend
+from substantial.backends import Backend, FSBackend, MemoryBackend
 from substantial.ops import gc, list_runs
 from tests.harness import WAIT, make_conductor, wait_for_status
+from tests.ui_client import ui_client
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,3 +159,17 @@ async def test_cli_list_where(tmp_path: Path) -> None:
         )
     assert done.returncode != 0
     assert "a filter is name=value" in done.stderr.decode()
+
+
+async def test_the_web_view_filters_by_attribute() -> None:
+    backend = MemoryBackend()
+    async with make_conductor(backend, tagged, virtual_clock=True) as conductor:
+        for run_id, customer in [("w1", "acme"), ("w2", "globex"), ("w3", "acme")]:
+            handle = await conductor.start(tagged, {"customer": customer}, run_id=run_id)
+            await handle.result(timeout=WAIT)
+        async with ui_client(backend) as client:
+            page = (await client.get("/", params={"where": "customer=acme"})).text
+            assert sorted(re.findall(r'<td><a href="/runs/([^"]+)">', page)) == ["w1", "w3"]
+            assert 'value="customer=acme"' in page
+            everything = (await client.get("/", params={"where": "not a filter"})).text
+            assert len(re.findall(r'<td><a href="/runs/([^"]+)">', everything)) == 3

@@ -8,9 +8,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
+from substantial._core.attributes import parse_where
 from substantial._core.status import RunStatus
+from substantial._ops.search import matches_where
 from substantial._ui.snapshot import Snapshot
 from substantial._ui.text import doing, run_duration
+from substantial.errors import InvalidAttribute
 from substantial.ops import RunSummary
 
 __all__ = ["PAGE_SIZE", "Filters", "Row", "RunsPage", "runs_page"]
@@ -39,6 +42,8 @@ class Filters:
     started_before: datetime | None = None
     prefix: str = ""
     page: int = 1
+    #: search attributes, as ``name=value`` (``Context.set_attributes``)
+    where: str = ""
 
     @classmethod
     def parse(cls, query: Mapping[str, list[str]]) -> Filters:
@@ -60,6 +65,7 @@ class Filters:
             started_before=_time(one("before")),
             prefix=one("prefix"),
             page=max(page, 1),
+            where=one("where") if _where(one("where")) is not None else "",
         )
 
     def query(self, **changes: object) -> str:
@@ -71,6 +77,7 @@ class Filters:
             "after": self.started_after.isoformat() if self.started_after else "",
             "before": self.started_before.isoformat() if self.started_before else "",
             "prefix": self.prefix,
+            "where": self.where,
             "page": self.page if self.page > 1 else "",
         }
         fields.update(changes)
@@ -89,6 +96,9 @@ class Filters:
             return False
         if self.prefix and not run.run_id.startswith(self.prefix):
             return False
+        wanted = _where(self.where)
+        if wanted and not matches_where(run.attributes, wanted):
+            return False
         after = self.started_after
         back = RANGES.get(self.since)
         if back is not None:
@@ -102,7 +112,15 @@ class Filters:
     def narrowed(self) -> bool:
         """Whether any filter is set (cancel-selected needs one)."""
         return bool(self.statuses or self.workflow or self.prefix or self.since
-                    or self.started_after or self.started_before)  # fmt: skip
+                    or self.started_after or self.started_before or self.where)  # fmt: skip
+
+
+def _where(text: str) -> dict[str, str] | None:
+    """``customer=acme region=eu`` as filters; None if it is not that shape."""
+    try:
+        return parse_where(text.split()) if text else {}
+    except InvalidAttribute:
+        return None
 
 
 def _time(text: str) -> datetime | None:
