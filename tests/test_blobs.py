@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,7 +18,7 @@ from substantial._store.payloads import PayloadPolicy, open_records, seal
 from substantial._store.runs import RunStore
 from substantial.backends import Backend, MemoryBackend
 from substantial.codec import encode_payload
-from substantial.ops import describe_run, gc
+from substantial.ops import GcResult, describe_run, gc
 from substantial.protocol import substantial_pb2 as pb
 from tests.harness import WAIT, make_conductor
 
@@ -35,6 +35,11 @@ async def big_step(c: Context, size: int) -> int:
 @workflow(name="blobs.big_result")
 async def big_result(c: Context, size: int) -> str:
     return await c.save(lambda: "r" * size)
+
+
+async def collect(backend: Backend) -> GcResult:
+    """gc of every finished run (as seen a minute from now: none is too recent)."""
+    return await gc(backend, timedelta(0), now=datetime.now(UTC) + timedelta(minutes=1))
 
 
 async def keys(backend: Backend, prefix: str) -> list[str]:
@@ -62,7 +67,7 @@ async def test_a_5_mib_step_result_round_trips_through_one_blob(backend: Backend
     shown = next(e for e in details.history if e.kind == "step_completed")
     assert shown.details["result"] == "b" * FIVE_MIB
 
-    outcome = await gc(backend, timedelta(0))
+    outcome = await collect(backend)
     assert outcome.runs == ["big"]
     assert outcome.blobs == [blob[len(BLOBS_PREFIX) :]]
     assert await backend.list("") == []  # the run, its references and its blob
@@ -90,9 +95,12 @@ async def test_a_blob_another_run_refers_to_survives_gc(backend: Backend) -> Non
     ) as conductor:
         first = await conductor.start(big_result, 5000, run_id="first")
         await first.result(timeout=WAIT)
-        outcome = await gc(backend, timedelta(0))
-        assert outcome.runs == ["first"]
-        assert len(outcome.blobs) == 1
+    outcome = await collect(backend)  # with no agent holding the run's lease
+    assert outcome.runs == ["first"]
+    assert len(outcome.blobs) == 1
+    async with make_conductor(
+        backend, big_result, virtual_clock=True, blob_threshold=1000
+    ) as conductor:
         second = await conductor.start(big_result, 5000, run_id="second")
         await second.result(timeout=WAIT)
         third = await conductor.start(big_result, 5000, run_id="third")  # same bytes
@@ -100,7 +108,7 @@ async def test_a_blob_another_run_refers_to_survives_gc(backend: Backend) -> Non
     (blob,) = await keys(backend, BLOBS_PREFIX)
     sha = blob[len(BLOBS_PREFIX) :]
     assert len(await keys(backend, blob_ref_prefix(sha))) == 2
-    gone = await gc(backend, timedelta(0), now=None)
+    gone = await collect(backend)
     assert sorted(gone.runs) == ["second", "third"]
     assert gone.blobs == [sha]
 
@@ -153,10 +161,10 @@ async def test_gc_collects_the_blob_of_a_start_that_died_before_its_first_segmen
     started = pb.Event(started=pb.Started(run_id="died", args=encode_payload("a" * 500)))
     await seal(backend, "died", started, policy)  # the blob and its references; no segment
     (blob,) = await keys(backend, BLOBS_PREFIX)
-    assert (await gc(backend, timedelta(0))).blobs == []  # it may still be starting
+    assert (await collect(backend)).blobs == []  # it may still be starting
     (ref,) = await keys(backend, "blobrefs/")
     await backend.put(ref, b"0")  # as if written long ago
-    assert (await gc(backend, timedelta(0))).blobs == [blob[len(BLOBS_PREFIX) :]]
+    assert (await collect(backend)).blobs == [blob[len(BLOBS_PREFIX) :]]
     assert await backend.list("") == []
 
 
