@@ -195,19 +195,21 @@ def step_b() -> str:
 @workflow(name="errors.versioned")
 async def versioned_v1(c: Context) -> str:
     first = await c.save(step_a)
-    await c.sleep(0.05)
+    await c.sleep(60)
     return first + "!"
 
 
 async def test_unknown_workflow_on_replay_parks_until_the_code_is_deployed(
     backend: Backend,
 ) -> None:
+    # A minute's sleep on the wall clock: the first agent, stopping, cannot finish the run
+    # (a 50 ms one did, on a loaded machine, and the run was never parked).
     async with make_conductor(backend) as first:
         first.register(versioned_v1)
         w = await first.start(versioned_v1)
         await wait_for_status(w, RunStatus.SLEEPING)
 
-    async with make_conductor(backend) as lacking:
+    async with make_conductor(backend, virtual_clock=True) as lacking:  # jumps to the timer
         remote = lacking.handle(w.run_id)
         assert await wait_for_status(remote, RunStatus.PARKED) is RunStatus.PARKED
         meta = await lacking.store.read_meta(w.run_id)
@@ -215,7 +217,7 @@ async def test_unknown_workflow_on_replay_parks_until_the_code_is_deployed(
         assert "errors.versioned" in meta.parked_reason
         assert "unknown workflow" in meta.parked_reason
 
-    async with make_conductor(backend) as having:
+    async with make_conductor(backend, virtual_clock=True) as having:
         having.register(versioned_v1)
         assert await having.handle(w.run_id).result(timeout=WAIT) == "a!"
 
@@ -231,16 +233,16 @@ async def test_non_determinism_parks_the_run_then_fixed_code_completes_it(
     @workflow(name="errors.versioned")
     async def versioned_v2(c: Context) -> str:
         first = await c.save(step_b)  # a different step where the log holds step_a
-        await c.sleep(0.05)
+        await c.sleep(60)
         return first
 
     @workflow(name="errors.versioned")
     async def versioned_v3(c: Context) -> str:
         first = await c.save(step_a)
-        await c.sleep(0.05)
+        await c.sleep(60)
         return first + "?"
 
-    async with make_conductor(backend) as second:
+    async with make_conductor(backend, virtual_clock=True) as second:
         second.register(versioned_v2)
         remote = second.handle(w.run_id)
         assert await wait_for_status(remote, RunStatus.PARKED) is RunStatus.PARKED
