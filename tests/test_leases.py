@@ -19,7 +19,7 @@ from substantial import Conductor, Context, workflow
 from substantial._core.clock import VirtualClock, now_ms
 from substantial._core.status import RunStatus
 from substantial._store.keys import lease_key
-from substantial._store.runs import RunStore
+from substantial._store.runs import Lease, RunStore
 from substantial.backends import Backend, from_url
 from tests import chaos_app
 from tests.agents import Agent, backend_url, check_log, effect_lines, lease_of
@@ -110,6 +110,26 @@ async def test_an_agent_takes_back_a_lease_of_its_own_it_could_not_release(
     assert again is not None
     assert again.version != leftover.version
     assert await store.renew(leftover, 60_000) is None  # one holder: the new take
+
+
+async def test_a_release_after_a_renewal_it_did_not_see_still_gives_the_lease_up(
+    backend: Backend,
+) -> None:
+    # The wake-up ends while a renewal is in flight: the store applied it, the holder
+    # never learnt the new version. Releasing must still free the run at once.
+    store = RunStore(backend)
+    held = await store.acquire("r4", "a", 60_000)
+    assert held is not None
+    assert await store.renew(held, 60_000) is not None  # its result is lost, as if cut short
+    await store.release(held)
+    assert await store.lease_holder("r4") is None
+    # ... but never a lease that changed hands
+    theirs = await store.acquire("r5", "b", 60_000)
+    assert theirs is not None
+    await store.release(Lease("r5", "a", theirs.version + "x", theirs.expires_ms))
+    holder = await store.lease_holder("r5")
+    assert holder is not None
+    assert holder.owner == "b"
 
 
 @workflow(name="leases.quick")

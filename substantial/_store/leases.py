@@ -69,8 +69,23 @@ async def renew(backend: Backend, clock: Clock, lease: Lease, ttl_ms: int) -> Le
 
 
 async def release(backend: Backend, lease: Lease) -> None:
-    """Give the lease up, unless it changed hands since."""
-    await backend.delete(lease_key(lease.run_id), lease.version)
+    """
+    Give the lease up, unless it changed hands since. A renewal cut short by the end of
+    the wake-up may have been applied without its new version reaching the holder: a
+    lease still in the holder's name is the holder's to give up, whatever its version.
+    """
+    key = lease_key(lease.run_id)
+    if await backend.delete(key, lease.version):
+        return
+    current = await backend.get(key)
+    if current is None:
+        return
+    try:
+        held = pb.Lease.FromString(current[0])
+    except DecodeError:
+        return
+    if held.owner == lease.owner:
+        await backend.delete(key, current[1])
 
 
 async def lease_holder(backend: Backend, run_id: str) -> pb.Lease | None:
