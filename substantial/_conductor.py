@@ -37,6 +37,7 @@ from substantial._agent.holdoffs import HoldOffs
 from substantial._agent.parts import AgentParts
 from substantial._agent.poller import Poller
 from substantial._agent.processor import RunProcessor
+from substantial._agent.queues import ServedQueues
 from substantial._agent.settings import AgentSettings, Setting
 from substantial._agent.steps import StepRunner
 from substantial._client.client import Client
@@ -44,6 +45,7 @@ from substantial._client.handle import Handle
 from substantial._core import constants
 from substantial._core.clock import Clock
 from substantial._engine.workflow import Workflow
+from substantial._store.keys import check_name, queue_paused_key
 from substantial._store.runs import RunStore
 from substantial.backends.base import Backend
 from substantial.protocol import substantial_pb2 as pb
@@ -88,6 +90,9 @@ class Conductor:
     :param max_payload: the most bytes one encoded value may take: a run's arguments, an
         event's value sent through this conductor's handles, a step's or a run's result,
         a status; a larger one raises :class:`CodecError` before anything is written
+    :param queues: the queues this agent serves (default: those of the workflows it
+        registered, or ``["default"]`` while it registered none); it polls only their
+        schedules, and claims only runs of workflows it registered
     """
 
     # Each lives in ``self._settings``, which every part of the agent reads.
@@ -119,6 +124,7 @@ class Conductor:
         clock: Clock | None = None,
         snapshot_every: int = constants.SNAPSHOT_EVERY,
         max_payload: int = constants.MAX_PAYLOAD_BYTES,
+        queues: list[str] | None = None,
     ) -> None:
         if isinstance(backend, str):
             from substantial.backends import from_url
@@ -149,7 +155,8 @@ class Conductor:
             endings=Endings(self._client),
         )
         self._processor = RunProcessor(parts)
-        self._poller = Poller(parts, self._processor)
+        self._queues = ServedQueues(self._client, queues)
+        self._poller = Poller(parts, self._processor, self._queues)
         self._serving = False
         self._tg_exit: Any = None
 
@@ -200,6 +207,37 @@ class Conductor:
     def handle(self, run_id: str) -> Handle[Any]:
         """A handle to an existing run, from any process."""
         return self._client.handle(run_id)
+
+    # ---- queues ----
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues this conductor's agent serves (paused ones included)."""
+        return self._queues.names
+
+    async def pause_queue(self, name: str) -> None:
+        """
+        Pause a queue for every agent on the backend: none claims its runs until
+        :meth:`resume_queue` (runs in flight go on to the end of their wake-up). Agents
+        see it at their next poll. Starts, sends and timers still land
+        in the queue; the runs keep their status.
+
+        :raises InvalidName: if ``name`` breaks the naming rule
+        """
+        await self.backend.put(queue_paused_key(check_name(name, "queue")), b"paused")
+
+    async def resume_queue(self, name: str) -> None:
+        """
+        Resume a paused queue: its due runs are claimed again.
+
+        :raises InvalidName: if ``name`` breaks the naming rule
+        """
+        await self.backend.delete(queue_paused_key(check_name(name, "queue")))
+        self._client.notifier.kick()
+
+    async def queue_paused(self, name: str) -> bool:
+        """Whether the queue ``name`` is paused on this backend."""
+        return await self.backend.get(queue_paused_key(check_name(name, "queue"))) is not None
 
     async def _create_run(self, started: pb.Started) -> bool:
         return await self._client.create_run(started)

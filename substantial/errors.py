@@ -10,6 +10,7 @@ Every error substantial raises, under one root.
     * CodecError (also ValueError): a value could not be encoded or decoded
     * InvalidArguments (also TypeError): arguments that do not fit the workflow's signature
     * InvalidRunId (also ValueError): a run id that breaks the run-id rule
+    * InvalidName (also ValueError): a queue, limit or schedule name that breaks the rule
     * RunError: about one run; carries ``run_id``
         * RunNotFound (also LookupError)
         * UnknownWorkflow (also LookupError)
@@ -40,6 +41,7 @@ __all__ = [
     "CompensationFailed",
     "CorruptLog",
     "InvalidArguments",
+    "InvalidName",
     "InvalidRunId",
     "LeaseLost",
     "NonDeterminismError",
@@ -153,6 +155,22 @@ class InvalidRunId(SubstantialError, ValueError):
         self.run_id = run_id
         self.rule = rule
         self.where = where
+
+
+class InvalidName(SubstantialError, ValueError):
+    """
+    A queue, limit or schedule name that breaks the rule: names become parts of keys.
+
+    :ivar what: what the name is for (``queue``, ``limit``, ``schedule``)
+    :ivar name: the name as given
+    :ivar rule: what a name must be
+    """
+
+    def __init__(self, what: str, name: object, rule: str) -> None:
+        super().__init__(f"invalid {what} name {name!r}: {rule}")
+        self.what = what
+        self.name = name
+        self.rule = rule
 
 
 class RunError(SubstantialError):

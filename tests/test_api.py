@@ -19,6 +19,7 @@ PUBLIC = [
     "Handle",
     "HistoryEvent",
     "InvalidArguments",
+    "InvalidName",
     "InvalidRunId",
     "LeaseLost",
     "NonDeterminismError",

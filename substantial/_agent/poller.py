@@ -14,6 +14,7 @@ from anyio.abc import TaskGroup
 from substantial._agent.health import describe
 from substantial._agent.parts import AgentParts
 from substantial._agent.processor import RunProcessor
+from substantial._agent.queues import ServedQueues
 from substantial._core import constants
 from substantial._store.runs import ScheduleEntry
 from substantial.errors import BackendRefused, BackendUnavailable
@@ -29,10 +30,12 @@ class Poller:
     once), claims due runs up to the agent's free capacity and starts a wake-up of each.
     """
 
-    def __init__(self, parts: AgentParts, processor: RunProcessor) -> None:
+    def __init__(self, parts: AgentParts, processor: RunProcessor, queues: ServedQueues) -> None:
         self._parts = parts
         self._store = parts.store
         self._processor = processor
+        self.queues = queues
+        self._turn = 0
 
     async def loop(self, work: TaskGroup) -> None:
         """Poll until cancelled, starting wake-ups in ``work``. Store trouble never ends it."""
@@ -84,15 +87,22 @@ class Poller:
         now = self._store.clock.now_ms()
         clock = anyio.current_time()
         held = self._parts.holdoffs.current(clock)
-        wanted, next_due = await self._due_runs(now, held.keys())
         claimed = 0
-        for run_id, entries in wanted.items():
-            if await self._claim(run_id, entries, clock, work):
-                claimed += 1
+        next_due: int | None = None
+        queues = self.queues.names
+        self._turn += 1  # each poll starts at the next queue: none takes all the capacity
+        start = self._turn % len(queues) if queues else 0
+        for queue in queues[start:] + queues[:start]:
+            wanted, queue_next = await self._due_runs(now, held.keys(), queue)
+            if queue_next is not None:
+                next_due = queue_next if next_due is None else min(next_due, queue_next)
+            for run_id, entries in wanted.items():
+                if await self._claim(run_id, entries, clock, work):
+                    claimed += 1
         return claimed, next_due
 
     async def _due_runs(
-        self, now: int, held: KeysView[str]
+        self, now: int, held: KeysView[str], queue: str
     ) -> tuple[dict[str, list[ScheduleEntry]], int | None]:
         """Due runs to claim (up to free capacity) with their entries; the next due time."""
         concurrency = self._parts.settings.concurrency
@@ -107,9 +117,11 @@ class Poller:
                 break
             # The first page is small: an idle poll reads one page whatever sleeps.
             page = constants.POLL_FIRST_PAGE if after is None else max(2 * free, 32)
-            entries, next_due, more = await self._store.due(now, after=after, limit=page)
+            entries, next_due, more = await self._store.due(
+                now, after=after, limit=page, queue=queue
+            )
             for entry in entries:
-                if entry.run_id in skip:
+                if entry.run_id in skip or not self.queues.knows(entry.route):
                     continue
                 if entry.run_id in wanted or len(wanted) < free:
                     wanted.setdefault(entry.run_id, []).append(entry)

@@ -115,7 +115,8 @@ class RunProcessor:
         with anyio.CancelScope(shield=True), anyio.move_on_after(parts.settings.lease_seconds):
             try:
                 await mark_held(self._store, run_id, reason, now_ms())
-                await self._store.schedule(run_id, now_ms() + round(wait * 1000), "h")
+                route = next((e.route for e in entries if e.route.mark), entries[0].route)
+                await self._store.schedule(run_id, now_ms() + round(wait * 1000), "h", route)
                 await self._store.delete([entry.key for entry in entries])
             except Exception as exc:  # best effort: the in-memory hold-off still stands
                 log.warning("agent %s: could not record the hold-off of run %s: %s",

@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from substantial._agent import telemetry
+from substantial._agent import pausing, telemetry
 from substantial._agent.drive import drive
 from substantial._agent.leases import LeaseHolder
 from substantial._agent.parts import AgentParts
@@ -21,6 +21,7 @@ from substantial._core.status import END_STATUS, TERMINAL_KINDS, RunStatus
 from substantial._engine.replay import Execution
 from substantial._store import hints
 from substantial._store.inbox import Intake
+from substantial._store.keys import Route, schedule_key
 from substantial._store.runs import ScheduleEntry, StoredLog
 from substantial.codec import encode_payload
 from substantial.errors import (
@@ -52,6 +53,8 @@ class WakeUp:
         self._holder = holder
         self.run_id = holder.lease.run_id
         self._entries = entries
+        #: the run's queue and workflow, for its schedule entries (from its log once read)
+        self.route = entries[0].route if entries else Route()
         #: the schedule entries this wake-up answers, deleted once it is done
         self._consumed = [entry.key for entry in entries]
         self._intake = Intake(self._store, self.run_id)
@@ -114,6 +117,8 @@ class WakeUp:
             await self._orphan()
             return False
         await self._intake.set_aside()
+        started = stored.events[0].started
+        self.route = Route.of(started.queue, started.workflow)
         meta = await hints.trusted_summary(store, run_id, meta, version, stored)
         self._stored = stored
         self._summary = RunSummary(store, run_id, meta, version)
@@ -128,6 +133,8 @@ class WakeUp:
         request = self._terminate_request()
         if request is not None:
             await self._terminate(request)
+            return None
+        if await self._paused():
             return None
         started = events[0].started
         logs.workflow_var.set(started.workflow)
@@ -210,9 +217,10 @@ class WakeUp:
         # The next wake-ups are written before the summary: a summary that says SLEEPING
         # promises a timer entry, so it must already exist when anyone reads it.
         if wake is not None:
-            await store.schedule(run_id, wake)
+            await store.schedule(run_id, wake, route=self.route)
         if execution.outcome is None and (self._intake.more or self._terminate_request()):
-            await store.schedule(run_id, store.clock.now_ms(), "more")  # events left unmerged
+            # events left unmerged
+            await store.schedule(run_id, store.clock.now_ms(), "more", self.route)
         published = encode_payload(execution.custom_status) if execution.has_custom_status else None
         await self._summary.record_state(
             self._seq, execution.outcome, wake=wake, waiting=waiting, published=published
@@ -250,6 +258,28 @@ class WakeUp:
             )
         await self._store.delete([key for key, _ in self._intake.entries] + self._consumed)
 
+    async def _paused(self) -> bool:
+        """
+        Carry out pause and resume requests; if the run is paused, leave it (summary
+        ``paused``, its timer entry dropped: ``resume()`` wakes it) and say so.
+        """
+        store, run_id = self._store, self.run_id
+        stored, paused, taken = await pausing.settle(
+            store, self._holder, self._stored, self._intake.entries
+        )
+        self._stored = stored
+        self._intake.entries = [item for item in self._intake.entries if item[0] not in taken]
+        await store.delete(taken)
+        if not paused:
+            return False
+        meta = self._summary.meta
+        if not self._summary.says(RunStatus.PAUSED):
+            await self._summary.write(SummaryChange(RunStatus.PAUSED, stored.last_seq))
+        timer = [schedule_key(meta.wake_at_ms, run_id, "t", self.route)] if meta else []
+        await store.delete(timer if meta and meta.wake_at_ms else [])
+        await store.delete(self._consumed)
+        return True
+
     def _terminate_request(self) -> pb.TerminateRequest | None:
         for _, entry in self._intake.entries:
             if entry.HasField("terminate"):
@@ -284,7 +314,7 @@ class WakeUp:
             )
         )
         due = self._store.clock.now_ms() + round(park_retry * 1000)
-        await self._store.schedule(self.run_id, due, "p")
+        await self._store.schedule(self.run_id, due, "p", self.route)
         await self._store.delete(self._consumed)
 
     async def _orphan(self) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, overload
 
 from substantial import _allow
+from substantial._store.keys import check_name
 from substantial.errors import InvalidArguments
 
 __all__ = ["Workflow", "workflow"]
@@ -23,11 +24,13 @@ class Workflow(Generic[R]):
 
     :ivar fn: the workflow function
     :ivar name: the name stored in every run's log; code is found by this name on replay
+    :ivar queue: the queue its runs go to; agents serve the queues of their workflows
     """
 
     fn: Callable[..., Awaitable[R]]
     name: str
     signature: inspect.Signature = field(repr=False)
+    queue: str = "default"
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """
@@ -47,12 +50,16 @@ class Workflow(Generic[R]):
 def workflow(fn: Callable[..., Awaitable[R]], /) -> Workflow[R]: ...
 @overload
 def workflow(
-    *, name: str | None = None
+    *, name: str | None = None, queue: str = "default"
 ) -> Callable[[Callable[..., Awaitable[R]]], Workflow[R]]: ...
 
 
 def workflow(
-    fn: Callable[..., Awaitable[R]] | None = None, /, *, name: str | None = None
+    fn: Callable[..., Awaitable[R]] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    queue: str = "default",
 ) -> Workflow[R] | Callable[[Callable[..., Awaitable[R]]], Workflow[R]]:
     """
     Declare an ``async def`` as a durable workflow.
@@ -64,8 +71,12 @@ def workflow(
     :func:`~substantial.codec.register_type`.
 
     :param name: the name stored in each run's log
+    :param queue: the queue its runs go to (letters, digits, ``._-``): only agents that
+        serve it poll them (see ``Conductor(queues=...)``)
     :raises TypeError: if the function is not ``async def`` or takes no ``Context``
+    :raises InvalidName: if ``queue`` breaks the naming rule
     """
+    check_name(queue, "queue")
 
     def decorate(f: Callable[..., Awaitable[R]]) -> Workflow[R]:
         if not inspect.iscoroutinefunction(f):
@@ -75,7 +86,7 @@ def workflow(
             raise TypeError(f"workflow {f.__qualname__} must take a Context as first parameter")
         wf_name = name or f"{f.__module__}.{f.__qualname__}"
         _allow.note_function(f, skip_first=True)
-        return Workflow(fn=f, name=wf_name, signature=signature)
+        return Workflow(fn=f, name=wf_name, signature=signature, queue=queue)
 
     if fn is not None:
         return decorate(fn)

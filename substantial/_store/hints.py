@@ -66,6 +66,7 @@ def rebuilt(run_id: str, stored: StoredLog) -> pb.RunMeta:
         meta.updated_ms = stored.events[-1].at_ms
         meta.parent_run_id = first.started.parent_run_id
         meta.chain_root = first.started.chain_root
+        meta.queue = first.started.queue
     return meta
 
 
