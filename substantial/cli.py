@@ -18,6 +18,7 @@ import click
 
 from substantial._cli.agent import check, worker
 from substantial._cli.control import start, terminate
+from substantial._cli.flow import COMMANDS as FLOW_COMMANDS
 from substantial._cli.maintenance import gc_command, quarantine_command, replay, versions
 from substantial._cli.runs import cancel, list_command, result, send, show, stats
 
@@ -31,5 +32,5 @@ def main() -> None:
 
 
 _COMMANDS = (worker, check, start, list_command, stats, show, send, cancel, terminate, result)
-for _command in (*_COMMANDS, replay, versions, quarantine_command, gc_command):
+for _command in (*_COMMANDS, replay, versions, quarantine_command, gc_command, *FLOW_COMMANDS):
     main.add_command(_command)
