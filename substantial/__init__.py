@@ -9,6 +9,7 @@ agents share the work through atomic operations on that storage.
 from __future__ import annotations
 
 from substantial._client.handle import Handle, HistoryEvent
+from substantial._client.schedules import Schedule, ScheduleInfo
 from substantial._conductor import Conductor
 from substantial._core.retry import RetryPolicy
 from substantial._core.status import RunStatus
@@ -27,6 +28,7 @@ from substantial.errors import (
     InvalidArguments,
     InvalidName,
     InvalidRunId,
+    InvalidSchedule,
     LeaseLost,
     NonDeterminismError,
     NotAWorkflow,
@@ -37,6 +39,7 @@ from substantial.errors import (
     RunNotFound,
     RunReverted,
     RunTerminated,
+    ScheduleNotFound,
     StepFailed,
     SubstantialError,
     UnknownWorkflow,
@@ -59,6 +62,7 @@ __all__ = [
     "InvalidArguments",
     "InvalidName",
     "InvalidRunId",
+    "InvalidSchedule",
     "LeaseLost",
     "NonDeterminismError",
     "NotAWorkflow",
@@ -71,6 +75,9 @@ __all__ = [
     "RunReverted",
     "RunStatus",
     "RunTerminated",
+    "Schedule",
+    "ScheduleInfo",
+    "ScheduleNotFound",
     "StepFailed",
     "SubstantialError",
     "UnknownWorkflow",
@@ -89,6 +96,8 @@ for _name in (
     "Handle",
     "HistoryEvent",
     "RunStatus",
+    "Schedule",
+    "ScheduleInfo",
     "Workflow",
     "workflow",
 ):

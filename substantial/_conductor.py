@@ -42,9 +42,11 @@ from substantial._agent.settings import AgentSettings, Setting
 from substantial._agent.steps import StepRunner
 from substantial._client.client import Client
 from substantial._client.handle import Handle
+from substantial._client.schedules import Schedule, make_schedule
 from substantial._core import constants
 from substantial._core.clock import Clock
 from substantial._engine.workflow import Workflow
+from substantial._store import crons
 from substantial._store.keys import check_name, queue_paused_key
 from substantial._store.runs import RunStore
 from substantial.backends.base import Backend
@@ -207,6 +209,50 @@ class Conductor:
     def handle(self, run_id: str) -> Handle[Any]:
         """A handle to an existing run, from any process."""
         return self._client.handle(run_id)
+
+    # ---- cron schedules ----
+
+    async def schedule(
+        self,
+        schedule_id: str,
+        wf: Workflow[Any] | str,
+        *args: Any,
+        cron: str,
+        timezone: str = "UTC",
+        catchup: str = "latest",
+        **kwargs: Any,
+    ) -> Schedule:
+        """
+        Start a run of ``wf`` at each tick of a cron expression, from any agent that
+        knows the workflow: exactly one run per tick however many agents there are, with
+        the run id ``{schedule_id}@{tick in UTC, e.g. 20261201T020000Z}``. Making a
+        schedule that exists updates it (its expression, arguments and catchup; it keeps
+        its place and its pause).
+
+        :param schedule_id: the schedule's name (letters, digits, ``._-``)
+        :param cron: five fields (minute hour day month weekday), or six with seconds
+            first; ``@daily`` and the like are not supported
+        :param timezone: an IANA name; ticks follow its daylight-saving rules: a tick
+            in the hour skipped in spring runs once at the first valid time after it, a
+            daily tick in the hour repeated in autumn runs once (cronsim's rules)
+        :param catchup: ticks missed while no agent ran (more than a minute late):
+            ``"none"`` skips them, ``"latest"`` starts the last one, ``"all"`` starts each
+        :raises InvalidSchedule: for a bad expression, time zone or catchup
+        :raises InvalidName: if ``schedule_id`` breaks the naming rule
+        :raises UnknownWorkflow, InvalidArguments, CodecError: as :meth:`start` does
+        """
+        return await make_schedule(
+            self._client, schedule_id, wf, args, kwargs,
+            cron=cron, timezone=timezone, catchup=catchup,
+        )  # fmt: skip
+
+    def get_schedule(self, schedule_id: str) -> Schedule:
+        """The schedule of that id, from any process (nothing is read until it is used)."""
+        return Schedule(self._client, schedule_id)
+
+    async def schedules(self) -> list[Schedule]:
+        """Every cron schedule on the backend, by id."""
+        return [Schedule(self._client, key) for key in await crons.list_ids(self.store)]
 
     # ---- queues ----
 

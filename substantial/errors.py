@@ -11,6 +11,8 @@ Every error substantial raises, under one root.
     * InvalidArguments (also TypeError): arguments that do not fit the workflow's signature
     * InvalidRunId (also ValueError): a run id that breaks the run-id rule
     * InvalidName (also ValueError): a queue, limit or schedule name that breaks the rule
+    * InvalidSchedule (also ValueError): a bad cron expression, time zone or catchup
+    * ScheduleNotFound (also LookupError): no schedule of that id
     * RunError: about one run; carries ``run_id``
         * RunNotFound (also LookupError)
         * UnknownWorkflow (also LookupError)
@@ -43,6 +45,7 @@ __all__ = [
     "InvalidArguments",
     "InvalidName",
     "InvalidRunId",
+    "InvalidSchedule",
     "LeaseLost",
     "NonDeterminismError",
     "NotAWorkflow",
@@ -53,6 +56,7 @@ __all__ = [
     "RunNotFound",
     "RunReverted",
     "RunTerminated",
+    "ScheduleNotFound",
     "StepFailed",
     "SubstantialError",
     "UnknownWorkflow",
@@ -171,6 +175,23 @@ class InvalidName(SubstantialError, ValueError):
         self.what = what
         self.name = name
         self.rule = rule
+
+
+class InvalidSchedule(SubstantialError, ValueError):
+    """A cron schedule with a bad expression, time zone or ``catchup``; the message says which."""
+
+    def __init__(self, schedule_id: str, problem: str) -> None:
+        super().__init__(f"schedule {schedule_id!r}: {problem}")
+        self.schedule_id = schedule_id
+        self.problem = problem
+
+
+class ScheduleNotFound(SubstantialError, LookupError):
+    """No cron schedule has this id (never made, or deleted)."""
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(f"no schedule {schedule_id!r}")
+        self.schedule_id = schedule_id
 
 
 class RunError(SubstantialError):

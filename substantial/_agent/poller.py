@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import KeysView
@@ -11,12 +12,13 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from substantial._agent import ticker
 from substantial._agent.health import describe
 from substantial._agent.parts import AgentParts
 from substantial._agent.processor import RunProcessor
 from substantial._agent.queues import ServedQueues
 from substantial._core import constants
-from substantial._store.runs import ScheduleEntry
+from substantial._store.runs import Lease, ScheduleEntry
 from substantial.errors import BackendRefused, BackendUnavailable
 
 __all__ = ["Poller"]
@@ -121,10 +123,11 @@ class Poller:
                 now, after=after, limit=page, queue=queue
             )
             for entry in entries:
-                if entry.run_id in skip or not self.queues.knows(entry.route):
+                name = ticker.TICKING + entry.run_id if entry.tick else entry.run_id
+                if name in skip or not self.queues.knows(entry.route):
                     continue
-                if entry.run_id in wanted or len(wanted) < free:
-                    wanted.setdefault(entry.run_id, []).append(entry)
+                if name in wanted or len(wanted) < free:
+                    wanted.setdefault(name, []).append(entry)
             if not more:
                 break
             after = entries[-1].key if entries else after
@@ -153,8 +156,21 @@ class Poller:
             parts.holdoffs.hold(run_id, constants.POLL_MIN_SECONDS * 10, since=clock)
             return False
         self._processor.active.add(run_id)
+        if entries[0].tick:  # a cron schedule's tick (its name starts with ticker.TICKING)
+            work.start_soon(self._tick, lease, entries, name=run_id)
+            return True
         work.start_soon(self._processor.process, lease, entries, name=f"run {run_id}")
         return True
+
+    async def _tick(self, lease: Lease, entries: list[ScheduleEntry]) -> None:
+        """Fire a schedule's tick under a lease, which keeps other agents from repeating it."""
+        try:
+            await ticker.fire(self._parts.client, entries)
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self._store.release(lease)
+            self._processor.active.discard(lease.run_id)
+            self._parts.client.notifier.kick()
 
 
 def _asyncio_task() -> asyncio.Task[Any] | None:

@@ -13,6 +13,10 @@ The key layout: every key substantial stores, built and parsed here and nowhere 
     schedule/!paused                    the queue is paused (Conductor.pause_queue); in
                                         each queue's index, before every entry
     leases/{run}                        Lease: who works on the run, until when
+    flow/schedules/{id}                 CronSchedule: a cron schedule (Conductor.schedule)
+
+A schedule's next tick is an entry in its queue's index like a run's, tagged ``cron``,
+with the schedule id in the place of a run id.
 
 Each queue has its own schedule index, so agents poll only the queues they serve; the
 queue ``default`` keeps the ``schedule/`` prefix, so entries written before queues existed
@@ -40,10 +44,13 @@ __all__ = [
     "DEFAULT_ROUTE",
     "QUEUES_PREFIX",
     "RUNS_PREFIX",
+    "SCHEDULES_PREFIX",
     "SCHEDULE_PREFIX",
+    "TICK_TAG",
     "Route",
     "ScheduleEntry",
     "check_name",
+    "cron_key",
     "inbox_key",
     "inbox_prefix",
     "lease_key",
@@ -118,6 +125,15 @@ def schedule_prefix(queue: str = DEFAULT_QUEUE) -> str:
     if queue == DEFAULT_QUEUE:
         return SCHEDULE_PREFIX
     return f"{QUEUES_PREFIX}{queue}/{SCHEDULE_PREFIX}"
+
+
+#: The tag of a cron schedule's tick entry.
+TICK_TAG = "cron"
+SCHEDULES_PREFIX = "flow/schedules/"
+
+
+def cron_key(schedule_id: str) -> str:
+    return f"{SCHEDULES_PREFIX}{schedule_id}"
 
 
 def queue_paused_key(queue: str) -> str:
@@ -202,6 +218,8 @@ class ScheduleEntry:
     due_ms: int
     #: the queue and workflow mark the key names
     route: Route = DEFAULT_ROUTE
+    #: a cron schedule's tick (``run_id`` is the schedule's id), not a run's wake-up
+    tick: bool = False
 
     @classmethod
     def parse(cls, key: str) -> ScheduleEntry | None:
@@ -213,8 +231,10 @@ class ScheduleEntry:
         if parts is None or not is_stored_run_id(parts[1]):
             return None
         queue, tag = _queue_of(key), parts[2]
-        _, dot, mark = tag.rpartition(".")
-        return cls(key, parts[1], int(parts[0]), Route(queue, mark if dot else ""))
+        reason, dot, mark = tag.rpartition(".")
+        if not dot:
+            reason, mark = tag, ""
+        return cls(key, parts[1], int(parts[0]), Route(queue, mark), reason == TICK_TAG)
 
 
 def _queue_of(key: str) -> str:

@@ -940,3 +940,68 @@ class ScheduleEntry(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScheduleEntry: _TypeAlias = ScheduleEntry  # noqa: Y015
+
+@_typing.final
+class CronSchedule(_message.Message):
+    """A cron schedule, at flow/schedules/{id}: agents that know its workflow start one run
+    per tick, with a run id made of the schedule id and the tick time (an idempotent start).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    TIMEZONE_FIELD_NUMBER: _builtins.int
+    CATCHUP_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    DONE_MS_FIELD_NUMBER: _builtins.int
+    LAST_RUN_ID_FIELD_NUMBER: _builtins.int
+    LAST_TICK_MS_FIELD_NUMBER: _builtins.int
+    CREATED_MS_FIELD_NUMBER: _builtins.int
+    UPDATED_MS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    workflow: _builtins.str
+    cron: _builtins.str
+    timezone: _builtins.str
+    """an IANA name; ticks follow its daylight-saving rules"""
+    catchup: _builtins.str
+    """ticks missed while no agent ran: "none", "latest" or "all" """
+    paused: _builtins.bool
+    queue: _builtins.str
+    done_ms: _builtins.int
+    """every tick up to this time has been handled"""
+    last_run_id: _builtins.str
+    last_tick_ms: _builtins.int
+    created_ms: _builtins.int
+    updated_ms: _builtins.int
+    @_builtins.property
+    def args(self) -> Global___Payload:
+        """[positional args, keyword args], as in Started"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        workflow: _builtins.str = ...,
+        args: Global___Payload | None = ...,
+        cron: _builtins.str = ...,
+        timezone: _builtins.str = ...,
+        catchup: _builtins.str = ...,
+        paused: _builtins.bool = ...,
+        queue: _builtins.str = ...,
+        done_ms: _builtins.int = ...,
+        last_run_id: _builtins.str = ...,
+        last_tick_ms: _builtins.int = ...,
+        created_ms: _builtins.int = ...,
+        updated_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "catchup", b"catchup", "created_ms", b"created_ms", "cron", b"cron", "done_ms", b"done_ms", "id", b"id", "last_run_id", b"last_run_id", "last_tick_ms", b"last_tick_ms", "paused", b"paused", "queue", b"queue", "timezone", b"timezone", "updated_ms", b"updated_ms", "workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CronSchedule: _TypeAlias = CronSchedule  # noqa: Y015
