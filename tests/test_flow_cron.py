@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from itertools import islice
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
+from click.testing import CliRunner
 
 from substantial import (
     Conductor,
@@ -24,6 +27,7 @@ from substantial._core import crontab
 from substantial._core.clock import VirtualClock
 from substantial._store.keys import RUNS_PREFIX
 from substantial.backends import Backend, MemoryBackend
+from substantial.cli import main
 from tests.harness import WAIT, make_conductor, wait_for_status, wait_until
 
 HOUR = 3_600_000
@@ -218,3 +222,32 @@ async def test_a_tick_run_is_an_ordinary_run(backend: Backend) -> None:
         handle = agent.handle(runs[0])
         assert await wait_for_status(handle, RunStatus.COMPLETED)
         await agent.get_schedule("soon").pause()
+
+
+def test_the_cli_lists_and_steers_schedules(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+
+    async def make() -> None:
+        await Conductor(url).schedule("ops.nightly", "cron.report", "n", cron="0 3 * * *")
+
+    anyio.run(make)
+    runner = CliRunner()
+
+    def cli(*args: str) -> str:
+        done = runner.invoke(main, [*args, "--backend", url])
+        assert done.exit_code == 0, done.output
+        return done.output.strip()
+
+    assert cli("schedule", "list").startswith("ops.nightly  '0 3 * * *' UTC  active  cron.report")
+    assert cli("schedule", "pause", "ops.nightly") == "schedule ops.nightly paused"
+    [line] = cli("schedule", "list", "--json").splitlines()
+    listed = json.loads(line)
+    assert listed["state"] == "paused"
+    assert listed["next_tick"] is None
+    assert cli("schedule", "resume", "ops.nightly") == "schedule ops.nightly resumed"
+    assert cli("schedule", "trigger", "ops.nightly").startswith("started run ops.nightly@manual-")
+    assert cli("schedule", "delete", "ops.nightly") == "schedule ops.nightly deleted"
+    assert cli("schedule", "list") == ""
+    done = runner.invoke(main, ["schedule", "pause", "ops.nightly", "--backend", url])
+    assert done.exit_code == 1
+    assert "no schedule 'ops.nightly'" in done.output

@@ -1,10 +1,12 @@
-"""Flow control from the terminal: pause and resume runs and queues."""
+"""Flow control from the terminal: pause and resume runs and queues; cron schedules."""
 
 from __future__ import annotations
 
 import click
 
 from substantial._cli.common import backend_option, run_id_argument, with_backend
+from substantial._cli.formatting import json_text
+from substantial._client.schedules import ScheduleInfo
 from substantial._conductor import Conductor
 from substantial.backends import Backend
 
@@ -67,4 +69,57 @@ def queue_status(backend_url: str | None, name: str) -> None:
     click.echo("paused" if with_backend(backend_url, body) else "running")
 
 
-COMMANDS = (pause, resume, queue)
+@click.group()
+def schedule() -> None:
+    """List and steer cron schedules (made in code with Conductor.schedule)."""
+
+
+@schedule.command("list")
+@backend_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
+def schedule_list(backend_url: str | None, as_json: bool) -> None:
+    """Every schedule: id, cron, time zone, state, next tick, last run."""
+
+    async def body(backend: Backend) -> list[ScheduleInfo]:
+        return [await s.describe(ticks=1) for s in await Conductor(backend).schedules()]
+
+    for info in with_backend(backend_url, body):
+        next_tick = info.next_ticks[0].isoformat() if info.next_ticks else "-"
+        state = "paused" if info.paused else "active"
+        if as_json:
+            fields = {
+                "id": info.id, "workflow": info.workflow, "cron": info.cron,
+                "timezone": info.timezone, "catchup": info.catchup, "state": state,
+                "queue": info.queue, "next_tick": next_tick if info.next_ticks else None,
+                "last_run_id": info.last_run_id,
+            }  # fmt: skip
+            click.echo(json_text(fields))
+        else:
+            click.echo(
+                f"{info.id}  {info.cron!r} {info.timezone}  {state}  {info.workflow}  "
+                f"next {next_tick}  last {info.last_run_id or '-'}"
+            )
+
+
+def _steer(verb: str, past: str) -> click.Command:
+    @click.command(verb, help=f"{verb.capitalize()} schedule ID.")
+    @backend_option
+    @click.argument("schedule_id", metavar="ID")
+    def command(backend_url: str | None, schedule_id: str) -> None:
+        async def body(backend: Backend) -> str:
+            found = Conductor(backend).get_schedule(schedule_id)
+            if verb == "trigger":
+                return f"started run {(await found.trigger()).run_id}"
+            await getattr(found, verb)()
+            return f"schedule {schedule_id} {past}"
+
+        click.echo(with_backend(backend_url, body))
+
+    return command
+
+
+for _verb, _past in (("pause", "paused"), ("resume", "resumed"), ("delete", "deleted")):
+    schedule.add_command(_steer(_verb, _past))
+schedule.add_command(_steer("trigger", ""))
+
+COMMANDS = (pause, resume, queue, schedule)
