@@ -189,7 +189,14 @@ class Conductor:
         return list(self._client.registry.values())
 
     async def start(
-        self, wf: Workflow[R] | str, *args: Any, run_id: str | None = None, **kwargs: Any
+        self,
+        wf: Workflow[R] | str,
+        *args: Any,
+        run_id: str | None = None,
+        queue: str | None = None,
+        concurrency_key: str | None = None,
+        priority: int = 0,
+        **kwargs: Any,
     ) -> Handle[R]:
         """
         Start a run of a registered workflow. Idempotent on ``run_id``: starting an id
@@ -199,12 +206,22 @@ class Conductor:
             registered starts a run for agents elsewhere, which check its arguments (a
             bad one fails the run with ``InvalidArguments``)
         :param run_id: the run's id (default: a random one); an idempotency key
+        :param queue: the queue the run goes to (default: the workflow's own, or
+            ``"default"`` for a workflow started by a name not registered here)
+        :param concurrency_key: the key ``@workflow(concurrency_per_key=M)`` counts by
+            (e.g. a tenant id): at most M runs of one key execute at once
+        :param priority: 0-9; of the runs due in one queue, agents claim those of higher
+            priority first (see "Flow control" in the README for how it meets limits)
+        :raises ValueError: if ``priority`` is not an int from 0 to 9
         :raises UnknownWorkflow: if ``wf`` is a workflow not registered here
         :raises InvalidArguments: if the arguments do not fit the workflow's signature
         :raises CodecError: if an argument cannot be encoded, or the arguments are over
             the payload limit (checked before anything is written)
         """
-        return await self._client.start(wf, *args, run_id=run_id, **kwargs)
+        return await self._client.start(
+            wf, *args, run_id=run_id, queue=queue, concurrency_key=concurrency_key,
+            priority=priority, **kwargs,
+        )  # fmt: skip
 
     def handle(self, run_id: str) -> Handle[Any]:
         """A handle to an existing run, from any process."""

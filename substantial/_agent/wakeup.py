@@ -13,6 +13,7 @@ import anyio
 
 from substantial._agent import pausing, telemetry
 from substantial._agent.drive import drive
+from substantial._agent.gate import Gate
 from substantial._agent.leases import LeaseHolder
 from substantial._agent.parts import AgentParts
 from substantial._agent.summary import RunSummary, SummaryChange
@@ -86,6 +87,18 @@ class WakeUp:
         self._seq = self._stored.last_seq
         self._ends = list(self._stored.segment_ends)
         self._compacted_at = self._stored.snapshot_seq
+        gate = Gate(self._store, execution.workflow, self._stored.events[0], self.route)
+        if gate.limited and not await gate.enter():
+            execution.close()
+            await self._queued()
+            return
+        try:
+            await self._go(execution)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await gate.leave()
+
+    async def _go(self, execution: Execution) -> None:
         try:
             if not await self._catch_up(execution):
                 return
@@ -97,6 +110,20 @@ class WakeUp:
         finally:
             execution.close()
         await self._wrap_up(execution, wake, waiting)
+
+    async def _queued(self) -> None:
+        """
+        No slot of its workflow's concurrency limit is free: the run waits in line
+        (status ``queued``), woken when a slot frees, and looks again after a lease
+        length in any case (a slot whose agent died frees itself without a word).
+        """
+        store = self._store
+        if not self._summary.says(RunStatus.QUEUED):
+            log.info("run %s queued", self.run_id)
+            await self._summary.write(SummaryChange(RunStatus.QUEUED, self._stored.last_seq))
+        retry = store.clock.now_ms() + round(self._parts.settings.lease_seconds * 1000)
+        await store.schedule(self.run_id, retry, "q", self.route)
+        await store.delete(self._consumed)
 
     async def _read(self) -> bool:
         """Read the log, the inbox and the summary; whether there is a run to go on with."""

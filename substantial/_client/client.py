@@ -90,6 +90,8 @@ class Client:
         *args: Any,
         run_id: str | None = None,
         queue: str | None = None,
+        concurrency_key: str | None = None,
+        priority: int = 0,
         **kwargs: Any,
     ) -> Handle[R]:
         """Start a run; see :meth:`substantial.Conductor.start`."""
@@ -111,6 +113,11 @@ class Client:
         started = pb.Started(run_id=run_id, workflow=name, args=payload)
         if queue is not None:
             started.queue = check_name(queue, "queue")
+        if concurrency_key is not None:
+            started.concurrency_key = concurrency_key
+        if not (isinstance(priority, int) and 0 <= priority <= 9):
+            raise ValueError(f"priority must be an int from 0 to 9, got {priority!r}")
+        started.priority = priority
         created = await self.create_run(started)
         return Handle(
             self.store,

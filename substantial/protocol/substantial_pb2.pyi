@@ -143,6 +143,8 @@ class Started(_message.Message):
     CHAIN_INDEX_FIELD_NUMBER: _builtins.int
     DETACHED_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     workflow: _builtins.str
     seed: _builtins.bytes
@@ -159,6 +161,10 @@ class Started(_message.Message):
     """a child that outlives its parent"""
     queue: _builtins.str
     """the queue whose agents run it ("": "default")"""
+    concurrency_key: _builtins.str
+    """start(concurrency_key=...): @workflow(concurrency_per_key=M)"""
+    priority: _builtins.int
+    """start(priority=...): 0-9, higher first within its queue"""
     @_builtins.property
     def args(self) -> Global___Payload:
         """[positional args, keyword args]"""
@@ -176,10 +182,12 @@ class Started(_message.Message):
         chain_index: _builtins.int = ...,
         detached: _builtins.bool = ...,
         queue: _builtins.str = ...,
+        concurrency_key: _builtins.str = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "chain_index", b"chain_index", "chain_root", b"chain_root", "continued_from", b"continued_from", "detached", b"detached", "parent_run_id", b"parent_run_id", "queue", b"queue", "run_id", b"run_id", "seed", b"seed", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "chain_index", b"chain_index", "chain_root", b"chain_root", "concurrency_key", b"concurrency_key", "continued_from", b"continued_from", "detached", b"detached", "parent_run_id", b"parent_run_id", "priority", b"priority", "queue", b"queue", "run_id", b"run_id", "seed", b"seed", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
