@@ -9,6 +9,7 @@ agents share the work through atomic operations on that storage.
 from __future__ import annotations
 
 from substantial._client.handle import Handle, HistoryEvent
+from substantial._client.limits import LimitInfo
 from substantial._client.schedules import Schedule, ScheduleInfo
 from substantial._conductor import Conductor
 from substantial._core.retry import RetryPolicy
@@ -64,6 +65,7 @@ __all__ = [
     "InvalidRunId",
     "InvalidSchedule",
     "LeaseLost",
+    "LimitInfo",
     "NonDeterminismError",
     "NotAWorkflow",
     "RetryPolicy",
@@ -95,6 +97,7 @@ for _name in (
     "ChildHandle",
     "Handle",
     "HistoryEvent",
+    "LimitInfo",
     "RunStatus",
     "Schedule",
     "ScheduleInfo",

@@ -34,6 +34,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from substantial._agent.endings import Endings
 from substantial._agent.health import StoreTrouble
 from substantial._agent.holdoffs import HoldOffs
+from substantial._agent.limiter import Limiter
 from substantial._agent.parts import AgentParts
 from substantial._agent.poller import Poller
 from substantial._agent.processor import RunProcessor
@@ -41,13 +42,11 @@ from substantial._agent.queues import ServedQueues
 from substantial._agent.settings import AgentSettings, Setting
 from substantial._agent.steps import StepRunner
 from substantial._client.client import Client
+from substantial._client.flow import FlowControl
 from substantial._client.handle import Handle
-from substantial._client.schedules import Schedule, make_schedule
 from substantial._core import constants
 from substantial._core.clock import Clock
 from substantial._engine.workflow import Workflow
-from substantial._store import crons
-from substantial._store.keys import check_name, queue_paused_key
 from substantial._store.runs import RunStore
 from substantial.backends.base import Backend
 from substantial.protocol import substantial_pb2 as pb
@@ -62,7 +61,7 @@ def _seconds(value: float | timedelta) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-class Conductor:
+class Conductor(FlowControl):
     """
     Registers workflows, starts runs, and runs the agent that executes them.
 
@@ -148,6 +147,7 @@ class Conductor:
             snapshot_every=snapshot_every,
         )
         self._client = Client(self.store, max_payload=max_payload)
+        self._limiter = Limiter(self.store)
         parts = AgentParts(
             settings=self._settings,
             client=self._client,
@@ -155,6 +155,7 @@ class Conductor:
             trouble=StoreTrouble(self._settings.name, log),
             steps=StepRunner(self._client),
             endings=Endings(self._client),
+            limits=self._limiter,
         )
         self._processor = RunProcessor(parts)
         self._queues = ServedQueues(self._client, queues)
@@ -227,84 +228,6 @@ class Conductor:
         """A handle to an existing run, from any process."""
         return self._client.handle(run_id)
 
-    # ---- cron schedules ----
-
-    async def schedule(
-        self,
-        schedule_id: str,
-        wf: Workflow[Any] | str,
-        *args: Any,
-        cron: str,
-        timezone: str = "UTC",
-        catchup: str = "latest",
-        **kwargs: Any,
-    ) -> Schedule:
-        """
-        Start a run of ``wf`` at each tick of a cron expression, from any agent that
-        knows the workflow: exactly one run per tick however many agents there are, with
-        the run id ``{schedule_id}@{tick in UTC, e.g. 20261201T020000Z}``. Making a
-        schedule that exists updates it (its expression, arguments and catchup; it keeps
-        its place and its pause).
-
-        :param schedule_id: the schedule's name (letters, digits, ``._-``)
-        :param cron: five fields (minute hour day month weekday), or six with seconds
-            first; ``@daily`` and the like are not supported
-        :param timezone: an IANA name; ticks follow its daylight-saving rules: a tick
-            in the hour skipped in spring runs once at the first valid time after it, a
-            daily tick in the hour repeated in autumn runs once (cronsim's rules)
-        :param catchup: ticks missed while no agent ran (more than a minute late):
-            ``"none"`` skips them, ``"latest"`` starts the last one, ``"all"`` starts each
-        :raises InvalidSchedule: for a bad expression, time zone or catchup
-        :raises InvalidName: if ``schedule_id`` breaks the naming rule
-        :raises UnknownWorkflow, InvalidArguments, CodecError: as :meth:`start` does
-        """
-        return await make_schedule(
-            self._client, schedule_id, wf, args, kwargs,
-            cron=cron, timezone=timezone, catchup=catchup,
-        )  # fmt: skip
-
-    def get_schedule(self, schedule_id: str) -> Schedule:
-        """The schedule of that id, from any process (nothing is read until it is used)."""
-        return Schedule(self._client, schedule_id)
-
-    async def schedules(self) -> list[Schedule]:
-        """Every cron schedule on the backend, by id."""
-        return [Schedule(self._client, key) for key in await crons.list_ids(self.store)]
-
-    # ---- queues ----
-
-    @property
-    def queues(self) -> list[str]:
-        """The queues this conductor's agent serves (paused ones included)."""
-        return self._queues.names
-
-    async def pause_queue(self, name: str) -> None:
-        """
-        Pause a queue for every agent on the backend: none claims its runs until
-        :meth:`resume_queue` (runs in flight go on to the end of their wake-up). Agents
-        see it at their next poll. Starts, sends and timers still land
-        in the queue; the runs keep their status.
-
-        :raises InvalidName: if ``name`` breaks the naming rule
-        """
-        await self.backend.put(queue_paused_key(check_name(name, "queue")), b"paused")
-
-    async def resume_queue(self, name: str) -> None:
-        """
-        Resume a paused queue: its due runs are claimed again.
-
-        :raises InvalidName: if ``name`` breaks the naming rule
-        """
-        await self.backend.delete(queue_paused_key(check_name(name, "queue")))
-        self._client.notifier.kick()
-
-    async def queue_paused(self, name: str) -> bool:
-        """Whether the queue ``name`` is paused on this backend."""
-        return await self.backend.get(queue_paused_key(check_name(name, "queue"))) is not None
-
-    async def _create_run(self, started: pb.Started) -> bool:
-        return await self._client.create_run(started)
-
     # ---- the agent ----
 
     def run(self) -> asyncio.Task[None]:
@@ -339,6 +262,17 @@ class Conductor:
         tg, self._tg_exit = self._tg_exit, None
         tg.cancel_scope.cancel()
         await tg.__aexit__(exc_type, exc, tb)
+
+    async def _create_run(self, started: pb.Started) -> bool:
+        return await self._client.create_run(started)
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues this conductor's agent serves (paused ones included)."""
+        return self._queues.names
+
+    def _forget_limit(self, name: str) -> None:
+        self._limiter.forget(name)
 
     async def aclose(self) -> None:
         """Close the backend's connections."""

@@ -23,6 +23,7 @@ PUBLIC = [
     "InvalidRunId",
     "InvalidSchedule",
     "LeaseLost",
+    "LimitInfo",
     "NonDeterminismError",
     "NotAWorkflow",
     "RetryPolicy",

@@ -7,13 +7,19 @@ back at the end of the wake-up; when none is free it joins the waiting line (sta
 
 from __future__ import annotations
 
+import logging
+
+from substantial._agent.summary import RunSummary, SummaryChange
+from substantial._core.status import RunStatus
 from substantial._engine.workflow import Workflow
 from substantial._store import slots
 from substantial._store.keys import Route
 from substantial._store.runs import RunStore
 from substantial.protocol import substantial_pb2 as pb
 
-__all__ = ["Gate"]
+__all__ = ["Gate", "wait_in_line"]
+
+log = logging.getLogger("substantial.agent")
 
 
 class Gate:
@@ -85,3 +91,18 @@ class Gate:
         if first is not None:
             now = self._store.clock.now_ms()
             await self._store.schedule(slots.run_of(first), now, "slot", self._route)
+
+
+async def wait_in_line(
+    store: RunStore, summary: RunSummary, route: Route, seq: int, consumed: list[str], retry_ms: int
+) -> None:
+    """
+    Leave a run that found no free slot: status ``queued``; it is woken when a slot
+    frees, and looks again after ``retry_ms`` in any case (a slot whose agent died frees
+    itself without a word).
+    """
+    if not summary.says(RunStatus.QUEUED):
+        log.info("run %s queued", summary.run_id)
+        await summary.write(SummaryChange(RunStatus.QUEUED, seq))
+    await store.schedule(summary.run_id, store.clock.now_ms() + retry_ms, "q", route)
+    await store.delete(consumed)

@@ -10,11 +10,14 @@ import logging
 from collections.abc import Sequence
 
 from substantial._agent.leases import LeaseHolder
+from substantial._agent.summary import RunSummary, SummaryChange
+from substantial._core.status import RunStatus
+from substantial._store.keys import Route, schedule_key
 from substantial._store.runs import RunStore, StoredLog
 from substantial.errors import LeaseLost
 from substantial.protocol import substantial_pb2 as pb
 
-__all__ = ["is_paused", "settle"]
+__all__ = ["is_paused", "leave_paused", "settle"]
 
 log = logging.getLogger("substantial.agent")
 
@@ -57,3 +60,18 @@ async def settle(
         events = [*stored.events, event]
         stored = StoredLog(events, seq, [*stored.segment_ends, len(events)], stored.snapshot_seq)
     return stored, wanted, [key for key, _ in requests]
+
+
+async def leave_paused(
+    store: RunStore, summary: RunSummary, route: Route, seq: int, consumed: list[str]
+) -> None:
+    """
+    Leave a paused run: its summary says ``paused``, its timer entry and the entries
+    this wake-up answered are dropped (``resume()`` wakes it, and replay finds its timers).
+    """
+    meta = summary.meta
+    if not summary.says(RunStatus.PAUSED):
+        await summary.write(SummaryChange(RunStatus.PAUSED, seq))
+    if meta is not None and meta.wake_at_ms:
+        await store.delete([schedule_key(meta.wake_at_ms, summary.run_id, "t", route)])
+    await store.delete(consumed)

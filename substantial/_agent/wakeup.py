@@ -13,7 +13,7 @@ import anyio
 
 from substantial._agent import pausing, telemetry
 from substantial._agent.drive import drive
-from substantial._agent.gate import Gate
+from substantial._agent.gate import Gate, wait_in_line
 from substantial._agent.leases import LeaseHolder
 from substantial._agent.parts import AgentParts
 from substantial._agent.summary import RunSummary, SummaryChange
@@ -22,7 +22,7 @@ from substantial._core.status import END_STATUS, TERMINAL_KINDS, RunStatus
 from substantial._engine.replay import Execution
 from substantial._store import hints
 from substantial._store.inbox import Intake
-from substantial._store.keys import Route, schedule_key
+from substantial._store.keys import Route
 from substantial._store.runs import ScheduleEntry, StoredLog
 from substantial.codec import encode_payload
 from substantial.errors import (
@@ -88,9 +88,13 @@ class WakeUp:
         self._ends = list(self._stored.segment_ends)
         self._compacted_at = self._stored.snapshot_seq
         gate = Gate(self._store, execution.workflow, self._stored.events[0], self.route)
-        if gate.limited and not await gate.enter():
+        if gate.limited and not await gate.enter():  # no slot: it waits in line, queued
             execution.close()
-            await self._queued()
+            retry_ms = round(self._parts.settings.lease_seconds * 1000)
+            seq = self._stored.last_seq
+            await wait_in_line(
+                self._store, self._summary, self.route, seq, self._consumed, retry_ms
+            )
             return
         try:
             await self._go(execution)
@@ -110,20 +114,6 @@ class WakeUp:
         finally:
             execution.close()
         await self._wrap_up(execution, wake, waiting)
-
-    async def _queued(self) -> None:
-        """
-        No slot of its workflow's concurrency limit is free: the run waits in line
-        (status ``queued``), woken when a slot frees, and looks again after a lease
-        length in any case (a slot whose agent died frees itself without a word).
-        """
-        store = self._store
-        if not self._summary.says(RunStatus.QUEUED):
-            log.info("run %s queued", self.run_id)
-            await self._summary.write(SummaryChange(RunStatus.QUEUED, self._stored.last_seq))
-        retry = store.clock.now_ms() + round(self._parts.settings.lease_seconds * 1000)
-        await store.schedule(self.run_id, retry, "q", self.route)
-        await store.delete(self._consumed)
 
     async def _read(self) -> bool:
         """Read the log, the inbox and the summary; whether there is a run to go on with."""
@@ -286,26 +276,18 @@ class WakeUp:
         await self._store.delete([key for key, _ in self._intake.entries] + self._consumed)
 
     async def _paused(self) -> bool:
-        """
-        Carry out pause and resume requests; if the run is paused, leave it (summary
-        ``paused``, its timer entry dropped: ``resume()`` wakes it) and say so.
-        """
-        store, run_id = self._store, self.run_id
+        """Carry out pause and resume requests; leave the run if it is paused, and say so."""
         stored, paused, taken = await pausing.settle(
-            store, self._holder, self._stored, self._intake.entries
+            self._store, self._holder, self._stored, self._intake.entries
         )
         self._stored = stored
         self._intake.entries = [item for item in self._intake.entries if item[0] not in taken]
-        await store.delete(taken)
-        if not paused:
-            return False
-        meta = self._summary.meta
-        if not self._summary.says(RunStatus.PAUSED):
-            await self._summary.write(SummaryChange(RunStatus.PAUSED, stored.last_seq))
-        timer = [schedule_key(meta.wake_at_ms, run_id, "t", self.route)] if meta else []
-        await store.delete(timer if meta and meta.wake_at_ms else [])
-        await store.delete(self._consumed)
-        return True
+        await self._store.delete(taken)
+        if paused:
+            await pausing.leave_paused(
+                self._store, self._summary, self.route, stored.last_seq, self._consumed
+            )
+        return paused
 
     def _terminate_request(self) -> pb.TerminateRequest | None:
         for _, entry in self._intake.entries:

@@ -6,6 +6,7 @@ import click
 
 from substantial._cli.common import backend_option, run_id_argument, with_backend
 from substantial._cli.formatting import json_text
+from substantial._client.limits import LimitInfo
 from substantial._client.schedules import ScheduleInfo
 from substantial._conductor import Conductor
 from substantial.backends import Backend
@@ -122,4 +123,31 @@ for _verb, _past in (("pause", "paused"), ("resume", "resumed"), ("delete", "del
     schedule.add_command(_steer(_verb, _past))
 schedule.add_command(_steer("trigger", ""))
 
-COMMANDS = (pause, resume, queue, schedule)
+
+@click.command("limits")
+@backend_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
+def limits_command(backend_url: str | None, as_json: bool) -> None:
+    """Every named step limit with its current use (slots held, starts in the window)."""
+
+    async def body(backend: Backend) -> list[LimitInfo]:
+        return await Conductor(backend).limits()
+
+    for info in with_backend(backend_url, body):
+        per = info.per.total_seconds() if info.per is not None else None
+        if as_json:
+            fields = {
+                "name": info.name, "concurrency": info.concurrency, "in_use": info.in_use,
+                "rate": info.rate, "per_seconds": per, "started_in_window": info.started_in_window,
+            }  # fmt: skip
+            click.echo(json_text(fields))
+            continue
+        parts = []
+        if info.concurrency is not None:
+            parts.append(f"{info.in_use}/{info.concurrency} running")
+        if info.rate is not None:
+            parts.append(f"{info.started_in_window}/{info.rate} started per {per:g}s")
+        click.echo(f"{info.name}  " + ", ".join(parts))
+
+
+COMMANDS = (pause, resume, queue, schedule, limits_command)

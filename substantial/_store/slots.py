@@ -22,7 +22,7 @@ from substantial._core.runids import is_stored_run_id
 from substantial._store import leases
 from substantial._store.runs import RunStore
 
-__all__ = ["Slot", "group_of", "head", "join_line", "leave_line", "release", "take"]
+__all__ = ["Slot", "group_of", "head", "join_line", "leave_line", "release", "slot_prefix", "take"]
 
 _SAFE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -41,7 +41,7 @@ def group_of(mark: str, key: str | None = None) -> str:
     return f"{mark}/key/{safe}"
 
 
-def _slot_prefix(group: str) -> str:
+def slot_prefix(group: str) -> str:
     return f"flow/slots/{group}/"
 
 
@@ -54,12 +54,16 @@ def line_key(group: str, created_ms: int, run_id: str) -> str:
 
 
 async def take(store: RunStore, group: str, limit: int, run_id: str) -> Slot | None:
-    """A free slot of ``group`` for ``run_id`` (or one it held already), or None if all are held."""
+    """
+    A free slot of ``group`` for ``run_id`` (or one it held already), or None if all
+    are held. ``run_id`` may be ``{run}/{more}`` (a step of a run): the slot is then
+    freed when that run's lease lapses.
+    """
     backend = store.backend
-    held = await backend.list(_slot_prefix(group), limit=limit + 1)
+    held = await backend.list(slot_prefix(group), limit=limit + 1)
     taken = {key.rpartition("/")[2] for key in held}
     for index in range(limit):
-        key = f"{_slot_prefix(group)}{index:04d}"
+        key = f"{slot_prefix(group)}{index:04d}"
         if key.rpartition("/")[2] not in taken:
             version = await backend.create(key, run_id.encode())
             if version is not None:
@@ -69,7 +73,7 @@ async def take(store: RunStore, group: str, limit: int, run_id: str) -> Slot | N
         if entry is None:
             continue
         holder = entry[0].decode(errors="replace")
-        if holder != run_id and await _alive(store, holder):
+        if holder != run_id and await _alive(store, holder.partition("/")[0]):
             continue
         version = await backend.replace(key, run_id.encode(), entry[1])
         if version is not None:

@@ -1013,3 +1013,35 @@ class CronSchedule(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CronSchedule: _TypeAlias = CronSchedule  # noqa: Y015
+
+@_typing.final
+class Limit(_message.Message):
+    """A named limit for steps, at flow/limits/{name}: Conductor.set_limit()."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
+    RATE_FIELD_NUMBER: _builtins.int
+    PER_MS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    concurrency: _builtins.int
+    """0: no bound on steps at once"""
+    rate: _builtins.int
+    """0: no bound on starts per `per_ms`"""
+    per_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        concurrency: _builtins.int = ...,
+        rate: _builtins.int = ...,
+        per_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "name", b"name", "per_ms", b"per_ms", "rate", b"rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Limit: _TypeAlias = Limit  # noqa: Y015
