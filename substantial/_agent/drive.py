@@ -112,12 +112,13 @@ async def _drive(
                 outcome = await receive.receive()
                 while True:
                     running.discard(outcome.command.position)
-                    await _give_back(tickets, outcome.command.position, parts)
                     parts.steps.apply(execution, outcome)
                     try:
                         outcome = receive.receive_nowait()
                     except anyio.WouldBlock:
                         break
+            for position in set(tickets) - running:  # outside the timeout: never cut short
+                await _give_back(tickets, position, parts)
             if running_mark is not None and running and anyio.current_time() >= running_mark:
                 running_mark = None
                 await wakeup.mark_running()
