@@ -174,3 +174,21 @@ async def _start_waiting(url: str) -> str:
 async def _reaches(url: str, run_id: str, status: RunStatus) -> None:
     async with make_conductor(url, _waits_forever, virtual_clock=True) as conductor:
         await wait_for_status(conductor.handle(run_id), status)
+
+
+async def test_higher_priority_runs_are_claimed_first(backend: Backend) -> None:
+    conductor = make_conductor(backend, mail, concurrency=1)  # one run at a time
+    low = [await conductor.start(mail, f"low-{i}") for i in range(3)]
+    high = await conductor.start(mail, "high", priority=9)
+    middle = await conductor.start(mail, "middle", priority=5)
+    claimed_in_order = []
+    for _ in range(5):
+        assert await _poll(conductor) == 1
+        for handle in [*low, high, middle]:
+            if handle.run_id not in claimed_in_order and (await handle.status()).finished:
+                claimed_in_order.append(handle.run_id)
+    assert claimed_in_order[:2] == [high.run_id, middle.run_id]
+    assert sorted(claimed_in_order[2:]) == sorted(h.run_id for h in low)
+    meta = await conductor.store.read_meta(high.run_id)
+    assert meta is not None
+    assert meta.priority == 9

@@ -122,7 +122,7 @@ class Poller:
             entries, next_due, more = await self._store.due(
                 now, after=after, limit=page, queue=queue
             )
-            for entry in entries:
+            for entry in sorted(entries, key=_by_priority):  # stable: then earliest due
                 name = ticker.TICKING + entry.run_id if entry.tick else entry.run_id
                 if name in skip or not self.queues.knows(entry.route):
                     continue
@@ -171,6 +171,10 @@ class Poller:
                 await self._store.release(lease)
             self._processor.active.discard(lease.run_id)
             self._parts.client.notifier.kick()
+
+
+def _by_priority(entry: ScheduleEntry) -> int:
+    return -entry.route.priority
 
 
 def _asyncio_task() -> asyncio.Task[Any] | None:

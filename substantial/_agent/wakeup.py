@@ -135,7 +135,7 @@ class WakeUp:
             return False
         await self._intake.set_aside()
         started = stored.events[0].started
-        self.route = Route.of(started.queue, started.workflow)
+        self.route = Route.of(started.queue, started.workflow, started.priority)
         meta = await hints.trusted_summary(store, run_id, meta, version, stored)
         self._stored = stored
         self._summary = RunSummary(store, run_id, meta, version)

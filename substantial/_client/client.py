@@ -142,14 +142,16 @@ class Client:
         self.starting.add(run_id)  # the local agent leaves it alone until it is written
         try:
             # Schedule first: a start that dies after writing segment 0 still gets run.
-            await self.store.schedule(run_id, at, "s", Route.of(started.queue, started.workflow))
+            await self.store.schedule(
+                run_id, at, "s", Route.of(started.queue, started.workflow, started.priority)
+            )
             created = await self.store.append(run_id, 0, [pb.Event(at_ms=at, started=started)])
             if created:
                 meta = pb.RunMeta(
                     run_id=run_id, workflow=started.workflow, args=started.args, created_ms=at,
                     updated_ms=at, status=pb.RUN_STATUS_PENDING, log_seq=0,
                     parent_run_id=started.parent_run_id, chain_root=started.chain_root,
-                    queue=started.queue,
+                    queue=started.queue, priority=started.priority,
                 )  # fmt: skip
                 await self.store.write_meta(meta, current=(None, None))
         finally:

@@ -160,7 +160,7 @@ class Handle(Generic[R]):
                 raise RunFinished(self.run_id, kind, what, continued)
         entry.id = _event_id()
         entry.sent_at_ms = self._store.clock.now_ms()
-        route = Route.of(meta.queue, meta.workflow)
+        route = Route.of(meta.queue, meta.workflow, meta.priority)
         await self._store.post(self.run_id, entry, route.any_agent() if any_agent else route)
         self._notifier.kick()
 
@@ -232,7 +232,7 @@ class Handle(Generic[R]):
                 # It says the run ended and the log does not: an agent rewrites it.
                 repaired.add(run_id)
                 now = self._store.clock.now_ms()
-                route = Route.of(meta.queue, meta.workflow)
+                route = Route.of(meta.queue, meta.workflow, meta.priority)
                 await self._store.schedule(run_id, now, "fix", route)
                 self._notifier.kick()
             with anyio.move_on_after(delay):

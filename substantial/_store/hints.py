@@ -67,6 +67,7 @@ def rebuilt(run_id: str, stored: StoredLog) -> pb.RunMeta:
         meta.parent_run_id = first.started.parent_run_id
         meta.chain_root = first.started.chain_root
         meta.queue = first.started.queue
+        meta.priority = first.started.priority
     return meta
 
 

@@ -104,15 +104,25 @@ class Route:
 
     queue: str = DEFAULT_QUEUE
     mark: str = ""
+    #: the run's priority (0-9): of the entries a poll finds due, higher ones go first
+    priority: int = 0
 
     @classmethod
-    def of(cls, queue: str, workflow: str) -> Route:
+    def of(cls, queue: str, workflow: str, priority: int = 0) -> Route:
         """The route of a run of ``workflow`` in ``queue`` (``""``: the default queue)."""
-        return cls(queue or DEFAULT_QUEUE, workflow_mark(workflow) if workflow else "")
+        mark = workflow_mark(workflow) if workflow else ""
+        return cls(queue or DEFAULT_QUEUE, mark, min(max(priority, 0), 9) if mark else 0)
 
     def any_agent(self) -> Route:
         """The same queue, for any agent (terminate, pause: no workflow code needed)."""
         return Route(self.queue)
+
+    @property
+    def suffix(self) -> str:
+        """What a schedule key's tag ends in: ``.``, the mark, and a priority over 0."""
+        if not self.mark:
+            return ""
+        return f".{self.mark}{self.priority or ''}"
 
 
 #: The route of entries for any agent of the default queue (and of entries written
@@ -205,8 +215,7 @@ def lease_key(run_id: str) -> str:
 
 
 def schedule_key(due_ms: int, run_id: str, tag: str, route: Route = DEFAULT_ROUTE) -> str:
-    mark = f".{route.mark}" if route.mark else ""
-    return f"{schedule_prefix(route.queue)}{max(due_ms, 0):015d}-{run_id}~{tag}{mark}"
+    return f"{schedule_prefix(route.queue)}{max(due_ms, 0):015d}-{run_id}~{tag}{route.suffix}"
 
 
 @dataclass(frozen=True)
@@ -234,7 +243,9 @@ class ScheduleEntry:
         reason, dot, mark = tag.rpartition(".")
         if not dot:
             reason, mark = tag, ""
-        return cls(key, parts[1], int(parts[0]), Route(queue, mark), reason == TICK_TAG)
+        priority = int(mark[8:]) if mark[8:].isdigit() else 0
+        route = Route(queue, mark[:8], priority)
+        return cls(key, parts[1], int(parts[0]), route, reason == TICK_TAG)
 
 
 def _queue_of(key: str) -> str:

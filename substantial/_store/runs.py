@@ -120,7 +120,7 @@ class RunStore:
         with contextlib.suppress(CorruptLog):  # a summary is a hint: go to the log
             meta = await self.read_meta(run_id)
         if meta is not None and meta.workflow:
-            return Route.of(meta.queue, meta.workflow)
+            return Route.of(meta.queue, meta.workflow, meta.priority)
         entry = await self.backend.get(segment_key(run_id, 0))
         if entry is not None:
             try:
@@ -129,7 +129,7 @@ class RunStore:
                 return Route()
             if first.events and first.events[0].WhichOneof("kind") == "started":
                 started = first.events[0].started
-                return Route.of(started.queue, started.workflow)
+                return Route.of(started.queue, started.workflow, started.priority)
         return Route()
 
     async def read_inbox(

@@ -845,6 +845,7 @@ class RunMeta(_message.Message):
     CONTINUED_AS_FIELD_NUMBER: _builtins.int
     CHAIN_ROOT_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     workflow: _builtins.str
     created_ms: _builtins.int
@@ -860,6 +861,8 @@ class RunMeta(_message.Message):
     chain_root: _builtins.str
     queue: _builtins.str
     """the run's queue ("": "default")"""
+    priority: _builtins.int
+    """the run's priority, 0-9"""
     @_builtins.property
     def args(self) -> Global___Payload: ...
     @_builtins.property
@@ -889,10 +892,11 @@ class RunMeta(_message.Message):
         continued_as: _builtins.str = ...,
         chain_root: _builtins.str = ...,
         queue: _builtins.str = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "custom_status", b"custom_status", "failure", b"failure", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "chain_root", b"chain_root", "continued_as", b"continued_as", "created_ms", b"created_ms", "custom_status", b"custom_status", "failure", b"failure", "log_seq", b"log_seq", "parent_run_id", b"parent_run_id", "parked_reason", b"parked_reason", "queue", b"queue", "result", b"result", "run_id", b"run_id", "status", b"status", "updated_ms", b"updated_ms", "wake_at_ms", b"wake_at_ms", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "chain_root", b"chain_root", "continued_as", b"continued_as", "created_ms", b"created_ms", "custom_status", b"custom_status", "failure", b"failure", "log_seq", b"log_seq", "parent_run_id", b"parent_run_id", "parked_reason", b"parked_reason", "priority", b"priority", "queue", b"queue", "result", b"result", "run_id", b"run_id", "status", b"status", "updated_ms", b"updated_ms", "wake_at_ms", b"wake_at_ms", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
