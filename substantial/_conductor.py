@@ -268,8 +268,20 @@ class Conductor(FlowControl):
 
     @property
     def queues(self) -> list[str]:
-        """The queues this conductor's agent serves (paused ones included)."""
+        """
+        The queues this conductor's agent serves (paused ones included). Set it to a
+        list to serve those, or to None to serve the queues of the registered workflows.
+        """
         return self._queues.names
+
+    @queues.setter
+    def queues(self, names: list[str] | None) -> None:
+        self._queues = self._poller.queues = ServedQueues(self._client, names)
+
+    @property
+    def queues_given(self) -> list[str] | None:
+        """The ``queues`` this conductor was given, or None (its workflows' queues)."""
+        return self._queues.explicit
 
     def _forget_limit(self, name: str) -> None:
         self._limiter.forget(name)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import anyio
 import pytest
@@ -135,3 +138,16 @@ async def test_a_paused_queue_is_not_claimed_until_resumed(backend: Backend) -> 
         await wait_for_status(conductor.handle(other.run_id), RunStatus.WAITING)
     # The pause mark sorts before every entry of the queue's index.
     assert not await backend.list_all(SCHEDULE_PREFIX + "!")
+
+
+def test_the_flow_control_example_runs(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / "flow_control.py"), str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=120, cwd=root, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["serving queues ['billing', 'default']", "dee: 30"]
+    assert "report is paused" in lines
+    assert "monthly (ok)" in lines

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from substantial import Conductor, Context, InvalidName, RunStatus, RunTerminated, workflow
 from substantial._store.keys import SCHEDULE_PREFIX, ScheduleEntry, schedule_key, schedule_prefix
-from substantial.backends import Backend, FSBackend
+from substantial.backends import Backend, FSBackend, MemoryBackend
 from substantial.cli import main
 from substantial.codec import encode_payload
 from substantial.protocol import substantial_pb2 as pb
@@ -192,3 +192,17 @@ async def test_higher_priority_runs_are_claimed_first(backend: Backend) -> None:
     meta = await conductor.store.read_meta(high.run_id)
     assert meta is not None
     assert meta.priority == 9
+
+
+def test_the_queues_served_can_be_set_and_survive_a_worker_rebuild() -> None:
+    from substantial._cli.agent import _rebuilt
+
+    conductor = Conductor("memory://")
+    conductor.register(invoice)
+    assert conductor.queues == ["billing"]
+    assert conductor.queues_given is None
+    conductor.queues = ["billing", "urgent"]  # what `substantial worker --queue` sets
+    assert conductor.queues == ["billing", "urgent"]
+    assert _rebuilt(conductor, MemoryBackend()).queues == ["billing", "urgent"]
+    conductor.queues = None
+    assert conductor.queues == ["billing"]

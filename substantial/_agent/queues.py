@@ -25,6 +25,11 @@ class ServedQueues:
         self._marked: int = -1
 
     @property
+    def explicit(self) -> list[str] | None:
+        """The queues given to serve, or None: those of the registered workflows."""
+        return None if self._explicit is None else list(self._explicit)
+
+    @property
     def names(self) -> list[str]:
         """The queues this agent serves."""
         if self._explicit is not None:

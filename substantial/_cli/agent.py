@@ -45,6 +45,12 @@ log = logging.getLogger("substantial.cli")
     show_default=f"{constants.LEASE_SECONDS:g}, or TARGET's own",
 )
 @click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    help="A queue to serve (repeat for several). Default: the queues of its workflows.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -56,6 +62,7 @@ def worker(
     backend_url: str | None,
     concurrency: int | None,
     lease: float | None,
+    queues: tuple[str, ...],
     log_level: str,
 ) -> None:
     """
@@ -84,6 +91,8 @@ def worker(
         conductor.concurrency = concurrency
     if lease is not None:
         conductor.lease_seconds = lease
+    if queues:
+        conductor.queues = list(queues)
     try:
         anyio.run(_serve_until_signal, conductor)
     except BackendError as exc:
@@ -99,6 +108,7 @@ def _rebuilt(conductor: Conductor, backend: Backend) -> Conductor:
         lease=conductor.lease_seconds,
         park_retry=conductor.park_retry,
         shutdown_grace=conductor.shutdown_grace,
+        queues=conductor.queues_given,
     )
     fresh.register(*conductor.workflows)
     return fresh
@@ -110,11 +120,12 @@ async def _serve_until_signal(conductor: Conductor) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             await tg.start(conductor.serve)
             log.info(
-                "worker %s: %d workflows, concurrency %d, lease %gs",
+                "worker %s: %d workflows, concurrency %d, lease %gs, queues %s",
                 conductor.name,
                 len(conductor.workflows),
                 conductor.concurrency,
                 conductor.lease_seconds,
+                ", ".join(conductor.queues),
             )
             async for signum in signals:
                 log.info("worker %s: %s, stopping", conductor.name, signal.Signals(signum).name)
