@@ -103,6 +103,7 @@ class RunSummary:
             updated.workflow = first.started.workflow
             updated.args.CopyFrom(first.started.args)
             updated.created_ms = first.at_ms
+            updated.queue, updated.priority = first.started.queue, first.started.priority
         updated.run_id = self.run_id
         updated.status = STATUS_TO_PB[change.status]
         updated.updated_ms = self._store.clock.now_ms()
