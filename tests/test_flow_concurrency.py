@@ -124,3 +124,27 @@ def test_limits_below_one_are_refused() -> None:
     conductor = make_conductor("memory://", one)
     with pytest.raises(ValueError, match="priority"):
         anyio.run(lambda: conductor.start(one, priority=10))
+
+
+@workflow(name="conc.single", concurrency=1)
+async def single(c: Context, name: str) -> str:
+    return await c.save(lambda: gauge.step(name))
+
+
+@pytest.mark.conductor(single)
+async def test_a_run_paused_in_line_lets_the_next_one_go(conductor: Conductor) -> None:
+    first = await conductor.start(single, "r0", run_id="r0")
+    await wait_until(lambda: gauge.now == 1, what="r0 running")
+    second = await conductor.start(single, "r1", run_id="r1")
+    third = await conductor.start(single, "r2", run_id="r2")
+    await wait_for_status(second, RunStatus.QUEUED)
+    await wait_for_status(third, RunStatus.QUEUED)
+    await second.pause()
+    await wait_for_status(second, RunStatus.PAUSED)
+    gauge.permits.release()
+    assert await first.result(timeout=WAIT) == "r0"
+    await wait_until(lambda: gauge.order == ["r0", "r2"], what="r2 past the paused r1")
+    gauge.permits.release(2)
+    assert await third.result(timeout=WAIT) == "r2"
+    await second.resume()
+    assert await second.result(timeout=WAIT) == "r1"

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 
 from substantial._agent.summary import RunSummary, SummaryChange
-from substantial._core.status import RunStatus
+from substantial._core.status import STATUS_FROM_PB, RunStatus
 from substantial._engine.workflow import Workflow
-from substantial._store import slots
+from substantial._store import hints, slots
 from substantial._store.keys import Route
 from substantial._store.runs import RunStore
+from substantial.errors import CorruptLog
 from substantial.protocol import substantial_pb2 as pb
 
 __all__ = ["Gate", "wait_in_line"]
@@ -58,7 +59,7 @@ class Gate:
 
     async def _enter(self, group: str, limit: int) -> slots.Slot | None:
         store, mine = self._store, slots.line_key(group, self._created_ms, self.run_id)
-        first = await slots.head(store, group)
+        first = await self._head(group, mine)
         if first is None or first >= mine:  # nobody waits ahead of this run
             slot = await slots.take(store, group, limit, self.run_id)
             if slot is not None:
@@ -73,6 +74,28 @@ class Gate:
                 await self._left_line(group, mine)
                 return slot
         return None
+
+    async def _head(self, group: str, mine: str) -> str | None:
+        """
+        The first in ``group``'s line. One ahead of this run that no longer waits (it
+        ended, was paused or terminated while in line, or is gone) is taken out first.
+        """
+        for _ in range(8):
+            first = await slots.head(self._store, group)
+            if first is None or first >= mine or not await self._gone(slots.run_of(first)):
+                return first
+            await slots.leave_line(self._store, first)
+        return first
+
+    async def _gone(self, run_id: str) -> bool:
+        meta, _ = await hints.read_summary(self._store, run_id)
+        if meta is None:
+            try:
+                return not (await self._store.read_log(run_id)).events
+            except CorruptLog:
+                return False  # not known to be gone: it keeps its place
+        status = STATUS_FROM_PB.get(meta.status)
+        return status is not None and (status.finished or status is RunStatus.PAUSED)
 
     async def _left_line(self, group: str, mine: str) -> None:
         """Out of the line with a slot: the next in line may find another slot free."""
