@@ -206,3 +206,17 @@ def test_the_queues_served_can_be_set_and_survive_a_worker_rebuild() -> None:
     assert _rebuilt(conductor, MemoryBackend()).queues == ["billing", "urgent"]
     conductor.queues = None
     assert conductor.queues == ["billing"]
+
+
+async def test_an_agent_that_took_a_pause_of_an_unknown_workflow_hands_the_run_on(
+    backend: Backend,
+) -> None:
+    knows_invoice = make_conductor(backend, invoice)
+    run = await knows_invoice.start("queues.refund", 5, queue="billing")
+    await run.pause()  # any agent of the queue may carry out a pause...
+    await run.resume()  # ...and the pause and resume cancel out
+    assert await _poll(knows_invoice) == 1
+    assert await run.status() is RunStatus.PENDING  # not parked: handed on, untouched
+    assert [e.kind for e in await run.history()] == ["started"]
+    async with make_conductor(backend, invoice, refund):
+        assert await run.result(timeout=WAIT) == -5

@@ -157,9 +157,11 @@ class WakeUp:
         logs.workflow_var.set(started.workflow)
         registry = self._parts.client.registry
         workflow = registry.get(started.workflow)
-        if workflow is None:
-            error = UnknownWorkflow(started.workflow, list(registry), self.run_id)
-            await self._park(self._stored, error)
+        if workflow is None:  # woken by an entry for any agent (a pause, an old one):
+            # hand the run to the agents that know its workflow, and touch nothing else
+            log.debug("%s", UnknownWorkflow(started.workflow, list(registry), self.run_id))
+            await self._store.schedule(self.run_id, self._store.clock.now_ms(), "fwd", self.route)
+            await self._store.delete(self._consumed)
             return None
         return Execution(self.run_id, workflow, max_payload=self._parts.client.max_payload)
 
