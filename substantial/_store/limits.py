@@ -89,7 +89,7 @@ async def enter(store: RunStore, limit: pb.Limit, holder: str) -> Ticket | int:
 
 
 #: How soon a step that found every slot of its limit held looks again.
-_SLOT_RETRY_MS = 200
+_SLOT_RETRY_MS = 500
 
 
 async def _take_token(store: RunStore, limit: pb.Limit, now: int) -> int | None:
