@@ -64,7 +64,7 @@ lint: $(STAMP)
 # pytest exits 5 when it collected no tests: a failure when neither phase collected any
 # (PYTEST_ARGS may select tests of one phase only).
 test: lint redis-server
-	@$(PYTEST) -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS); fast=$$?; \
+	@$(PYTEST) -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS); fast=$$?; \
 	if [ $$fast -ne 0 ] && [ $$fast -ne 5 ]; then exit $$fast; fi; \
 	$(PYTEST) -n $(SLOW_WORKERS) -m slow $(PYTEST_ARGS); slow=$$?; \
 	if [ $$fast -eq 5 ] && [ $$slow -eq 5 ]; then \

@@ -24,7 +24,8 @@ import logging
 import os
 import socket
 import uuid
-from datetime import timedelta
+from collections.abc import AsyncIterator, Iterable
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -46,7 +47,9 @@ from substantial._client.flow import FlowControl
 from substantial._client.handle import Handle
 from substantial._core import constants
 from substantial._core.clock import Clock
+from substantial._core.status import RunStatus
 from substantial._engine.workflow import Workflow
+from substantial._ops.listing import RunSummary, iter_runs
 from substantial._store.runs import RunStore
 from substantial.backends.base import Backend
 from substantial.protocol import substantial_pb2 as pb
@@ -227,6 +230,27 @@ class Conductor(FlowControl):
     def handle(self, run_id: str) -> Handle[Any]:
         """A handle to an existing run, from any process."""
         return self._client.handle(run_id)
+
+    def runs(
+        self,
+        *,
+        status: RunStatus | Iterable[RunStatus] | None = None,
+        workflow: str | None = None,
+        started_before: datetime | None = None,
+        started_after: datetime | None = None,
+        page: int = 1000,
+    ) -> AsyncIterator[RunSummary]:
+        """
+        The runs that match every filter given, as :class:`substantial.ops.RunSummary`
+        values, in run id order: ``async for run in conductor.runs(status=...)``. Reads
+        ``page`` runs' summaries per round, never their logs.
+
+        :param status: only runs in this status (or one of these)
+        :param workflow: only runs of this workflow name
+        :param started_before: only runs started before this time
+        :param started_after: only runs started at or after this time
+        """
+        return iter_runs(self.backend, workflow, status, started_before, started_after, read=page)
 
     # ---- the agent ----
 

@@ -7,6 +7,9 @@ the commands in :mod:`substantial._cli`.
     substantial worker --app myapp.flows --backend redis://127.0.0.1:6379/0
     substantial check --backend file://./runs
     substantial start|list|show|send|cancel|terminate|result|replay|quarantine|gc --backend URL ...
+    substantial fork RUN --at N; substantial retry RUN
+    substantial cancel|terminate|retry --status S --workflow W --started-before T [--dry-run]
+    substantial ui --backend URL [--host 127.0.0.1] [--port 8233] [--read-only] [--token TOKEN]
 
 Errors are one line on stderr (``error: ...``); a bad argument exits 2, a failed
 operation 1.
@@ -21,6 +24,8 @@ from substantial._cli.control import start, terminate
 from substantial._cli.flow import COMMANDS as FLOW_COMMANDS
 from substantial._cli.maintenance import gc_command, quarantine_command, replay, versions
 from substantial._cli.runs import cancel, list_command, result, send, show, stats
+from substantial._cli.surgery import fork, retry, with_filters
+from substantial._cli.ui import ui
 
 __all__ = ["main"]
 
@@ -32,5 +37,7 @@ def main() -> None:
 
 
 _COMMANDS = (worker, check, start, list_command, stats, show, send, cancel, terminate, result)
-for _command in (*_COMMANDS, replay, versions, quarantine_command, gc_command, *FLOW_COMMANDS):
+_BULK = (with_filters("cancel", cancel), with_filters("terminate", terminate), fork, retry)
+_MORE = (replay, versions, quarantine_command, gc_command, ui)
+for _command in (*_COMMANDS, *_BULK, *_MORE, *FLOW_COMMANDS):
     main.add_command(_command)

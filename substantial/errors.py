@@ -20,6 +20,7 @@ Every error substantial raises, under one root.
         * CorruptLog: a stored record does not parse, or belongs to another run
         * ChildRunIdTaken: raised inside a workflow at ``child``/``start_child`` when
           the id names a run that is not this run's child
+        * ForkError (also ValueError): ``fork``/``retry`` cannot cut this run's log there
     * StepFailed: raised inside a workflow at ``save`` once a step has no attempts left
     * CompensationFailed: raised inside a workflow by ``revert()``
     * CompactionError (also ValueError): raised inside a workflow by ``compact()``
@@ -42,6 +43,7 @@ __all__ = [
     "CompactionError",
     "CompensationFailed",
     "CorruptLog",
+    "ForkError",
     "InvalidArguments",
     "InvalidName",
     "InvalidRunId",
@@ -261,6 +263,21 @@ class CorruptLog(RunError):
         super().__init__(run_id, f"corrupt record {key!r} in run {run_id!r}: {detail}")
         self.key = key
         self.detail = detail
+
+
+class ForkError(RunError, ValueError):
+    """
+    ``Handle.fork()`` or ``Handle.retry()`` cannot make a fork of this run: the step is
+    not in its log, its prefix cannot be copied soundly, the run has not failed (retry),
+    or the fork's run id names another run.
+
+    :ivar run_id: the run that was to be forked
+    :ivar reason: what is wrong, and what to do instead
+    """
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        super().__init__(run_id, f"cannot fork run {run_id!r}: {reason}")
+        self.reason = reason
 
 
 class ChildRunIdTaken(RunError):

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -9,7 +10,7 @@ import pytest
 
 from substantial import Conductor
 from substantial.backends import Backend, FSBackend, MemoryBackend
-from tests.harness import make_conductor
+from tests.harness import describe_agent, make_conductor
 
 pytest_plugins = ["tests.servers"]
 
@@ -21,6 +22,17 @@ BACKENDS = [
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
     pytest.param("s3", id="s3", marks=pytest.mark.s3),
 ]
+
+
+CALL_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    if report.when == "call":  # type: ignore[attr-defined]
+        item.stash[CALL_FAILED] = report.failed  # type: ignore[attr-defined]
+    return report
 
 
 @pytest.fixture
@@ -77,3 +89,5 @@ async def conductor(backend: Backend, request: pytest.FixtureRequest) -> AsyncIt
     virtual = request.node.get_closest_marker("real_clock") is None
     async with make_conductor(backend, *workflows, virtual_clock=virtual, **options) as running:
         yield running
+        if request.node.stash.get(CALL_FAILED, False):  # what the agent was doing, for the report
+            print(await describe_agent(running), file=sys.stderr)

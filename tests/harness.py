@@ -20,7 +20,14 @@ from substantial import Conductor, Handle, RunNotFound, RunStatus, Workflow
 from substantial._core.clock import VirtualClock
 from substantial.backends import Backend
 
-__all__ = ["CONDUCTOR_OPTIONS", "WAIT", "make_conductor", "wait_for_status", "wait_until"]
+__all__ = [
+    "CONDUCTOR_OPTIONS",
+    "WAIT",
+    "describe_agent",
+    "make_conductor",
+    "wait_for_status",
+    "wait_until",
+]
 
 #: how long a test waits for something that should happen at once, at most (seconds).
 #: An upper bound, never a wait. On 2 loaded cores moto answers ~10x slower than alone:
@@ -90,3 +97,58 @@ async def wait_for_status(
     names = " or ".join(status.value for status in wanted)
     await wait_until(reached, timeout, f"{handle.run_id} to be {names}")
     return seen[0]
+
+
+async def describe_agent(conductor: Conductor) -> str:
+    """
+    What a test's agent is doing, for the report of a failed test: the runs it works
+    on, holds off or is starting, its step threads, the due schedule, its tasks' stacks.
+    """
+    import asyncio
+
+    from substantial._agent import steps
+
+    poller, processor = conductor._poller, conductor._processor
+    parts = poller._parts
+    now = anyio.current_time()
+    lines = [
+        f"== agent {conductor.name} (store clock {conductor.store.clock.now_ms()})",
+        f"active: {sorted(processor.active)}",
+        f"starting: {sorted(parts.client.starting)}",
+        "held off: "
+        + repr({run: round(until - now, 2) for run, until in parts.holdoffs.until.items()}),
+        f"trouble: {parts.trouble.active}",
+    ]
+    pool = steps._step_threads
+    if pool is not None:
+        lines.append(
+            f"step threads: {pool._threads} of {pool._max}, idle {pool._idle}, "
+            f"queued {pool._work.qsize()}, abandoned {len(pool._abandoned)}"
+        )
+    try:
+        entries, next_due, more = await conductor.store.due(
+            conductor.store.clock.now_ms(), after=None, limit=40
+        )
+        lines.append(f"due (next {next_due}, more {more}): {[e.key for e in entries]}")
+        for run_id in sorted({entry.run_id for entry in entries}):
+            held = await conductor.store.lease_holder(run_id)
+            lease = "none" if held is None else f"{held.owner} until {held.expires_ms}"
+            lines.append(f"lease of {run_id}: {lease}")
+    except Exception as exc:  # a report must not fail on a broken store
+        lines.append(f"due: cannot read: {exc!r}")
+    for task in asyncio.all_tasks():
+        lines.append(f"-- task {task.get_name()}: {' > '.join(_awaiting(task.get_coro()))}")
+    return "\n".join(lines)
+
+
+def _awaiting(coro: Any) -> list[str]:
+    """Where a coroutine waits: each function in its await chain, with its line."""
+    chain = []
+    while coro is not None and len(chain) < 40:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is None:
+            chain.append(type(coro).__name__)
+            break
+        chain.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+    return chain

@@ -166,6 +166,25 @@ async def test_cancelling_the_agent_finishes_in_flight_steps_and_releases(
     assert await later.status() is RunStatus.PENDING
 
 
+async def test_a_run_claimed_as_the_agent_stops_has_its_lease_released(
+    backend: Backend,
+) -> None:
+    # The agent stops between claiming a run and starting its wake-up: the wake-up's
+    # task still begins (anyio cancels at a checkpoint, not before the first step), and
+    # its shielded clean-up releases the lease (else the run would wait a lease length).
+    conductor = Conductor(backend, shutdown_grace=5)
+    conductor.register(cold)
+    await conductor.start(cold, 1, run_id="claimed")
+    async with anyio.create_task_group() as work:
+        claimed, _ = await conductor._claim_due(work)
+        assert claimed == 1
+        work.cancel_scope.cancel()  # before the wake-up's task took a step
+    with anyio.fail_after(5):
+        await conductor._processor.drain()
+    assert await backend.get(lease_key("claimed")) is None
+    assert not conductor._processor.active
+
+
 async def test_a_step_past_the_grace_period_is_abandoned_and_run_again_later(
     backend: Backend,
 ) -> None:

@@ -20,6 +20,9 @@ from tests.harness import wait_until
 # The bounds asserted below are fixed, whatever EVENTS is: 20,000 events in four batches
 # show them in ~35 s (100,000 took 165 s); COMPACTION_EVENTS=100000 is the long form.
 EVENTS = int(os.environ.get("COMPACTION_EVENTS", "20000"))
+# A few compactions' worth for the resume test (it sent 200 at a time, 78 s on s3 loaded):
+# compact() every COMPACT_MIN_RECORDS records, stored after COMPACT_EVERY segments.
+SENT_TO_RESUMED = 3 * constants.COMPACT_MIN_RECORDS + constants.COMPACT_EVERY
 
 
 @workflow(name="compaction.counter")
@@ -116,7 +119,7 @@ async def test_a_compacted_run_resumes_on_another_conductor(backend: Backend) ->
     async with Conductor(backend) as first:
         first.register(counter)
         handle = await first.start(counter, run_id="resumed")
-        for value in range(200):
+        for value in range(SENT_TO_RESUMED):
             await handle.send("msg", value)
 
         async def seen_all() -> bool:
@@ -124,15 +127,15 @@ async def test_a_compacted_run_resumes_on_another_conductor(backend: Backend) ->
             inbox = await backend.list(inbox_prefix("resumed"), limit=1)
             return meta is not None and not inbox and meta.status == pb.RUN_STATUS_WAITING
 
-        await wait_until(seen_all, 60, "the 200 events to be processed")
+        await wait_until(seen_all, 60, "the events to be processed")
     _, events = await _stored_size(backend, "resumed")
-    assert events < 200  # compacted
+    assert events < SENT_TO_RESUMED  # compacted
     async with Conductor(backend) as second:
         second.register(counter)
         await second.handle("resumed").send("msg", None)
         assert await second.handle("resumed").result(timeout=60) == {
-            "total": sum(range(200)),
-            "seen": 200,
+            "total": sum(range(SENT_TO_RESUMED)),
+            "seen": SENT_TO_RESUMED,
         }
 
 

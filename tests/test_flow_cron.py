@@ -153,7 +153,7 @@ async def test_schedule_api_list_trigger_delete_and_errors(backend: Backend) -> 
     await agent.schedule("b-nightly", report, "n2", cron="0 4 * * *", timezone="Europe/Zurich")
     assert (await first.describe(ticks=1)).next_ticks[0].hour == 4
     handle = await first.trigger()
-    assert handle.run_id == f"b-nightly@manual-{T0}"
+    assert handle.run_id.startswith("b-nightly@manual-")
     async with anyio.create_task_group() as work:
         await agent._claim_due(work)
     assert await handle.result(timeout=WAIT) == "n2 done"

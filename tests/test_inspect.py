@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, cast
@@ -26,6 +27,7 @@ from substantial.ops import (
     gc,
     get_run,
     iter_run_ids,
+    iter_runs,
     list_runs,
 )
 from substantial.protocol import substantial_pb2 as pb
@@ -85,6 +87,36 @@ async def test_iter_run_ids_skips_long_logs_and_orders_like_keys(backend: Backen
     assert len(found) == len(set(found))
     # pages of 4 over 5 runs: the 29 extra segments of "a" are skipped, not paged through
     assert backend.requests["list"] - before <= 4
+
+
+async def test_iter_runs_is_a_cursor_that_reads_only_as_far_as_it_goes(backend: Backend) -> None:
+    conductor = Conductor(backend)  # no agent: the runs stay pending
+    conductor.register(ops_app.greet)
+    ids = [f"run-{i:02}" for i in range(12)]
+    for run_id in ids:
+        await conductor.start(ops_app.greet, run_id, run_id=run_id)
+
+    async def page(after: str | None, size: int) -> list[str]:
+        found = iter_runs(backend, after=after, read=size + 1)
+        async with aclosing(found):
+            taken = []
+            async for run in found:
+                taken.append(run.run_id)
+                if len(taken) == size:
+                    break
+        return taken
+
+    before = backend.requests.copy()
+    first = await page(None, 4)
+    assert first == ids[:4]
+    read = backend.requests - before
+    assert read["list"] == 1  # one page of keys
+    assert 1 <= read["get"] + read["get_many"] <= 5  # 5 of the 12 summaries, at most
+    assert await page(first[-1], 4) == ids[4:8]
+    assert await page(ids[7], 10) == ids[8:]
+    assert await page(ids[-1], 10) == []
+    only = [run.run_id async for run in iter_runs(backend, status=RunStatus.PENDING, read=5)]
+    assert only == ids
 
 
 async def test_a_run_without_summary_is_listed_from_its_log(backend: Backend) -> None:

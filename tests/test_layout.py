@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "substantial.ops",
             "substantial.telemetry",
             "substantial.testing",
+            "substantial._ui",
         ),
     ),
     (

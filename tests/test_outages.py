@@ -325,7 +325,12 @@ async def test_frozen_redis(
     prefix = f"outage-{uuid.uuid4().hex[:8]}"
     agents = await agents_on(
         lambda: RedisBackend(
-            own_redis.url, prefix=prefix, socket_timeout=0.5, socket_connect_timeout=0.5
+            # well under the 5 s freeze, well over what a loaded machine takes to answer
+            # (0.5 s timed out starts before the freeze at load average 18)
+            own_redis.url,
+            prefix=prefix,
+            socket_timeout=2,
+            socket_connect_timeout=2,
         )
     )
 
@@ -436,3 +441,42 @@ def test_proxy_forwards_and_fails(own_moto: S3Server, proxy: FaultProxy, tmp_pat
         client.get_object(Bucket=bucket, Key="k")
     proxy.accept()
     assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"v"
+
+
+@workflow(name="outages.waits")
+async def waits(c: Context) -> object:
+    return await c.receive("go")
+
+
+@pytest.mark.redis
+async def test_a_result_waiter_rides_out_an_outage(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from substantial.backends.redis import RedisBackend
+
+    prefix = f"waiter-{uuid.uuid4().hex[:8]}"
+    quick = {"prefix": prefix, "socket_timeout": 0.3, "socket_connect_timeout": 0.3}
+    agent = Conductor(RedisBackend(own_redis.url, **quick), poll_interval=0.05, lease=3)
+    agent.register(waits)
+    client = Conductor(RedisBackend(own_redis.url, **quick))  # no agent: a client only
+    caplog.set_level(logging.WARNING, "substantial.client")
+    async with agent:
+        handle = await client.start("outages.waits", run_id="w")
+        outcome: list[object] = []
+
+        async def wait_for_it() -> None:
+            outcome.append(await handle.result(timeout=60))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait_for_it)
+            own_redis.pause()
+            try:
+                await wait_until(
+                    lambda: "waiting for run w" in caplog.text, 30, "the waiter to meet the outage"
+                )
+            finally:
+                own_redis.resume()
+            await client.handle("w").send("go", "through")
+    assert outcome == ["through"]
+    await client.aclose()
+    await agent.aclose()

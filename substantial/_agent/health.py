@@ -124,10 +124,13 @@ class RunTroubles:
         return self._failures.get(run_id, 0)
 
 
-async def mark_held(store: RunStore, run_id: str, reason: str, now_ms: int) -> None:
+async def mark_held(
+    store: RunStore, run_id: str, reason: str, *, now_ms: int, retry_at_ms: int, agent: str
+) -> None:
     """
-    Show in a run's summary that agents hold it off, and why: status ``parked`` with
-    ``reason``. A summary that says the run ended is left alone (that came from its log).
+    Show in a run's summary that agents hold it off, why, and until when: status
+    ``parked`` with ``reason``, retried at ``retry_at_ms``, as ``agent`` saw it. A summary
+    that says the run ended is left alone (that came from its log).
     """
     try:
         meta, version = await store.read_meta_version(run_id)
@@ -141,4 +144,7 @@ async def mark_held(store: RunStore, run_id: str, reason: str, now_ms: int) -> N
     updated.status = pb.RUN_STATUS_PARKED
     updated.parked_reason = reason
     updated.updated_ms = now_ms
+    updated.wake_at_ms = retry_at_ms
+    updated.agent = agent
+    del updated.waiting_for[:]
     await store.write_meta(updated, current=(meta, version))

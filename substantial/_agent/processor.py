@@ -5,7 +5,6 @@ went wrong (a lost lease, a store outage, an error of the run's own), release th
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 
@@ -62,8 +61,11 @@ class RunProcessor:
             self._scopes.pop(run_id, None)
             with anyio.CancelScope(shield=True):
                 if not holder.lost:
-                    with contextlib.suppress(BackendUnavailable):  # it expires on its own
+                    try:
                         await self._store.release(holder.lease)
+                    except BackendUnavailable as exc:  # it expires; this agent retakes it
+                        log.info("agent %s: lease of run %s not released: %s",
+                                 parts.settings.name, run_id, describe(exc))  # fmt: skip
             self.active.discard(run_id)
             parts.client.notifier.changed(run_id)
             parts.client.notifier.kick()
@@ -114,9 +116,12 @@ class RunProcessor:
         now_ms = self._store.clock.now_ms
         with anyio.CancelScope(shield=True), anyio.move_on_after(parts.settings.lease_seconds):
             try:
-                await mark_held(self._store, run_id, reason, now_ms())
+                retry_at = now_ms() + round(wait * 1000)
+                await mark_held(
+                    self._store, run_id, reason, now_ms=now_ms(), retry_at_ms=retry_at, agent=name
+                )
                 route = next((e.route for e in entries if e.route.mark), entries[0].route)
-                await self._store.schedule(run_id, now_ms() + round(wait * 1000), "h", route)
+                await self._store.schedule(run_id, retry_at, "h", route)
                 await self._store.delete([entry.key for entry in entries])
             except Exception as exc:  # best effort: the in-memory hold-off still stands
                 log.warning("agent %s: could not record the hold-off of run %s: %s",

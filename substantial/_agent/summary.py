@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 
 from substantial._core.status import END_STATUS, STATUS_TO_PB, RunStatus
+from substantial._store.hints import rebuilt
 from substantial._store.runs import RunStore, StoredLog
 from substantial.protocol import substantial_pb2 as pb
 
@@ -27,8 +28,10 @@ class SummaryChange:
     seq: int
     #: the terminal event, for a run that ended: its result, failure or continuation
     end: pb.Event | None = None
-    #: when a sleeping run wakes up
+    #: when a sleeping run wakes up, a waiting one times out, a parked one is retried
     wake_at_ms: int | None = None
+    #: what a waiting run waits for (see ``Execution.waiting_for``)
+    waiting_for: tuple[str, ...] = ()
     #: the encoded value of the run's last ``Context.set_status``, if it set one
     published: pb.Payload | None = None
     #: why agents hold the run off (status ``parked``)
@@ -43,13 +46,21 @@ class RunSummary:
 
     :param meta: the summary read (None: none, or unreadable)
     :param version: its version as read; a write then starts with one conditional write
+    :param agent: the name of the agent that writes it
     """
 
     def __init__(
-        self, store: RunStore, run_id: str, meta: pb.RunMeta | None, version: str | None
+        self,
+        store: RunStore,
+        run_id: str,
+        meta: pb.RunMeta | None,
+        version: str | None,
+        *,
+        agent: str,
     ) -> None:
         self._store = store
         self.run_id = run_id
+        self.agent = agent
         self.meta = meta
         self.version = version
 
@@ -63,7 +74,7 @@ class RunSummary:
         outcome: pb.Event | None,
         *,
         wake: int | None,
-        waiting: bool,
+        waiting: list[str],
         published: pb.Payload | None,
     ) -> None:
         """
@@ -86,12 +97,16 @@ class RunSummary:
             meta is not None
             and self.says(status)
             and meta.wake_at_ms == (wake or 0)
+            and list(meta.waiting_for) == waiting
             and (published is None or meta.custom_status == published)
         ):
             return
         if not self.says(status):
             log.info("run %s %s", self.run_id, status.value)  # one line per state change
-        await self.write(SummaryChange(status, seq, wake_at_ms=wake, published=published))
+        change = SummaryChange(
+            status, seq, wake_at_ms=wake, waiting_for=tuple(waiting), published=published
+        )
+        await self.write(change)
 
     async def write(self, change: SummaryChange) -> None:
         """Write the summary read, with ``change`` applied."""
@@ -99,17 +114,16 @@ class RunSummary:
         if self.meta is not None:
             updated.CopyFrom(self.meta)
         elif change.stored is not None and change.stored.events:
-            first = change.stored.events[0]
-            updated.workflow = first.started.workflow
-            updated.args.CopyFrom(first.started.args)
-            updated.created_ms = first.at_ms
-            updated.queue, updated.priority = first.started.queue, first.started.priority
+            updated.CopyFrom(rebuilt(self.run_id, change.stored))
         updated.run_id = self.run_id
         updated.status = STATUS_TO_PB[change.status]
         updated.updated_ms = self._store.clock.now_ms()
         updated.log_seq = max(change.seq, 0)
         updated.wake_at_ms = change.wake_at_ms or 0
         updated.parked_reason = change.parked_reason
+        updated.agent = self.agent
+        del updated.waiting_for[:]
+        updated.waiting_for.extend(change.waiting_for)
         end = change.end
         kind = end.WhichOneof("kind") if end is not None else None
         if end is not None and kind == "completed":

@@ -60,7 +60,7 @@ class WakeUp:
         self._consumed = [entry.key for entry in entries]
         self._intake = Intake(self._store, self.run_id)
         self._stored = StoredLog([], -1, [], -1)
-        self._summary = RunSummary(self._store, self.run_id, None, None)
+        self._summary = RunSummary(self._store, self.run_id, None, None, agent=parts.settings.name)
         self._execution: Execution | None = None
         #: the last segment of the log, committed ones included
         self._seq = -1
@@ -109,7 +109,7 @@ class WakeUp:
             await self.commit()
             await drive(self, self._parts)
             wake = execution.next_wake_ms() if execution.outcome is None else None
-            waiting = execution.waiting_for_events()
+            waiting = execution.waiting_for()
             telemetry.run_ended(execution.outcome)
         finally:
             execution.close()
@@ -126,7 +126,7 @@ class WakeUp:
             # The log itself cannot be read: park the run with the reason (a failure is
             # final, and only the log can say the run failed); it is retried later.
             meta, version = await hints.read_summary(store, run_id)
-            self._summary = RunSummary(store, run_id, meta, version)
+            self._summary = self._summary_of(meta, version)
             seq = meta.log_seq if meta is not None else -1  # keep: of a later segment than -1
             await self._park(StoredLog([], seq, [], -1), exc)
             return False
@@ -138,8 +138,11 @@ class WakeUp:
         self.route = Route.of(started.queue, started.workflow, started.priority)
         meta = await hints.trusted_summary(store, run_id, meta, version, stored)
         self._stored = stored
-        self._summary = RunSummary(store, run_id, meta, version)
+        self._summary = self._summary_of(meta, version)
         return True
+
+    def _summary_of(self, meta: pb.RunMeta | None, version: str | None) -> RunSummary:
+        return RunSummary(self._store, self.run_id, meta, version, agent=self._parts.settings.name)
 
     async def _prepare(self) -> Execution | None:
         """An execution of the run's workflow, or None if the run ended or cannot run here."""
@@ -224,7 +227,7 @@ class WakeUp:
         ids = self.execution.event_ids
         return [key for key, entry in self._intake.entries if entry.id in ids]
 
-    async def _wrap_up(self, execution: Execution, wake: int | None, waiting: bool) -> None:
+    async def _wrap_up(self, execution: Execution, wake: int | None, waiting: list[str]) -> None:
         """Leave the inbox, snapshot, summary and schedule as the log now says."""
         store, run_id = self._store, self.run_id
         merged = self._merged_keys()
@@ -319,12 +322,12 @@ class WakeUp:
         park_retry = self._parts.settings.park_retry
         log.error("run %s parked, retrying in %gs: %s", self.run_id, park_retry, error)
         telemetry.run_outcome("parked")
-        await self._summary.write(
-            SummaryChange(
-                RunStatus.PARKED, stored.last_seq, parked_reason=str(error), stored=stored
-            )
-        )
         due = self._store.clock.now_ms() + round(park_retry * 1000)
+        change = SummaryChange(
+            RunStatus.PARKED, stored.last_seq, parked_reason=str(error), stored=stored,
+            wake_at_ms=due,
+        )  # fmt: skip
+        await self._summary.write(change)
         await self._store.schedule(self.run_id, due, "p", self.route)
         await self._store.delete(self._consumed)
 

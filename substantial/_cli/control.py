@@ -7,13 +7,12 @@ from typing import Any
 
 import click
 
-from substantial import ops
-from substantial._cli.common import backend_option, fail, run_id_argument, with_backend
+from substantial._cli.common import backend_option, run_id_argument, with_backend
 from substantial._cli.formatting import json_text
+from substantial._cli.runs import plain_result
 from substantial._client.handle import Handle
 from substantial._conductor import Conductor
 from substantial.backends import Backend
-from substantial.errors import CodecError
 
 __all__ = ["start", "terminate"]
 
@@ -74,13 +73,7 @@ def start(
         )
         if not wait:
             return handle.run_id, False, None
-        try:
-            await handle.result(timeout=timeout)
-        except CodecError:
-            pass  # its classes are not importable here: printed as plain JSON below
-        except TimeoutError:
-            fail(f"run {handle.run_id!r} has not finished after {timeout:g}s")
-        return handle.run_id, True, (await ops.get_run(backend, handle.run_id)).result
+        return handle.run_id, True, await plain_result(backend, handle.run_id, timeout)
 
     started, finished, value = with_backend(backend_url, body)
     if as_json:

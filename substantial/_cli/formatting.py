@@ -77,7 +77,9 @@ def event_text(event: HistoryEvent) -> str:
     d = event.details
     kind = event.kind
     if kind == "started":
-        return f"{d.get('workflow', '')}({call_args(d.get('args'))})"
+        fork = d.get("forked_from")
+        of = f"  (fork of {fork} at #{d.get('fork_step', 0)})" if fork else ""
+        return f"{d.get('workflow', '')}({call_args(d.get('args'))}){of}"
     if kind == "step_completed":
         step = f"#{d.get('position', 0)} {d.get('name', '')}"
         tries = f" (attempt {d['attempts']})" if d.get("attempts", 0) > 1 else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from contextlib import aclosing
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +27,7 @@ from substantial._core.status import RunStatus
 from substantial.backends import Backend
 from substantial.errors import CodecError
 
-__all__ = ["cancel", "list_command", "result", "send", "show", "stats"]
+__all__ = ["cancel", "list_command", "plain_result", "result", "send", "show", "stats"]
 
 
 @click.command("list")
@@ -55,25 +56,29 @@ def list_command(
     as_json: bool,
 ) -> None:
     """
-    List runs, oldest first. Reads every key under runs/: an operator command. With
-    --limit, prints one page and, on stderr, the --after that gives the next.
+    List runs, oldest first. Reads every run's summary: an operator command. With
+    --limit, lists one page in run-id order, reading only as far as the page goes, and
+    prints on stderr the --after that gives the next page.
     """
     progress = Progress("runs read")
+    wanted = [RunStatus(s) for s in statuses] or None
+    filters = (workflow, wanted, started_before, started_after)
 
     async def body(backend: Backend) -> list[inspect.RunSummary]:
-        return await inspect.list_runs(
-            backend,
-            workflow=workflow,
-            status=[RunStatus(s) for s in statuses] or None,
-            started_before=started_before,
-            started_after=started_after,
-            progress=progress,
-        )
+        if limit is None:
+            return await inspect.list_runs(backend, *filters, progress=progress)
+        page: list[inspect.RunSummary] = []
+        read = min(limit + 1, 1000)
+        found = inspect.iter_runs(backend, *filters, after=after, read=read, progress=progress)
+        async with aclosing(found):
+            async for run in found:
+                page.append(run)
+                if len(page) > limit:
+                    break
+        return page
 
     runs = with_backend(backend_url, body)
     progress.finish()
-    if after is not None:
-        runs = runs[next((i + 1 for i, run in enumerate(runs) if run.run_id == after), 0) :]
     more = limit is not None and len(runs) > limit
     runs = runs[:limit]
     if as_json:
@@ -145,18 +150,25 @@ def show(backend_url: str | None, run_id: str, as_json: bool) -> None:
         lines.append(("error", run.error))
     if run.parked_reason:
         lines.append(("parked", run.parked_reason))
-    if run.wake_at is not None:
-        lines.append(("wakes at", time_text(run.wake_at)))
+    lines += _when_lines(run)
     if run.custom_status is not None:
         lines.append(("says", json_text(run.custom_status)))
     if details.lease_owner:
         lines.append(
             ("agent", f"{details.lease_owner} (lease until {time_text(details.lease_expires)})")
         )
+    elif run.agent and not run.status.finished:
+        lines.append(("agent", f"none now (last: {run.agent})"))
     if details.inbox:
         lines.append(("inbox", f"{details.inbox} event(s) not yet merged into the log"))
     for entry in details.quarantined:  # `substantial quarantine RUN --drop KEY` deletes one
         lines.append(("set aside", f"{entry.key}: {entry.reason}"))
+    if run.forked_from:
+        lines.append(("forked", f"from {run.forked_from} at #{run.fork_step}"))
+    for fork in details.forks:
+        lines.append(
+            ("fork", f"{fork.run_id} at #{fork.step}" + (" (retry)" if fork.retry else ""))
+        )
     for label, value in lines:
         click.echo(f"{label:<9} {value}".rstrip())
     click.echo("")
@@ -165,6 +177,17 @@ def show(backend_url: str | None, run_id: str, as_json: bool) -> None:
         click.echo(
             f"  {time_text(event.at, ms=True)}  {event.kind:<19} {event_text(event)}".rstrip()
         )
+
+
+def _when_lines(run: inspect.RunSummary) -> list[tuple[str, str]]:
+    """What a run waits for and until when, as ``show`` prints it."""
+    at = time_text(run.wake_at) if run.wake_at is not None else ""
+    if run.waiting_for:
+        timeout = f" (times out at {at})" if at else ""
+        return [("waits for", ", ".join(run.waiting_for) + timeout)]
+    if not at or run.status.finished:
+        return []
+    return [("retry at" if run.status is RunStatus.PARKED else "wakes at", at)]
 
 
 @click.command()
@@ -205,16 +228,19 @@ def result(backend_url: str | None, run_id: str, timeout: float | None, as_json:
     such run; 2 for a bad argument.
     """
 
-    async def body(backend: Backend) -> tuple[bool, Any]:
-        try:
-            await Conductor(backend).handle(run_id).result(timeout=timeout)
-        except CodecError:
-            pass  # its classes are not importable here: print it as plain JSON below
-        except TimeoutError:
-            return False, None
-        return True, (await inspect.get_run(backend, run_id)).result
-
-    finished, value = with_backend(backend_url, body)
-    if not finished:
-        fail(f"run {run_id!r} has not finished after {timeout:g}s")
+    value = with_backend(backend_url, lambda backend: plain_result(backend, run_id, timeout))
     click.echo(json_text({"run_id": run_id, "result": value} if as_json else value))
+
+
+async def plain_result(backend: Backend, run_id: str, timeout: float | None) -> Any:
+    """
+    Wait for a run to finish; its result as plain JSON data. A run that did not complete
+    raises its error (``with_backend`` prints it and exits 1); a timeout exits 1 too.
+    """
+    try:
+        await Conductor(backend).handle(run_id).result(timeout=timeout)
+    except CodecError:
+        pass  # its classes are not importable here: read as plain JSON below
+    except TimeoutError:
+        fail(f"run {run_id!r} has not finished after {timeout:g}s")
+    return (await inspect.get_run(backend, run_id)).result

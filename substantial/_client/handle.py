@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
@@ -11,6 +12,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
+from substantial._client import forking
 from substantial._core.constants import (
     MAX_PAYLOAD_BYTES,
     RESULT_POLL_MAX_SECONDS,
@@ -18,10 +20,11 @@ from substantial._core.constants import (
 )
 from substantial._core.notify import Notifier
 from substantial._core.status import STATUS_FROM_PB, RunStatus
-from substantial._store import hints
+from substantial._store import forks, hints
 from substantial._store.runs import Route, RunStore, check_run_id
 from substantial.codec import decode_payload, encode_payload
 from substantial.errors import (
+    BackendUnavailable,
     RunCancelled,
     RunFailed,
     RunFinished,
@@ -33,6 +36,8 @@ from substantial.protocol import substantial_pb2 as pb
 
 __all__ = ["Handle", "HistoryEvent"]
 
+log = logging.getLogger("substantial.client")
+
 R = TypeVar("R")
 
 
@@ -41,7 +46,9 @@ class HistoryEvent:
     """
     One event of a run's log, decoded for people and tools.
 
-    :ivar segment: the log segment it was recorded in
+    :ivar segment: the log segment it was recorded in; ``-1`` for an event of kind
+        ``forked``, which is not in the log: a fork of this run (``run_id``, ``step``,
+        ``retry``), recorded beside it
     :ivar at: when it was recorded
     :ivar kind: ``started``, ``step_completed``, ``timer_fired``, ``event_received``, ...
     :ivar details: the event's fields, with values decoded
@@ -146,6 +153,48 @@ class Handle(Generic[R]):
         """
         await self._post(pb.InboxEntry(pause_change=pb.PauseChange(paused=False)), "the resume")
 
+    async def fork(self, at_step: int, run_id: str | None = None) -> Handle[R]:
+        """
+        Start a new run whose log is this run's up to, not including, the first record of
+        the step at position ``at_step`` (``#N`` in ``substantial show``): that step and
+        what follows run again with the code agents have today; what came before is
+        replayed, not re-executed. This run is never written; its ``history()`` and
+        ``substantial show`` list its forks, and the fork's start names this run.
+
+        Events recorded before the cut (sent events, timers, steps of other positions
+        that finished first) stay in the fork. A fork whose code no longer replays the
+        copied prefix is parked with the usual ``NonDeterminismError`` reason.
+
+        :param at_step: the position to cut at: a ``save``, ``sleep``, ``receive`` with a
+            timeout, or child, whose position the log records
+        :param run_id: the fork's id (default: a random one); forking again with the same
+            id and step returns the same fork
+        :raises ForkError: if nothing is recorded at ``at_step``, the history before it
+            was compacted, a child started before it had not ended by then, or ``run_id``
+            names another run
+        :raises RunNotFound: if this run does not exist
+        """
+        fork_id = await forking.fork(self._store, self.run_id, at_step, run_id)
+        return self._other(fork_id)
+
+    async def retry(self, run_id: str | None = None) -> Handle[R]:
+        """
+        Fork a failed run at the step it failed at, so that step and the rest run again
+        with today's code (deploy the fix first): :meth:`fork` at the step whose failure
+        failed the run, or, for a run that failed in its own code, at the end of its log.
+
+        :param run_id: the fork's id (default: ``{run}-retry``, so retrying twice makes
+            one fork, and a bulk retry that was interrupted can simply run again)
+        :raises ForkError: if the run has not failed, or as :meth:`fork`
+        :raises RunNotFound: if this run does not exist
+        """
+        fork_id = await forking.retry(self._store, self.run_id, run_id)
+        return self._other(fork_id)
+
+    def _other(self, run_id: str) -> Handle[Any]:
+        self._notifier.kick()
+        return Handle(self._store, run_id, self._notifier, max_payload=self._max_payload)
+
     async def _post(self, entry: pb.InboxEntry, what: str, *, any_agent: bool = False) -> None:
         meta = await self._require_meta()
         status = STATUS_FROM_PB.get(meta.status)
@@ -183,6 +232,7 @@ class Handle(Generic[R]):
         :raises TimeoutError: if ``timeout`` passed first
         :raises RunNotFound: if the run does not exist
 
+        A storage outage while it waits is waited out (logged once), as agents do.
         A run that continued as a new run (``continue_using``) is followed to the end of
         its chain. The outcome is read from the run's log: its summary only says when to
         look (one extra read), and a summary that claims an end the log does not have is
@@ -200,13 +250,19 @@ class Handle(Generic[R]):
             with anyio.move_on_after(delay):
                 await created.wait()
         repaired: set[str] = set()
+        outage = False
         while True:
             changed = self._notifier.watch(run_id)
-            meta = await self._require_meta(run_id)
-            status = STATUS_FROM_PB.get(meta.status)
-            # The summary is a hint: an end it reports is taken from the log.
-            finished = status is not None and status.finished
-            end = await hints.log_end(self._store, run_id, meta) if finished else None
+            try:
+                finished, end = await self._read_end(run_id)
+            except BackendUnavailable as exc:  # waited out, like the agents do
+                if not outage:
+                    log.warning("waiting for run %s: %s; retrying", run_id, exc)
+                outage = True
+                await anyio.sleep(delay)
+                delay = min(delay * 2, RESULT_POLL_MAX_SECONDS)
+                continue
+            outage = False
             kind = end.WhichOneof("kind") if end is not None else None
             if kind == "completed":
                 assert end is not None
@@ -231,17 +287,26 @@ class Handle(Generic[R]):
             if finished and run_id not in repaired:
                 # It says the run ended and the log does not: an agent rewrites it.
                 repaired.add(run_id)
-                now = self._store.clock.now_ms()
-                route = Route.of(meta.queue, meta.workflow, meta.priority)
-                await self._store.schedule(run_id, now, "fix", route)
+                route = await self._store.route_of(run_id)
+                await self._store.schedule(run_id, self._store.clock.now_ms(), "fix", route)
                 self._notifier.kick()
             with anyio.move_on_after(delay):
                 await changed.wait()
             delay = min(delay * 2, RESULT_POLL_MAX_SECONDS)
 
+    async def _read_end(self, run_id: str) -> tuple[bool, pb.Event | None]:
+        """Whether the summary says the run ended, and the end its log holds if so."""
+        meta = await self._require_meta(run_id)
+        status = STATUS_FROM_PB.get(meta.status)
+        # The summary is a hint: an end it reports is taken from the log.
+        finished = status is not None and status.finished
+        return finished, await hints.log_end(self._store, run_id, meta) if finished else None
+
     async def history(self) -> list[HistoryEvent]:
         """
-        The run's stored log, decoded.
+        The run's stored log, decoded, then one ``forked`` entry per fork of it (not in
+        the log: see :class:`HistoryEvent`). A fork's own ``started`` entry names its
+        original (``forked_from``, ``fork_step``).
 
         :raises RunNotFound: if the run does not exist
         :raises CorruptLog: if a segment cannot be read
@@ -255,6 +320,10 @@ class Handle(Generic[R]):
             while index >= stored.segment_ends[segment]:
                 segment += 1
             history.append(_describe(event, segment))
+        for fork in await forks.forks_of(self._store, self.run_id):
+            at = datetime.fromtimestamp(fork.at_ms / 1000, UTC)
+            details = {"run_id": fork.run_id, "step": fork.step, "retry": fork.retry}
+            history.append(HistoryEvent(-1, at, "forked", details))
         return history
 
     async def query(self) -> Any:

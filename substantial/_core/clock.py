@@ -29,20 +29,26 @@ class Clock:
 
 class VirtualClock(Clock):
     """
-    A clock that moves only when told. An agent on a virtual clock, finding nothing to
-    do, jumps it to the next due timer instead of waiting (see ``substantial.testing``).
+    A clock for tests that runs at the wall clock's pace from ``start_ms`` and jumps
+    ahead when told: an agent on it, finding nothing to do, jumps it to the next due
+    timer instead of waiting (see ``substantial.testing``). It never stands still, so
+    what lapses with time in production lapses here too: a lease an agent could not
+    release expires after its length, as it would on the wall clock.
     """
 
     def __init__(self, start_ms: int | None = None, *, auto_advance: bool = True) -> None:
-        self._now = now_ms() if start_ms is None else start_ms
+        self._start = now_ms() if start_ms is None else start_ms
+        self._origin = time.monotonic_ns()
+        self._skipped = 0
         #: Whether an idle agent may jump this clock to its next timer.
         self.auto_advance = auto_advance
 
     def now_ms(self) -> int:
-        return self._now
+        return self._start + (time.monotonic_ns() - self._origin) // 1_000_000 + self._skipped
 
     def advance_to(self, when_ms: int) -> None:
-        self._now = max(self._now, when_ms)
+        """Jump ahead to ``when_ms`` (a time already passed changes nothing)."""
+        self._skipped += max(0, when_ms - self.now_ms())
 
     def skip_to(self, when_ms: int) -> bool:
         if not self.auto_advance:

@@ -21,8 +21,6 @@ START_GRACE_SECONDS = 60.0
 #: How often `Handle.result()` re-reads a run's status when no local agent can notify it.
 RESULT_POLL_MIN_SECONDS = 0.02
 RESULT_POLL_MAX_SECONDS = 1.0
-#: Schedule keys a poll reads first; it reads further pages only while all are due.
-POLL_FIRST_PAGE = 16
 #: First hold-off of a run whose wake-up failed with an error of its own (not the
 #: store's); it doubles with each failure in a row, up to the conductor's ``park_retry``.
 RUN_ERROR_RETRY_SECONDS = 1.0
@@ -60,3 +58,5 @@ MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 #: A wake-up whose steps have run this long writes ``running`` into the run's summary
 #: (quicker wake-ups leave it as it was: no extra write for a fast step).
 RUNNING_AFTER_SECONDS = 1.0
+#: How many of the things a waiting run waits for its summary names (then "N more").
+WAITING_FOR_SHOWN = 5

@@ -182,7 +182,13 @@ class EventApplier(ExecutionState):
         # A log from before long derived ids were shortened holds the long form.
         legacy = f"{self.run_id}-c{child.position}"
         derived = child.run_id == derived_run_id(self.run_id, f"-c{child.position}")
-        if child.run_id != started.run_id and not (derived and started.run_id == legacy):
+        # A fork's copied prefix names the child its original started under its own id.
+        inherited = (
+            derived and bool(self.started.forked_from) and (started.workflow == child.workflow)
+        )
+        if child.run_id != started.run_id and not (
+            (derived and started.run_id == legacy) or inherited
+        ):
             raise NonDeterminismError(
                 self.run_id, child.position, f"child run {started.run_id!r}", child.describe()
             )

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
+from substantial._core import constants
 from substantial._engine.commands import (
     ChildCommand,
     EnsureCommand,
@@ -227,13 +228,24 @@ class Execution(Primitives):
                 times.append(command.retry_at_ms)
         return min(times, default=None)
 
-    def waiting_for_events(self) -> bool:
-        """Whether the run waits for a sent event or a child's end."""
-        waiting = any(
-            isinstance(command, ReceiveCommand | EnsureCommand) and not command.future.done()
-            for command in self._pending.values()
-        )
-        return waiting or any(not future.done() for future in self._children.values())
+    def waiting_for(self, limit: int = constants.WAITING_FOR_SHOWN) -> list[str]:
+        """
+        What the run waits for that only another run or a sender can bring, as people
+        read it: ``event 'approve'``, ``child 'order-7-ship'``, ``a condition (ensure)``.
+        At most ``limit`` items, then one that says how many more.
+        """
+        waits: list[str] = []
+        for command in self._pending.values():
+            if command.future.done():
+                continue
+            if isinstance(command, ReceiveCommand):
+                waits.append(f"event {command.name!r}")
+            elif isinstance(command, EnsureCommand):
+                waits.append("a condition (ensure)")
+        waits += [f"child {run_id!r}" for run_id, f in self._children.items() if not f.done()]
+        if len(waits) > limit:
+            waits[limit:] = [f"{len(waits) - limit} more"]
+        return waits
 
     def close(self) -> None:
         """Unwind the workflow coroutine, running its ``finally`` blocks but no new work."""

@@ -10,6 +10,7 @@ from substantial._client.handle import HistoryEvent
 from substantial._core.clock import now_ms
 from substantial._ops.listing import RunSummary, get_run
 from substantial._ops.values import safe_plain, time_of
+from substantial._store.forks import Fork, forks_of
 from substantial._store.keys import inbox_prefix
 from substantial._store.quarantine import QuarantinedEntry, list_quarantined
 from substantial._store.runs import RunStore
@@ -30,6 +31,7 @@ class RunDetails:
     :ivar lease_owner: the agent working on it now, if any
     :ivar lease_expires: when that lease runs out
     :ivar quarantined: inbox entries set aside because the agent could not merge them
+    :ivar forks: the forks of this run (``Handle.fork``, ``retry``), oldest first
     """
 
     summary: RunSummary
@@ -38,6 +40,7 @@ class RunDetails:
     lease_owner: str = ""
     lease_expires: datetime | None = None
     quarantined: list[QuarantinedEntry] = field(default_factory=list)
+    forks: list[Fork] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """Everything above as a JSON-compatible dict (times as ISO 8601 strings)."""
@@ -50,6 +53,7 @@ class RunDetails:
             "lease_expires": expires,
             "inbox": self.inbox,
             "set_aside": [{"key": e.key, "reason": e.reason} for e in self.quarantined],
+            "forks": [{"run_id": f.run_id, "step": f.step, "retry": f.retry} for f in self.forks],
             "history": [
                 {"segment": e.segment, "at": e.at.isoformat(), "kind": e.kind, **e.details}
                 for e in self.history
@@ -82,6 +86,7 @@ async def describe_run(backend: Backend, run_id: str) -> RunDetails:
         lease_owner=lease.owner if lease is not None and lease.expires_ms > now_ms() else "",
         lease_expires=time_of(lease.expires_ms) if lease is not None else None,
         quarantined=await list_quarantined(backend, run_id),
+        forks=await forks_of(store, run_id),
     )
 
 

@@ -6,7 +6,8 @@ from its first segment is listed as ``corrupt``, never skipped.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +21,15 @@ from substantial.backends.base import Backend
 from substantial.errors import CorruptLog, RunNotFound
 from substantial.protocol import substantial_pb2 as pb
 
-__all__ = ["Progress", "RunSummary", "get_run", "iter_run_ids", "list_runs", "no_progress"]
+__all__ = [
+    "Progress",
+    "RunSummary",
+    "get_run",
+    "iter_run_ids",
+    "iter_runs",
+    "list_runs",
+    "no_progress",
+]
 
 PAGE = 1000
 
@@ -44,12 +53,17 @@ class RunSummary:
         ``corrupt`` if neither its summary nor its log can be read
     :ivar created: when it was started
     :ivar updated: when its summary was last written
-    :ivar wake_at: when a sleeping run wakes
+    :ivar wake_at: when a sleeping run wakes, a waiting one times out, a parked one is
+        retried
     :ivar args: the positional and keyword arguments, as plain data
     :ivar result: the result of a completed run, as plain data
     :ivar error: ``Type: message`` of a failed run, or of what makes a run corrupt
     :ivar parked_reason: why a parked run no longer replays
     :ivar custom_status: the last value the workflow gave ``Context.set_status()``
+    :ivar waiting_for: what a waiting run waits for, e.g. ``event 'approve'``
+    :ivar agent: the agent that last wrote the summary (``show`` names the lease holder)
+    :ivar forked_from: the run this one is a fork of (``Handle.fork``, ``retry``), if any
+    :ivar fork_step: the position that fork's log was cut at
     """
 
     run_id: str
@@ -63,6 +77,10 @@ class RunSummary:
     error: str = ""
     parked_reason: str = ""
     custom_status: Any = None
+    waiting_for: tuple[str, ...] = ()
+    agent: str = ""
+    forked_from: str = ""
+    fork_step: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The summary as a JSON-compatible dict (times as ISO 8601 strings)."""
@@ -82,7 +100,11 @@ class RunSummary:
             "error": self.error or None,
             "parked_reason": self.parked_reason or None,
             "custom_status": self.custom_status,
-        }
+            "waiting_for": list(self.waiting_for),
+            "agent": self.agent or None,
+            **({"forked_from": self.forked_from, "fork_step": self.fork_step}
+               if self.forked_from else {}),
+        }  # fmt: skip
 
 
 def _summary(meta: pb.RunMeta) -> RunSummary:
@@ -102,16 +124,22 @@ def _summary(meta: pb.RunMeta) -> RunSummary:
         error=error,
         parked_reason=meta.parked_reason,
         custom_status=safe_plain(meta.custom_status) if meta.HasField("custom_status") else None,
+        waiting_for=tuple(meta.waiting_for),
+        agent=meta.agent,
+        forked_from=meta.forked_from,
+        fork_step=meta.fork_step,
     )
 
 
-async def iter_run_ids(backend: Backend, *, page: int = PAGE) -> AsyncIterator[str]:
+async def iter_run_ids(
+    backend: Backend, *, after_run: str | None = None, page: int = PAGE
+) -> AsyncGenerator[str, None]:
     """
-    Every run id on the backend, in key order. Lists ``runs/`` a page at a time and skips
-    past the rest of the last run seen on each page, so a run with many log segments
-    costs one request, not one per thousand segments.
+    Every run id on the backend, in key order (after ``after_run``, if given). Lists
+    ``runs/`` a page at a time and skips past the rest of the last run seen on each
+    page, so a run with many log segments costs one request, not one per thousand.
     """
-    after: str | None = None
+    after = None if after_run is None else past_run(check_run_id(after_run))
     last: str | None = None
     while True:
         keys = await backend.list(RUNS_PREFIX, after=after, limit=page)
@@ -205,32 +233,65 @@ async def list_runs(
     :param progress: called with the number of runs read so far
     :raises BackendUnavailable: if the storage cannot be reached
     """
-    wanted: set[RunStatus] | None = None
-    if status is not None:
-        wanted = {status} if isinstance(status, RunStatus) else set(status)
-    found: list[RunSummary] = []
-    batch: list[str] = []
-    seen = 0
-
-    async def flush() -> None:
-        nonlocal seen
-        for summary in await _summaries(backend, batch):
-            if summary is not None and _matches(
-                summary, workflow, wanted, started_before, started_after
-            ):
-                found.append(summary)
-        seen += len(batch)
-        batch.clear()
-        progress(seen, None)
-
-    async for run_id in iter_run_ids(backend):
-        batch.append(run_id)
-        if len(batch) >= PAGE:
-            await flush()
-    await flush()
+    found = [
+        summary
+        async for summary in iter_runs(
+            backend, workflow, status, started_before, started_after, progress=progress
+        )
+    ]
     epoch = datetime.fromtimestamp(0, UTC)
     found.sort(key=lambda s: (s.created or epoch, s.run_id))
     return found
+
+
+async def iter_runs(
+    backend: Backend,
+    workflow: str | None = None,
+    status: RunStatus | Iterable[RunStatus] | None = None,
+    started_before: datetime | None = None,
+    started_after: datetime | None = None,
+    *,
+    after: str | None = None,
+    read: int = PAGE,
+    progress: Progress = no_progress,
+) -> AsyncGenerator[RunSummary, None]:
+    """
+    The runs that match every filter given, in run-id order, read a page at a time: a
+    cursor. Stopping early reads no further; ``after`` (a run id) starts past that run,
+    so a page ends with the id that starts the next. Filters as :func:`list_runs`;
+    ``read``: how many summaries to read at once.
+    """
+    wanted: set[RunStatus] | None = None
+    if status is not None:
+        wanted = {status} if isinstance(status, RunStatus) else set(status)
+    batch: list[str] = []
+    seen = 0
+    async with aclosing(iter_run_ids(backend, after_run=after)) as ids:
+        async for run_id in ids:
+            batch.append(run_id)
+            if len(batch) < read:
+                continue
+            for summary in await _matching(backend, batch, workflow, wanted, started_before,
+                                           started_after):  # fmt: skip
+                yield summary
+            seen += len(batch)
+            progress(seen, None)
+            batch = []
+    for summary in await _matching(backend, batch, workflow, wanted, started_before, started_after):
+        yield summary
+    progress(seen + len(batch), None)
+
+
+async def _matching(
+    backend: Backend,
+    run_ids: list[str],
+    workflow: str | None,
+    wanted: set[RunStatus] | None,
+    before: datetime | None,
+    after: datetime | None,
+) -> list[RunSummary]:
+    summaries = await _summaries(backend, run_ids) if run_ids else []
+    return [s for s in summaries if s is not None and _matches(s, workflow, wanted, before, after)]
 
 
 def _matches(

@@ -62,12 +62,15 @@ def rebuilt(run_id: str, stored: StoredLog) -> pb.RunMeta:
         first = stored.events[0]
         meta.workflow = first.started.workflow
         meta.args.CopyFrom(first.started.args)
-        meta.created_ms = first.at_ms
+        # A fork keeps its original's start time (replay sees it); it was made later.
+        meta.created_ms = first.started.forked_at_ms or first.at_ms
         meta.updated_ms = stored.events[-1].at_ms
         meta.parent_run_id = first.started.parent_run_id
         meta.chain_root = first.started.chain_root
         meta.queue = first.started.queue
         meta.priority = first.started.priority
+        meta.forked_from = first.started.forked_from
+        meta.fork_step = first.started.fork_step
     return meta
 
 
@@ -97,11 +100,14 @@ async def trusted_summary(
 ) -> pb.RunMeta | None:
     """
     The summary an agent that read ``stored`` may build on: ``meta`` itself, or, when it
-    was unreadable (``meta`` None, ``version`` set) or claims a segment the log does not
-    have, a summary rebuilt from the log (to be written over ``version``).
+    is missing or unreadable (``meta`` None) or claims a segment the log does not have, a
+    summary rebuilt from the log (to be written over ``version``).
     """
     if meta is None:
-        return rebuilt(run_id, stored) if version is not None else None
+        # Unreadable, or not written yet (an agent got to a run between its start's
+        # segment 0 and its summary): rebuilt, so the summary an agent writes names the
+        # run's workflow and start, which `list --workflow` and time filters read.
+        return rebuilt(run_id, stored) if stored.events else None
     if meta.log_seq <= stored.last_seq:
         return meta
     # The summary is of a later segment than the log read: another agent moved on (this

@@ -8,6 +8,7 @@ The key layout: every key substantial stores, built and parsed here and nowhere 
     runs/{run}/snapshot/{seq:012d}      Segment: a compacted prefix of the log up to seq
     runs/{run}/inbox/{ms:015d}-{id}     InboxEntry: sent, not yet merged into the log
     runs/{run}/quarantine/{ms}-{id}     an inbox entry set aside: unreadable, or undecodable
+    runs/{run}/forks/{fork}             ForkRecord: a fork of this run (its log is the truth)
     schedule/{due_ms:015d}-{run}~{tag}  ScheduleEntry: look at this run at that time
     queues/{queue}/schedule/{due}-...   the same, for a run of a queue other than "default"
     schedule/!paused                    the queue is paused (Conductor.pause_queue); in
@@ -51,6 +52,8 @@ __all__ = [
     "ScheduleEntry",
     "check_name",
     "cron_key",
+    "fork_key",
+    "forks_prefix",
     "inbox_key",
     "inbox_prefix",
     "lease_key",
@@ -208,6 +211,15 @@ def quarantine_prefix(run_id: str) -> str:
 def quarantine_key(run_id: str, inbox_key: str) -> str:
     """Where the inbox entry ``inbox_key`` is kept once it is set aside."""
     return quarantine_prefix(run_id) + inbox_key.rpartition("/")[2]
+
+
+def forks_prefix(run_id: str) -> str:
+    return f"{run_prefix(run_id)}forks/"
+
+
+def fork_key(run_id: str, fork_id: str) -> str:
+    """The record, kept beside run ``run_id``, that ``fork_id`` is a fork of it."""
+    return f"{forks_prefix(run_id)}{fork_id}"
 
 
 def lease_key(run_id: str) -> str:

@@ -37,7 +37,9 @@ async def acquire(
     backend: Backend, clock: Clock, run_id: str, owner: str, ttl_ms: int
 ) -> Lease | None:
     """
-    Take the run's lease if it is free or expired.
+    Take the run's lease if it is free, expired, or held by ``owner`` itself: an agent
+    claims only runs it does not work on, so a lease of its own is one it could not
+    release (a store blip), and waiting for it to expire would only delay the run.
 
     :return: the lease, or None if another agent holds it
     """
@@ -51,7 +53,7 @@ async def acquire(
         if current is None:
             version = await backend.create(key, data)
         else:
-            if _lease_holds(current[0], run_id, now, ttl_ms):
+            if _lease_holds(current[0], run_id, owner, now, ttl_ms):
                 return None
             version = await backend.replace(key, data, current[1])
     return None if version is None else Lease(run_id, owner, version, expires)
@@ -83,9 +85,9 @@ async def lease_holder(backend: Backend, run_id: str) -> pb.Lease | None:
     return parse_record(pb.Lease, entry[0], run_id, lease_key(run_id))
 
 
-def _lease_holds(data: bytes, run_id: str, now_ms: int, ttl_ms: int) -> bool:
+def _lease_holds(data: bytes, run_id: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
     """
-    Whether a stored lease still keeps other agents off its run. A lease is a hint: one
+    Whether a stored lease still keeps agent ``owner`` off its run. A lease is a hint: one
     that does not parse, or that claims the run further ahead than any live agent could
     (``LEASE_MAX_AHEAD`` lease lengths past this clock), protects nothing and is taken
     over, with a warning. The log stays safe either way: every write to it is
@@ -96,7 +98,7 @@ def _lease_holds(data: bytes, run_id: str, now_ms: int, ttl_ms: int) -> bool:
     except DecodeError as exc:
         log.warning("run %s: unreadable lease record taken over (%s)", run_id, exc)
         return False
-    if held.expires_ms <= now_ms:
+    if held.expires_ms <= now_ms or held.owner == owner:
         return False
     ahead = held.expires_ms - now_ms
     if ahead > LEASE_MAX_AHEAD * ttl_ms:

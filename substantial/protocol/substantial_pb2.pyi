@@ -145,6 +145,10 @@ class Started(_message.Message):
     QUEUE_FIELD_NUMBER: _builtins.int
     CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    FORKED_FROM_FIELD_NUMBER: _builtins.int
+    FORK_STEP_FIELD_NUMBER: _builtins.int
+    FORKED_AT_MS_FIELD_NUMBER: _builtins.int
+    FORK_EVENTS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     workflow: _builtins.str
     seed: _builtins.bytes
@@ -165,6 +169,16 @@ class Started(_message.Message):
     """start(concurrency_key=...): @workflow(concurrency_per_key=M)"""
     priority: _builtins.int
     """start(priority=...): 0-9, higher first within its queue"""
+    forked_from: _builtins.str
+    """Set on a fork (Handle.fork, Handle.retry): the run whose log it copied, and the
+    position (`#N`) before whose first record the copy stops. A fork keeps the
+    original's start time and seed, so the copied prefix replays the same.
+    """
+    fork_step: _builtins.int
+    forked_at_ms: _builtins.int
+    """when the fork was made: its creation time"""
+    fork_events: _builtins.int
+    """how many events of its log came from the original (start included)"""
     @_builtins.property
     def args(self) -> Global___Payload:
         """[positional args, keyword args]"""
@@ -184,10 +198,14 @@ class Started(_message.Message):
         queue: _builtins.str = ...,
         concurrency_key: _builtins.str = ...,
         priority: _builtins.int = ...,
+        forked_from: _builtins.str = ...,
+        fork_step: _builtins.int = ...,
+        forked_at_ms: _builtins.int = ...,
+        fork_events: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "chain_index", b"chain_index", "chain_root", b"chain_root", "concurrency_key", b"concurrency_key", "continued_from", b"continued_from", "detached", b"detached", "parent_run_id", b"parent_run_id", "priority", b"priority", "queue", b"queue", "run_id", b"run_id", "seed", b"seed", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "chain_index", b"chain_index", "chain_root", b"chain_root", "concurrency_key", b"concurrency_key", "continued_from", b"continued_from", "detached", b"detached", "fork_events", b"fork_events", "fork_step", b"fork_step", "forked_at_ms", b"forked_at_ms", "forked_from", b"forked_from", "parent_run_id", b"parent_run_id", "priority", b"priority", "queue", b"queue", "run_id", b"run_id", "seed", b"seed", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -846,6 +864,10 @@ class RunMeta(_message.Message):
     CHAIN_ROOT_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    FORKED_FROM_FIELD_NUMBER: _builtins.int
+    FORK_STEP_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     workflow: _builtins.str
     created_ms: _builtins.int
@@ -863,6 +885,11 @@ class RunMeta(_message.Message):
     """the run's queue ("": "default")"""
     priority: _builtins.int
     """the run's priority, 0-9"""
+    agent: _builtins.str
+    """the agent that wrote this summary"""
+    forked_from: _builtins.str
+    """as Started.forked_from: this run is a fork of that one"""
+    fork_step: _builtins.int
     @_builtins.property
     def args(self) -> Global___Payload: ...
     @_builtins.property
@@ -872,6 +899,12 @@ class RunMeta(_message.Message):
     @_builtins.property
     def custom_status(self) -> Global___Payload:
         """the last value the workflow gave Context.set_status()"""
+
+    @_builtins.property
+    def waiting_for(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """what a waiting run waits for, e.g. "event 'approve'", "child 'order-7-ship'"
+        (the first few; wake_at_ms is then its timeout, if it has one)
+        """
 
     def __init__(
         self,
@@ -893,14 +926,54 @@ class RunMeta(_message.Message):
         chain_root: _builtins.str = ...,
         queue: _builtins.str = ...,
         priority: _builtins.int = ...,
+        waiting_for: _abc.Iterable[_builtins.str] | None = ...,
+        agent: _builtins.str = ...,
+        forked_from: _builtins.str = ...,
+        fork_step: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "custom_status", b"custom_status", "failure", b"failure", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "chain_root", b"chain_root", "continued_as", b"continued_as", "created_ms", b"created_ms", "custom_status", b"custom_status", "failure", b"failure", "log_seq", b"log_seq", "parent_run_id", b"parent_run_id", "parked_reason", b"parked_reason", "priority", b"priority", "queue", b"queue", "result", b"result", "run_id", b"run_id", "status", b"status", "updated_ms", b"updated_ms", "wake_at_ms", b"wake_at_ms", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "args", b"args", "chain_root", b"chain_root", "continued_as", b"continued_as", "created_ms", b"created_ms", "custom_status", b"custom_status", "failure", b"failure", "fork_step", b"fork_step", "forked_from", b"forked_from", "log_seq", b"log_seq", "parent_run_id", b"parent_run_id", "parked_reason", b"parked_reason", "priority", b"priority", "queue", b"queue", "result", b"result", "run_id", b"run_id", "status", b"status", "updated_ms", b"updated_ms", "waiting_for", b"waiting_for", "wake_at_ms", b"wake_at_ms", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunMeta: _TypeAlias = RunMeta  # noqa: Y015
+
+@_typing.final
+class ForkRecord(_message.Message):
+    """runs/{run}/forks/{fork}: a fork of this run was made (written before the fork's
+    segment 0, so a fork is never unknown to its original; one whose log is missing or
+    names another origin is ignored by readers).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    AT_MS_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """the fork"""
+    step: _builtins.int
+    """its Started.fork_step"""
+    at_ms: _builtins.int
+    retry: _builtins.bool
+    """made by Handle.retry()"""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        step: _builtins.int = ...,
+        at_ms: _builtins.int = ...,
+        retry: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "retry", b"retry", "run_id", b"run_id", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkRecord: _TypeAlias = ForkRecord  # noqa: Y015
 
 @_typing.final
 class Lease(_message.Message):
