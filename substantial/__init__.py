@@ -9,6 +9,8 @@ agents share the work through atomic operations on that storage.
 from __future__ import annotations
 
 from substantial._client.handle import Handle, HistoryEvent
+from substantial._client.limits import LimitInfo
+from substantial._client.schedules import Schedule, ScheduleInfo
 from substantial._conductor import Conductor
 from substantial._core.retry import RetryPolicy
 from substantial._core.status import RunStatus
@@ -29,7 +31,9 @@ from substantial.errors import (
     ForkError,
     InvalidArguments,
     InvalidAttribute,
+    InvalidName,
     InvalidRunId,
+    InvalidSchedule,
     LeaseLost,
     NonDeterminismError,
     NotAWorkflow,
@@ -40,6 +44,7 @@ from substantial.errors import (
     RunNotFound,
     RunReverted,
     RunTerminated,
+    ScheduleNotFound,
     StepFailed,
     SubstantialError,
     UnknownWorkflow,
@@ -64,8 +69,11 @@ __all__ = [
     "HistoryEvent",
     "InvalidArguments",
     "InvalidAttribute",
+    "InvalidName",
     "InvalidRunId",
+    "InvalidSchedule",
     "LeaseLost",
+    "LimitInfo",
     "NonDeterminismError",
     "NotAWorkflow",
     "PayloadCodec",
@@ -78,6 +86,9 @@ __all__ = [
     "RunReverted",
     "RunStatus",
     "RunTerminated",
+    "Schedule",
+    "ScheduleInfo",
+    "ScheduleNotFound",
     "StepFailed",
     "SubstantialError",
     "UnknownWorkflow",
@@ -101,7 +112,10 @@ for _name in (
     "ChildHandle",
     "Handle",
     "HistoryEvent",
+    "LimitInfo",
     "RunStatus",
+    "Schedule",
+    "ScheduleInfo",
     "Workflow",
     "workflow",
 ):

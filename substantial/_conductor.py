@@ -36,12 +36,15 @@ from anyio.abc import TaskGroup, TaskStatus
 from substantial._agent.endings import Endings
 from substantial._agent.health import StoreTrouble
 from substantial._agent.holdoffs import HoldOffs
+from substantial._agent.limiter import Limiter
 from substantial._agent.parts import AgentParts
 from substantial._agent.poller import Poller
 from substantial._agent.processor import RunProcessor
+from substantial._agent.queues import ServedQueues
 from substantial._agent.settings import AgentSettings, Setting
 from substantial._agent.steps import StepRunner
 from substantial._client.client import Client
+from substantial._client.flow import FlowControl
 from substantial._client.handle import Handle
 from substantial._core import constants
 from substantial._core.clock import Clock
@@ -64,7 +67,7 @@ def _seconds(value: float | timedelta) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-class Conductor:
+class Conductor(FlowControl):
     """
     Registers workflows, starts runs, and runs the agent that executes them.
 
@@ -99,6 +102,9 @@ class Conductor:
     :param codecs: payload codecs applied in order to every stored value after the JSON
         codec, e.g. ``[ZstdCodec(), AESGCMCodec({"k1": key})]``; values written with
         other codecs or keys stay readable when those are registered too
+    :param queues: the queues this agent serves (default: those of the workflows it
+        registered, or ``["default"]`` while it registered none); it polls only their
+        schedules, and claims only runs of workflows it registered
     """
 
     # Each lives in ``self._settings``, which every part of the agent reads.
@@ -132,6 +138,7 @@ class Conductor:
         max_payload: int = constants.MAX_PAYLOAD_BYTES,
         blob_threshold: int = constants.BLOB_THRESHOLD_BYTES,
         codecs: Sequence[PayloadCodec] = (),
+        queues: list[str] | None = None,
     ) -> None:
         if isinstance(backend, str):
             from substantial.backends import from_url
@@ -157,6 +164,7 @@ class Conductor:
             snapshot_every=snapshot_every,
         )
         self._client = Client(self.store, max_payload=max_payload)
+        self._limiter = Limiter(self.store)
         parts = AgentParts(
             settings=self._settings,
             client=self._client,
@@ -164,9 +172,11 @@ class Conductor:
             trouble=StoreTrouble(self._settings.name, log),
             steps=StepRunner(self._client),
             endings=Endings(self._client),
+            limits=self._limiter,
         )
         self._processor = RunProcessor(parts)
-        self._poller = Poller(parts, self._processor)
+        self._queues = ServedQueues(self._client, queues)
+        self._poller = Poller(parts, self._processor, self._queues)
         self._serving = False
         self._tg_exit: Any = None
 
@@ -208,7 +218,14 @@ class Conductor:
         return list(self._client.registry.values())
 
     async def start(
-        self, wf: Workflow[R] | str, *args: Any, run_id: str | None = None, **kwargs: Any
+        self,
+        wf: Workflow[R] | str,
+        *args: Any,
+        run_id: str | None = None,
+        queue: str | None = None,
+        concurrency_key: str | None = None,
+        priority: int = 0,
+        **kwargs: Any,
     ) -> Handle[R]:
         """
         Start a run of a registered workflow. Idempotent on ``run_id``: starting an id
@@ -218,12 +235,22 @@ class Conductor:
             registered starts a run for agents elsewhere, which check its arguments (a
             bad one fails the run with ``InvalidArguments``)
         :param run_id: the run's id (default: a random one); an idempotency key
+        :param queue: the queue the run goes to (default: the workflow's own, or
+            ``"default"`` for a workflow started by a name not registered here)
+        :param concurrency_key: the key ``@workflow(concurrency_per_key=M)`` counts by
+            (e.g. a tenant id): at most M runs of one key execute at once
+        :param priority: 0-9; of the runs due in one queue, agents claim those of higher
+            priority first (see "Flow control" in the README for how it meets limits)
+        :raises ValueError: if ``priority`` is not an int from 0 to 9
         :raises UnknownWorkflow: if ``wf`` is a workflow not registered here
         :raises InvalidArguments: if the arguments do not fit the workflow's signature
         :raises CodecError: if an argument cannot be encoded, or the arguments are over
             the payload limit (checked before anything is written)
         """
-        return await self._client.start(wf, *args, run_id=run_id, **kwargs)
+        return await self._client.start(
+            wf, *args, run_id=run_id, queue=queue, concurrency_key=concurrency_key,
+            priority=priority, **kwargs,
+        )  # fmt: skip
 
     def handle(self, run_id: str) -> Handle[Any]:
         """A handle to an existing run, from any process."""
@@ -249,9 +276,6 @@ class Conductor:
         :param started_after: only runs started at or after this time
         """
         return iter_runs(self.backend, workflow, status, started_before, started_after, read=page)
-
-    async def _create_run(self, started: pb.Started) -> bool:
-        return await self._client.create_run(started)
 
     # ---- the agent ----
 
@@ -287,6 +311,29 @@ class Conductor:
         tg, self._tg_exit = self._tg_exit, None
         tg.cancel_scope.cancel()
         await tg.__aexit__(exc_type, exc, tb)
+
+    async def _create_run(self, started: pb.Started) -> bool:
+        return await self._client.create_run(started)
+
+    @property
+    def queues(self) -> list[str]:
+        """
+        The queues this conductor's agent serves (paused ones included). Set it to a
+        list to serve those, or to None to serve the queues of the registered workflows.
+        """
+        return self._queues.names
+
+    @queues.setter
+    def queues(self, names: list[str] | None) -> None:
+        self._queues = self._poller.queues = ServedQueues(self._client, names)
+
+    @property
+    def queues_given(self) -> list[str] | None:
+        """The ``queues`` this conductor was given, or None (its workflows' queues)."""
+        return self._queues.explicit
+
+    def _forget_limit(self, name: str) -> None:
+        self._limiter.forget(name)
 
     async def aclose(self) -> None:
         """Close the backend's connections."""

@@ -21,6 +21,7 @@ import click
 
 from substantial._cli.agent import check, worker
 from substantial._cli.control import start, terminate
+from substantial._cli.flow import COMMANDS as FLOW_COMMANDS
 from substantial._cli.keys import load_keys
 from substantial._cli.maintenance import gc_command, quarantine_command, replay, versions
 from substantial._cli.runs import cancel, list_command, result, send, show, stats
@@ -39,5 +40,6 @@ def main() -> None:
 
 _COMMANDS = (worker, check, start, list_command, stats, show, send, cancel, terminate, result)
 _BULK = (with_filters("cancel", cancel), with_filters("terminate", terminate), fork, retry)
-for _command in (*_COMMANDS, *_BULK, replay, versions, quarantine_command, gc_command, ui):
+_MORE = (replay, versions, quarantine_command, gc_command, ui)
+for _command in (*_COMMANDS, *_BULK, *_MORE, *FLOW_COMMANDS):
     main.add_command(_command)

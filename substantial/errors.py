@@ -13,6 +13,9 @@ Every error substantial raises, under one root.
       or number, or a bad ``--where`` filter
     * InvalidArguments (also TypeError): arguments that do not fit the workflow's signature
     * InvalidRunId (also ValueError): a run id that breaks the run-id rule
+    * InvalidName (also ValueError): a queue, limit or schedule name that breaks the rule
+    * InvalidSchedule (also ValueError): a bad cron expression, time zone or catchup
+    * ScheduleNotFound (also LookupError): no schedule of that id
     * RunError: about one run; carries ``run_id``
         * RunNotFound (also LookupError)
         * UnknownWorkflow (also LookupError)
@@ -25,9 +28,6 @@ Every error substantial raises, under one root.
     * CompensationFailed: raised inside a workflow by ``revert()``
     * CompactionError (also ValueError): raised inside a workflow by ``compact()``
     * RunFailed, RunCancelled, RunReverted: raised by ``Handle.result()``
-
-The control-flow signal that parks a run is a ``BaseException`` inside the replay engine,
-so that ``except Exception`` in workflow code cannot swallow it.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ __all__ = [
     "ForkError",
     "InvalidArguments",
     "InvalidAttribute",
+    "InvalidName",
     "InvalidRunId",
+    "InvalidSchedule",
     "LeaseLost",
     "NonDeterminismError",
     "NotAWorkflow",
@@ -58,6 +60,7 @@ __all__ = [
     "RunNotFound",
     "RunReverted",
     "RunTerminated",
+    "ScheduleNotFound",
     "StepFailed",
     "SubstantialError",
     "UnknownWorkflow",
@@ -188,6 +191,36 @@ class InvalidRunId(SubstantialError, ValueError):
         self.where = where
 
 
+class InvalidName(SubstantialError, ValueError):
+    """
+    A queue, limit or schedule name that breaks the rule: names become parts of keys.
+    ``what`` says which (``queue``, ``limit``, ``schedule``), ``rule`` what a name must be.
+    """
+
+    def __init__(self, what: str, name: object, rule: str) -> None:
+        super().__init__(f"invalid {what} name {name!r}: {rule}")
+        self.what = what
+        self.name = name
+        self.rule = rule
+
+
+class InvalidSchedule(SubstantialError, ValueError):
+    """A cron schedule with a bad expression, time zone or ``catchup``; the message says which."""
+
+    def __init__(self, schedule_id: str, problem: str) -> None:
+        super().__init__(f"schedule {schedule_id!r}: {problem}")
+        self.schedule_id = schedule_id
+        self.problem = problem
+
+
+class ScheduleNotFound(SubstantialError, LookupError):
+    """No cron schedule has this id (never made, or deleted)."""
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(f"no schedule {schedule_id!r}")
+        self.schedule_id = schedule_id
+
+
 class RunError(SubstantialError):
     """An error about one run."""
 
@@ -263,7 +296,6 @@ class ForkError(RunError, ValueError):
     not in its log, its prefix cannot be copied soundly, the run has not failed (retry),
     or the fork's run id names another run.
 
-    :ivar run_id: the run that was to be forked
     :ivar reason: what is wrong, and what to do instead
     """
 
@@ -295,10 +327,8 @@ class ChildRunIdTaken(RunError):
 
 class StepFailed(SubstantialError):
     """
-    A ``save`` step failed and has no attempts left.
-
-    Raised inside the workflow at the ``save`` call, live and on every replay alike. The
-    original exception is described by ``type_name``, ``error_message`` and ``traceback``.
+    A ``save`` step failed and has no attempts left: raised inside the workflow at the
+    ``save`` call, live and on every replay alike, describing the step's own exception.
     """
 
     def __init__(self, type_name: str, error_message: str, traceback: str = "") -> None:

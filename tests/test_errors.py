@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+import anyio
 import pytest
 
 from substantial import (
@@ -24,6 +25,7 @@ from substantial import (
     UnknownWorkflow,
     workflow,
 )
+from substantial._core.clock import VirtualClock, now_ms
 from substantial._store.keys import segment_key
 from substantial.backends import Backend
 from tests.harness import WAIT, make_conductor, wait_for_status
@@ -51,12 +53,13 @@ async def test_start_of_an_unknown_workflow(conductor: Conductor) -> None:
     assert "errors.steps" in str(info.value)
     assert isinstance(info.value, LookupError)
     # By name, a run starts from a process without the code (for agents elsewhere); an
-    # agent that does not know it either parks it, naming the workflow.
+    # agent that does not know the workflow never claims it: it stays pending.
     handle = await conductor.start("no.such.workflow", 1)
-    await wait_for_status(handle, RunStatus.PARKED)
-    meta = await conductor.store.read_meta(handle.run_id)
-    assert meta is not None
-    assert "unknown workflow 'no.such.workflow'" in meta.parked_reason
+    async with anyio.create_task_group() as work:
+        claimed, _ = await conductor._claim_due(work)
+    assert claimed == 0
+    assert await conductor.store.lease_holder(handle.run_id) is None
+    assert await handle.status() is RunStatus.PENDING
 
 
 async def test_start_with_wrong_arguments_raises_invalid_arguments(conductor: Conductor) -> None:
@@ -199,7 +202,7 @@ async def versioned_v1(c: Context) -> str:
     return first + "!"
 
 
-async def test_unknown_workflow_on_replay_parks_until_the_code_is_deployed(
+async def test_a_run_of_an_unknown_workflow_waits_until_the_code_is_deployed(
     backend: Backend,
 ) -> None:
     # A minute's sleep on the wall clock: the first agent, stopping, cannot finish the run
@@ -209,13 +212,14 @@ async def test_unknown_workflow_on_replay_parks_until_the_code_is_deployed(
         w = await first.start(versioned_v1)
         await wait_for_status(w, RunStatus.SLEEPING)
 
-    async with make_conductor(backend, virtual_clock=True) as lacking:  # jumps to the timer
-        remote = lacking.handle(w.run_id)
-        assert await wait_for_status(remote, RunStatus.PARKED) is RunStatus.PARKED
-        meta = await lacking.store.read_meta(w.run_id)
-        assert meta is not None
-        assert "errors.versioned" in meta.parked_reason
-        assert "unknown workflow" in meta.parked_reason
+    # An agent without the workflow never claims the run, even once its timer is due
+    # (its schedule entries name the workflow): no lease, no park, no log line.
+    lacking = make_conductor(backend, clock=VirtualClock(now_ms() + 60_000))
+    async with anyio.create_task_group() as work:
+        claimed, _ = await lacking._claim_due(work)
+    assert claimed == 0
+    assert await lacking.store.lease_holder(w.run_id) is None
+    assert await lacking.handle(w.run_id).status() is RunStatus.SLEEPING
 
     async with make_conductor(backend, virtual_clock=True) as having:
         having.register(versioned_v1)

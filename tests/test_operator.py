@@ -11,12 +11,14 @@ import logging
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from substantial import (
     Conductor,
     Context,
+    Handle,
     InvalidArguments,
     NotAWorkflow,
     RunCancelled,
@@ -28,6 +30,7 @@ from substantial import (
     workflow,
 )
 from substantial.backends import Backend
+from substantial.protocol import substantial_pb2 as pb
 from tests.harness import WAIT, wait_for_status, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -147,9 +150,10 @@ async def holds_a_child(c: Context) -> None:
 
 @pytest.mark.conductor(echo, wait, parent_of, holds_a_child)
 async def test_terminate_ends_a_run_nobody_can_run(conductor: Conductor) -> None:
-    # A run of a workflow no agent knows is parked for ever: terminate ends it.
+    # A run of a workflow no agent knows waits for ever, untouched: terminate ends it
+    # (any agent of its queue carries that out).
     orphan = await conductor.start("operator.gone", run_id="orphan")
-    await wait_for_status(orphan, RunStatus.PARKED)
+    assert await orphan.status() is RunStatus.PENDING
     await orphan.terminate("its code was deleted")
     with pytest.raises(RunTerminated, match="terminated: its code was deleted") as ended:
         await orphan.result(timeout=WAIT)
@@ -293,6 +297,17 @@ async def approval(c: Context) -> object:
     return await c.receive("approve", timeout=3600)
 
 
+async def _parked_start(conductor: Conductor, wf: Any, run_id: str) -> Handle[Any]:
+    """
+    A run its agent parks: its log's segment 1, planted before the start, records a
+    step where the code receives, so it no longer replays. (A run of a workflow no
+    agent knows is no longer parked: no agent claims it.)
+    """
+    step = pb.StepCompleted(position=0, name="not.in.the.code")
+    await conductor.store.append(run_id, 1, [pb.Event(at_ms=1, step_completed=step)])
+    return await conductor.start(wf, run_id=run_id)
+
+
 @pytest.mark.real_clock  # the hour-long timeout must not pass
 @pytest.mark.conductor(wait, holds_a_child, approval)
 async def test_a_summary_says_what_a_run_waits_for_until_when_and_who_had_it(
@@ -301,7 +316,7 @@ async def test_a_summary_says_what_a_run_waits_for_until_when_and_who_had_it(
     backend, agent = conductor.backend, conductor.name
     timed = await conductor.start(approval, run_id="timed")
     holder = await conductor.start(holds_a_child, run_id="holder")
-    gone = await conductor.start("operator.gone", run_id="gone")
+    gone = await _parked_start(conductor, approval, "gone")
     await wait_for_status(timed, RunStatus.SLEEPING)
     await wait_for_status(holder, RunStatus.WAITING)
     await wait_for_status(gone, RunStatus.PARKED)
@@ -331,7 +346,7 @@ async def test_show_and_list_say_what_a_run_waits_for(tmp_path: Path) -> None:
     url = f"file://{tmp_path / 'store'}"
     async with make_conductor(url, approval, name="agent-7") as conductor:
         handle = await conductor.start(approval, run_id="a1")
-        gone = await conductor.start("operator.gone", run_id="g1")
+        gone = await _parked_start(conductor, approval, "g1")
         await wait_for_status(handle, RunStatus.SLEEPING)
         await wait_for_status(gone, RunStatus.PARKED)
         shown = await cli("show", "a1", url=url)
@@ -344,7 +359,7 @@ async def test_show_and_list_say_what_a_run_waits_for(tmp_path: Path) -> None:
         )
         parked = await cli("show", "g1", url=url)
         assert "retry at " in parked.stdout
-        assert "operator.gone" in parked.stdout
+        assert "operator.approval" in parked.stdout
         listed = await cli("list", "--json", url=url)
         runs = {run["run_id"]: run for run in json.loads(listed.stdout)}
         assert runs["a1"]["waiting_for"] == ["event 'approve'"]

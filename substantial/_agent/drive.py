@@ -10,7 +10,9 @@ import anyio
 from substantial._agent.parts import AgentParts
 from substantial._agent.steps import StepOutcome
 from substantial._core.constants import RUNNING_AFTER_SECONDS
+from substantial._engine.commands import SaveCommand
 from substantial._engine.replay import Execution
+from substantial._store.limits import Ticket
 
 __all__ = ["Driven", "drive"]
 
@@ -38,6 +40,42 @@ async def drive(wakeup: Driven, parts: AgentParts) -> None:
     reaches the workflow at its current primitive and not after its last step.
     """
     execution = wakeup.execution
+    tickets: dict[int, Ticket] = {}  # what running steps took of their limits
+    try:
+        await _drive(execution, wakeup, parts, tickets)
+    finally:
+        with anyio.CancelScope(shield=True):
+            for position in list(tickets):
+                await _give_back(tickets, position, parts)
+
+
+async def _admitted(
+    command: SaveCommand, tickets: dict[int, Ticket], parts: AgentParts, run_id: str
+) -> bool:
+    """
+    Whether a step may start now: it names no limit, or it took a slot and a token of
+    its limit. If not, it waits (in memory only: the log never says why a step waited)
+    until the time the limit says, the run released meanwhile if nothing else runs.
+    """
+    if not command.limit:
+        return True
+    got = await parts.limits.enter(command.limit, f"{run_id}/{command.position}")
+    if isinstance(got, int):
+        command.retry_at_ms = got
+        return False
+    tickets[command.position] = got
+    return True
+
+
+async def _give_back(tickets: dict[int, Ticket], position: int, parts: AgentParts) -> None:
+    ticket = tickets.pop(position, None)
+    if ticket is not None:
+        await parts.limits.leave(ticket)
+
+
+async def _drive(
+    execution: Execution, wakeup: Driven, parts: AgentParts, tickets: dict[int, Ticket]
+) -> None:
     now_ms = parts.store.clock.now_ms
     send, receive = anyio.create_memory_object_stream[StepOutcome](math.inf)
     running: set[int] = set()
@@ -57,7 +95,9 @@ async def drive(wakeup: Driven, parts: AgentParts) -> None:
             if execution.children_to_start():
                 continue
             for command in execution.runnable_steps(now):
-                if command.position not in running:
+                if command.position not in running and await _admitted(
+                    command, tickets, parts, execution.run_id
+                ):
                     running.add(command.position)
                     tg.start_soon(parts.steps.execute, command, send.clone())
             if not running:
@@ -77,6 +117,8 @@ async def drive(wakeup: Driven, parts: AgentParts) -> None:
                         outcome = receive.receive_nowait()
                     except anyio.WouldBlock:
                         break
+            for position in set(tickets) - running:  # outside the timeout: never cut short
+                await _give_back(tickets, position, parts)
             if running_mark is not None and running and anyio.current_time() >= running_mark:
                 running_mark = None
                 await wakeup.mark_running()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from substantial._agent.endings import Endings
 from substantial._agent.health import StoreTrouble
 from substantial._agent.holdoffs import HoldOffs
+from substantial._agent.limiter import Limiter
 from substantial._agent.settings import AgentSettings
 from substantial._agent.steps import StepRunner
 from substantial._client.client import Client
@@ -28,6 +29,8 @@ class AgentParts:
     trouble: StoreTrouble
     steps: StepRunner
     endings: Endings
+    #: named step limits (Conductor.set_limit)
+    limits: Limiter
 
     @property
     def store(self) -> RunStore:

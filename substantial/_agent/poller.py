@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import KeysView
@@ -11,11 +12,13 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from substantial._agent import ticker
 from substantial._agent.health import describe
 from substantial._agent.parts import AgentParts
 from substantial._agent.processor import RunProcessor
+from substantial._agent.queues import ServedQueues
 from substantial._core import constants
-from substantial._store.runs import ScheduleEntry
+from substantial._store.runs import Lease, ScheduleEntry
 from substantial.errors import BackendRefused, BackendUnavailable
 
 __all__ = ["Poller"]
@@ -29,10 +32,12 @@ class Poller:
     once), claims due runs up to the agent's free capacity and starts a wake-up of each.
     """
 
-    def __init__(self, parts: AgentParts, processor: RunProcessor) -> None:
+    def __init__(self, parts: AgentParts, processor: RunProcessor, queues: ServedQueues) -> None:
         self._parts = parts
         self._store = parts.store
         self._processor = processor
+        self.queues = queues
+        self._turn = 0
 
     async def loop(self, work: TaskGroup) -> None:
         """Poll until cancelled, starting wake-ups in ``work``. Store trouble never ends it."""
@@ -84,15 +89,22 @@ class Poller:
         now = self._store.clock.now_ms()
         clock = anyio.current_time()
         held = self._parts.holdoffs.current(clock)
-        wanted, next_due = await self._due_runs(now, held.keys())
         claimed = 0
-        for run_id, entries in wanted.items():
-            if await self._claim(run_id, entries, clock, work):
-                claimed += 1
+        next_due: int | None = None
+        queues = self.queues.names
+        self._turn += 1  # each poll starts at the next queue: none takes all the capacity
+        start = self._turn % len(queues) if queues else 0
+        for queue in queues[start:] + queues[:start]:
+            wanted, queue_next = await self._due_runs(now, held.keys(), queue)
+            if queue_next is not None:
+                next_due = queue_next if next_due is None else min(next_due, queue_next)
+            for run_id, entries in wanted.items():
+                if await self._claim(run_id, entries, clock, work):
+                    claimed += 1
         return claimed, next_due
 
     async def _due_runs(
-        self, now: int, held: KeysView[str]
+        self, now: int, held: KeysView[str], queue: str
     ) -> tuple[dict[str, list[ScheduleEntry]], int | None]:
         """Due runs to claim (up to free capacity) with their entries; the next due time."""
         concurrency = self._parts.settings.concurrency
@@ -107,12 +119,15 @@ class Poller:
                 break
             # The first page is small: an idle poll reads one page whatever sleeps.
             page = constants.POLL_FIRST_PAGE if after is None else max(2 * free, 32)
-            entries, next_due, more = await self._store.due(now, after=after, limit=page)
-            for entry in entries:
-                if entry.run_id in skip:
+            entries, next_due, more = await self._store.due(
+                now, after=after, limit=page, queue=queue
+            )
+            for entry in sorted(entries, key=_by_priority):  # stable: then earliest due
+                name = ticker.TICKING + entry.run_id if entry.tick else entry.run_id
+                if name in skip or not self.queues.knows(entry.route):
                     continue
-                if entry.run_id in wanted or len(wanted) < free:
-                    wanted.setdefault(entry.run_id, []).append(entry)
+                if name in wanted or len(wanted) < free:
+                    wanted.setdefault(name, []).append(entry)
             if not more:
                 break
             after = entries[-1].key if entries else after
@@ -141,8 +156,25 @@ class Poller:
             parts.holdoffs.hold(run_id, constants.POLL_MIN_SECONDS * 10, since=clock)
             return False
         self._processor.active.add(run_id)
+        if entries[0].tick:  # a cron schedule's tick (its name starts with ticker.TICKING)
+            work.start_soon(self._tick, lease, entries, name=run_id)
+            return True
         work.start_soon(self._processor.process, lease, entries, name=f"run {run_id}")
         return True
+
+    async def _tick(self, lease: Lease, entries: list[ScheduleEntry]) -> None:
+        """Fire a schedule's tick under a lease, which keeps other agents from repeating it."""
+        try:
+            await ticker.fire(self._parts.client, entries)
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self._store.release(lease)
+            self._processor.active.discard(lease.run_id)
+            self._parts.client.notifier.kick()
+
+
+def _by_priority(entry: ScheduleEntry) -> int:
+    return -entry.route.priority
 
 
 def _asyncio_task() -> asyncio.Task[Any] | None:

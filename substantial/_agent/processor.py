@@ -120,7 +120,8 @@ class RunProcessor:
                 await mark_held(
                     self._store, run_id, reason, now_ms=now_ms(), retry_at_ms=retry_at, agent=name
                 )
-                await self._store.schedule(run_id, retry_at, "h")
+                route = next((e.route for e in entries if e.route.mark), entries[0].route)
+                await self._store.schedule(run_id, retry_at, "h", route)
                 await self._store.delete([entry.key for entry in entries])
             except Exception as exc:  # best effort: the in-memory hold-off still stands
                 log.warning("agent %s: could not record the hold-off of run %s: %s",

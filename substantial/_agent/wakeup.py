@@ -11,8 +11,9 @@ from typing import Any
 
 import anyio
 
-from substantial._agent import telemetry
+from substantial._agent import pausing, telemetry
 from substantial._agent.drive import drive
+from substantial._agent.gate import Gate, wait_in_line
 from substantial._agent.leases import LeaseHolder
 from substantial._agent.parts import AgentParts
 from substantial._agent.summary import RunSummary, SummaryChange
@@ -21,6 +22,7 @@ from substantial._core.status import END_STATUS, TERMINAL_KINDS, RunStatus
 from substantial._engine.replay import Execution
 from substantial._store import hints
 from substantial._store.inbox import Intake
+from substantial._store.keys import Route
 from substantial._store.runs import ScheduleEntry, StoredLog
 from substantial.codec import encode_payload
 from substantial.errors import (
@@ -52,6 +54,8 @@ class WakeUp:
         self._holder = holder
         self.run_id = holder.lease.run_id
         self._entries = entries
+        #: the run's queue and workflow, for its schedule entries (from its log once read)
+        self.route = entries[0].route if entries else Route()
         #: the schedule entries this wake-up answers, deleted once it is done
         self._consumed = [entry.key for entry in entries]
         self._intake = Intake(self._store, self.run_id)
@@ -83,6 +87,22 @@ class WakeUp:
         self._seq = self._stored.last_seq
         self._ends = list(self._stored.segment_ends)
         self._compacted_at = self._stored.snapshot_seq
+        gate = Gate(self._store, execution.workflow, self._stored.events[0], self.route)
+        if gate.limited and not await gate.enter():  # no slot: it waits in line, queued
+            execution.close()
+            retry_ms = round(self._parts.settings.lease_seconds * 1000)
+            seq = self._stored.last_seq
+            await wait_in_line(
+                self._store, self._summary, self.route, seq, self._consumed, retry_ms
+            )
+            return
+        try:
+            await self._go(execution)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await gate.leave()
+
+    async def _go(self, execution: Execution) -> None:
         try:
             if not await self._catch_up(execution):
                 return
@@ -114,6 +134,8 @@ class WakeUp:
             await self._orphan()
             return False
         await self._intake.set_aside()
+        started = stored.events[0].started
+        self.route = Route.of(started.queue, started.workflow, started.priority)
         meta = await hints.trusted_summary(store, run_id, meta, version, stored)
         self._stored = stored
         self._summary = self._summary_of(meta, version)
@@ -132,13 +154,17 @@ class WakeUp:
         if request is not None:
             await self._terminate(request)
             return None
+        if await self._paused():
+            return None
         started = events[0].started
         logs.workflow_var.set(started.workflow)
         registry = self._parts.client.registry
         workflow = registry.get(started.workflow)
-        if workflow is None:
-            error = UnknownWorkflow(started.workflow, list(registry), self.run_id)
-            await self._park(self._stored, error)
+        if workflow is None:  # woken by an entry for any agent (a pause, an old one):
+            # hand the run to the agents that know its workflow, and touch nothing else
+            log.debug("%s", UnknownWorkflow(started.workflow, list(registry), self.run_id))
+            await self._store.schedule(self.run_id, self._store.clock.now_ms(), "fwd", self.route)
+            await self._store.delete(self._consumed)
             return None
         return Execution(self.run_id, workflow, max_payload=self._parts.client.max_payload)
 
@@ -213,9 +239,10 @@ class WakeUp:
         # The next wake-ups are written before the summary: a summary that says SLEEPING
         # promises a timer entry, so it must already exist when anyone reads it.
         if wake is not None:
-            await store.schedule(run_id, wake)
+            await store.schedule(run_id, wake, route=self.route)
         if execution.outcome is None and (self._intake.more or self._terminate_request()):
-            await store.schedule(run_id, store.clock.now_ms(), "more")  # events left unmerged
+            # events left unmerged
+            await store.schedule(run_id, store.clock.now_ms(), "more", self.route)
         published = encode_payload(execution.custom_status) if execution.has_custom_status else None
         await self._summary.record_state(
             self._seq, execution.outcome, wake=wake, waiting=waiting, published=published,
@@ -254,11 +281,23 @@ class WakeUp:
             )
         await self._store.delete([key for key, _ in self._intake.entries] + self._consumed)
 
+    async def _paused(self) -> bool:
+        """Carry out pause and resume requests; leave the run if it is paused, and say so."""
+        stored, paused, taken = await pausing.settle(
+            self._store, self._holder, self._stored, self._intake.entries
+        )
+        self._stored = stored
+        self._intake.entries = [item for item in self._intake.entries if item[0] not in taken]
+        await self._store.delete(taken)
+        if paused:
+            await pausing.leave_paused(
+                self._store, self._summary, self.route, stored.last_seq, self._consumed
+            )
+        return paused
+
     def _terminate_request(self) -> pb.TerminateRequest | None:
-        for _, entry in self._intake.entries:
-            if entry.HasField("terminate"):
-                return entry.terminate
-        return None
+        entries = (entry for _, entry in self._intake.entries if entry.HasField("terminate"))
+        return next((entry.terminate for entry in entries), None)
 
     async def _terminate(self, request: pb.TerminateRequest) -> None:
         """End the run as terminated: one fenced segment, then what any end sets off."""
@@ -288,7 +327,7 @@ class WakeUp:
             wake_at_ms=due,
         )  # fmt: skip
         await self._summary.write(change)
-        await self._store.schedule(self.run_id, due, "p")
+        await self._store.schedule(self.run_id, due, "p", self.route)
         await self._store.delete(self._consumed)
 
     async def _orphan(self) -> None:

@@ -46,6 +46,12 @@ log = logging.getLogger("substantial.cli")
     show_default=f"{constants.LEASE_SECONDS:g}, or TARGET's own",
 )
 @click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    help="A queue to serve (repeat for several). Default: the queues of its workflows.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -57,6 +63,7 @@ def worker(
     backend_url: str | None,
     concurrency: int | None,
     lease: float | None,
+    queues: tuple[str, ...],
     log_level: str,
 ) -> None:
     """
@@ -85,6 +92,8 @@ def worker(
         conductor.concurrency = concurrency
     if lease is not None:
         conductor.lease_seconds = lease
+    if queues:
+        conductor.queues = list(queues)
     try:
         anyio.run(_serve_until_signal, conductor)
     except BackendError as exc:
@@ -103,6 +112,7 @@ def _rebuilt(conductor: Conductor, backend: Backend) -> Conductor:
         max_payload=conductor.max_payload,
         blob_threshold=conductor.blob_threshold,
         codecs=conductor.store.payloads.codecs,
+        queues=conductor.queues_given,
     )
     fresh.register(*conductor.workflows)
     return fresh
@@ -114,11 +124,12 @@ async def _serve_until_signal(conductor: Conductor) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             await tg.start(conductor.serve)
             log.info(
-                "worker %s: %d workflows, concurrency %d, lease %gs",
+                "worker %s: %d workflows, concurrency %d, lease %gs, queues %s",
                 conductor.name,
                 len(conductor.workflows),
                 conductor.concurrency,
                 conductor.lease_seconds,
+                ", ".join(conductor.queues),
             )
             async for signum in signals:
                 log.info("worker %s: %s, stopping", conductor.name, signal.Signals(signum).name)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from substantial._client.handle import Handle
 from substantial._core.notify import Notifier
 from substantial._engine.workflow import Workflow
+from substantial._store.keys import DEFAULT_QUEUE, Route, check_name
 from substantial._store.runs import RunStore, check_run_id
 from substantial.codec import encode_payload
 from substantial.errors import CodecError, NotAWorkflow, UnknownWorkflow
@@ -84,7 +85,14 @@ class Client:
         return found
 
     async def start(
-        self, wf: Workflow[R] | str, *args: Any, run_id: str | None = None, **kwargs: Any
+        self,
+        wf: Workflow[R] | str,
+        *args: Any,
+        run_id: str | None = None,
+        queue: str | None = None,
+        concurrency_key: str | None = None,
+        priority: int = 0,
+        **kwargs: Any,
     ) -> Handle[R]:
         """Start a run; see :meth:`substantial.Conductor.start`."""
         if isinstance(wf, str) and wf not in self.registry:
@@ -103,6 +111,13 @@ class Client:
         run_id = check_run_id(run_id) if run_id is not None else uuid.uuid4().hex
         changed = self.notifier.watch(run_id)  # before the agent can see the run
         started = pb.Started(run_id=run_id, workflow=name, args=payload)
+        if queue is not None:
+            started.queue = check_name(queue, "queue")
+        if concurrency_key is not None:
+            started.concurrency_key = concurrency_key
+        if not (isinstance(priority, int) and 0 <= priority <= 9):
+            raise ValueError(f"priority must be an int from 0 to 9, got {priority!r}")
+        started.priority = priority
         created = await self.create_run(started)
         return Handle(
             self.store,
@@ -121,16 +136,22 @@ class Client:
         run_id = started.run_id
         at = self.store.clock.now_ms()
         started.seed = os.urandom(16)
+        registered = self.registry.get(started.workflow)
+        if not started.queue and registered is not None and registered.queue != DEFAULT_QUEUE:
+            started.queue = registered.queue
         self.starting.add(run_id)  # the local agent leaves it alone until it is written
         try:
             # Schedule first: a start that dies after writing segment 0 still gets run.
-            await self.store.schedule(run_id, at, "s")
+            await self.store.schedule(
+                run_id, at, "s", Route.of(started.queue, started.workflow, started.priority)
+            )
             created = await self.store.append(run_id, 0, [pb.Event(at_ms=at, started=started)])
             if created:
                 meta = pb.RunMeta(
                     run_id=run_id, workflow=started.workflow, args=started.args, created_ms=at,
                     updated_ms=at, status=pb.RUN_STATUS_PENDING, log_seq=0,
                     parent_run_id=started.parent_run_id, chain_root=started.chain_root,
+                    queue=started.queue, priority=started.priority,
                 )  # fmt: skip
                 await self.store.write_meta(meta, current=(None, None))
         finally:

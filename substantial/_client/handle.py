@@ -21,7 +21,7 @@ from substantial._core.constants import (
 from substantial._core.notify import Notifier
 from substantial._core.status import STATUS_FROM_PB, RunStatus
 from substantial._store import forks, hints
-from substantial._store.runs import RunStore, check_run_id
+from substantial._store.runs import Route, RunStore, check_run_id
 from substantial.codec import decode_payload, encode_payload
 from substantial.errors import (
     BackendUnavailable,
@@ -126,7 +126,32 @@ class Handle(Generic[R]):
         :raises RunFinished: if the run has ended already
         """
         request = pb.TerminateRequest(reason=reason)
-        await self._post(pb.InboxEntry(terminate=request), "the termination")
+        await self._post(pb.InboxEntry(terminate=request), "the termination", any_agent=True)
+
+    async def pause(self) -> None:
+        """
+        Pause the run: once an agent has taken the request (status ``paused``), no agent
+        runs its code until :meth:`resume`. A step running then finishes first. The run
+        still accepts events (and cancellations), which wait in its inbox; timers that
+        fall due meanwhile fire on resume. Any agent of the run's queue carries it out,
+        whether or not it knows the workflow. Pausing a paused run changes nothing.
+
+        :raises RunNotFound: if the run does not exist
+        :raises RunFinished: if the run has ended already
+        """
+        change = pb.PauseChange(paused=True)
+        await self._post(pb.InboxEntry(pause_change=change), "the pause", any_agent=True)
+
+    async def resume(self) -> None:
+        """
+        Resume a paused run where it was: events that arrived meanwhile are merged in
+        the order they were sent, and due timers fire. Resuming a run that is not paused
+        changes nothing.
+
+        :raises RunNotFound: if the run does not exist
+        :raises RunFinished: if the run has ended already
+        """
+        await self._post(pb.InboxEntry(pause_change=pb.PauseChange(paused=False)), "the resume")
 
     async def fork(self, at_step: int, run_id: str | None = None) -> Handle[R]:
         """
@@ -170,7 +195,7 @@ class Handle(Generic[R]):
         self._notifier.kick()
         return Handle(self._store, run_id, self._notifier, max_payload=self._max_payload)
 
-    async def _post(self, entry: pb.InboxEntry, what: str) -> None:
+    async def _post(self, entry: pb.InboxEntry, what: str, *, any_agent: bool = False) -> None:
         meta = await self._require_meta()
         status = STATUS_FROM_PB.get(meta.status)
         if status is not None and status.finished:
@@ -184,7 +209,8 @@ class Handle(Generic[R]):
                 raise RunFinished(self.run_id, kind, what, continued)
         entry.id = _event_id()
         entry.sent_at_ms = self._store.clock.now_ms()
-        await self._store.post(self.run_id, entry)
+        route = Route.of(meta.queue, meta.workflow, meta.priority)
+        await self._store.post(self.run_id, entry, route.any_agent() if any_agent else route)
         self._notifier.kick()
 
     async def status(self) -> RunStatus:
@@ -261,7 +287,8 @@ class Handle(Generic[R]):
             if finished and run_id not in repaired:
                 # It says the run ended and the log does not: an agent rewrites it.
                 repaired.add(run_id)
-                await self._store.schedule(run_id, self._store.clock.now_ms(), "fix")
+                route = await self._store.route_of(run_id)
+                await self._store.schedule(run_id, self._store.clock.now_ms(), "fix", route)
                 self._notifier.kick()
             with anyio.move_on_after(delay):
                 await changed.wait()

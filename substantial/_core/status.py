@@ -44,6 +44,10 @@ class RunStatus(str, enum.Enum):
     CONTINUED = "continued"
     #: ended from outside by ``Handle.terminate()``, without running its code
     TERMINATED = "terminated"
+    #: waiting for a free slot of its workflow's concurrency limit
+    QUEUED = "queued"
+    #: paused with ``Handle.pause()``: no agent runs it until ``resume()``
+    PAUSED = "paused"
     #: operator views only (never stored): neither its summary nor its log's first
     #: segment can be read, so nothing is known of it; ``gc`` leaves it alone
     CORRUPT = "corrupt"
@@ -74,6 +78,8 @@ STATUS_TO_PB = {
     RunStatus.REVERTED: pb.RUN_STATUS_REVERTED,
     RunStatus.CONTINUED: pb.RUN_STATUS_CONTINUED,
     RunStatus.TERMINATED: pb.RUN_STATUS_TERMINATED,
+    RunStatus.QUEUED: pb.RUN_STATUS_QUEUED,
+    RunStatus.PAUSED: pb.RUN_STATUS_PAUSED,
 }
 STATUS_FROM_PB = {value: key for key, value in STATUS_TO_PB.items()}
 

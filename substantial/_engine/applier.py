@@ -122,6 +122,8 @@ class EventApplier(ExecutionState):
             self._on_child_ended(event.child_ended)
         elif kind == "version_marked":
             pass  # a marker no version() call consumed: that branch has been retired
+        elif kind == "pause_changed":
+            pass  # recorded between wake-ups, while the workflow waits: the agent's affair
         elif kind in TERMINAL_KINDS:
             self.outcome = event
         else:

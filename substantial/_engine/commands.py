@@ -55,6 +55,8 @@ class SaveCommand(Command):
     attempts: int = 0
     retry_at_ms: int | None = None
     key: str = ""
+    #: the named limit each attempt waits for (never logged: it says how, not what)
+    limit: str = ""
 
     kind = "save"
 

@@ -57,6 +57,7 @@ class Engine(Protocol):
         timeout: float | None,
         compensate_with: Callable[[], Any] | None,
         key: str | None = None,
+        limit: str | None = None,
     ) -> asyncio.Future[Any]: ...
     def sleep(self, seconds: float) -> asyncio.Future[Any]: ...
     def receive(
@@ -128,6 +129,7 @@ class Context:
         retry: RetryPolicy | None = None,
         timeout: float | timedelta | None = None,
         key: str | None = None,
+        limit: str | None = None,
     ) -> T: ...
     @overload
     async def save(
@@ -138,6 +140,7 @@ class Context:
         retry: RetryPolicy | None = None,
         timeout: float | timedelta | None = None,
         key: str | None = None,
+        limit: str | None = None,
     ) -> T: ...
     async def save(
         self,
@@ -147,6 +150,7 @@ class Context:
         retry: RetryPolicy | None = None,
         timeout: float | timedelta | None = None,
         key: str | None = None,
+        limit: str | None = None,
     ) -> Any:
         """
         Run a step once and record its result; on replay, return the recorded result.
@@ -162,6 +166,9 @@ class Context:
         :param timeout: bound on one attempt, in seconds; an attempt that takes longer
             fails with ``TimeoutError``
         :param key: a slot name: ``compact()`` keeps only the newest result of each slot
+        :param limit: the name of a limit set with ``Conductor.set_limit``: each attempt
+            waits for a free slot and rate token of it, durably (the run is released
+            while it waits, status ``sleeping``); an unknown name limits nothing
         :return: the step's result, decoded from the log
         :raises StepFailed: when the step failed and has no attempts left (the same
             error on every replay)
@@ -169,7 +176,7 @@ class Context:
         """
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         _allow.note_function(fn, return_only=True)
-        return await self._engine.save(fn, retry, seconds, compensate_with, key)
+        return await self._engine.save(fn, retry, seconds, compensate_with, key, limit)
 
     async def sleep(self, duration: timedelta | float) -> None:
         """

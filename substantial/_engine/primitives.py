@@ -80,6 +80,7 @@ class Primitives(EventApplier):
         timeout: float | None,
         compensate_with: Callable[[], Any] | None,
         key: str | None = None,
+        limit: str | None = None,
     ) -> asyncio.Future[Any]:
         command = SaveCommand(
             self._position(),
@@ -90,6 +91,7 @@ class Primitives(EventApplier):
             timeout=timeout,
             compensate_with=compensate_with,
             key=key or "",
+            limit=limit or "",
         )
         return self._register(command)
 

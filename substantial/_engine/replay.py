@@ -73,7 +73,7 @@ class Execution(Primitives):
         for entry in entries:
             if entry.id in self.event_ids or self.outcome is not None:
                 continue
-            if entry.HasField("terminate"):
+            if entry.HasField("terminate") or entry.HasField("pause_change"):
                 continue  # the agent carries it out, outside the workflow
             if entry.cancel:
                 event = pb.Event(cancel_requested=pb.CancelRequested(id=entry.id))

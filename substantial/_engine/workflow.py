@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, overload
 
 from substantial import _allow
+from substantial._store.keys import check_name
 from substantial.errors import InvalidArguments
 
 __all__ = ["Workflow", "workflow"]
@@ -23,11 +24,17 @@ class Workflow(Generic[R]):
 
     :ivar fn: the workflow function
     :ivar name: the name stored in every run's log; code is found by this name on replay
+    :ivar queue: the queue its runs go to; agents serve the queues of their workflows
+    :ivar concurrency: at most this many of its runs execute at once (None: no limit)
+    :ivar concurrency_per_key: at most this many per ``start(concurrency_key=...)``
     """
 
     fn: Callable[..., Awaitable[R]]
     name: str
     signature: inspect.Signature = field(repr=False)
+    queue: str = "default"
+    concurrency: int | None = None
+    concurrency_per_key: int | None = None
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """
@@ -47,12 +54,22 @@ class Workflow(Generic[R]):
 def workflow(fn: Callable[..., Awaitable[R]], /) -> Workflow[R]: ...
 @overload
 def workflow(
-    *, name: str | None = None
+    *,
+    name: str | None = None,
+    queue: str = "default",
+    concurrency: int | None = None,
+    concurrency_per_key: int | None = None,
 ) -> Callable[[Callable[..., Awaitable[R]]], Workflow[R]]: ...
 
 
 def workflow(
-    fn: Callable[..., Awaitable[R]] | None = None, /, *, name: str | None = None
+    fn: Callable[..., Awaitable[R]] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    queue: str = "default",
+    concurrency: int | None = None,
+    concurrency_per_key: int | None = None,
 ) -> Workflow[R] | Callable[[Callable[..., Awaitable[R]]], Workflow[R]]:
     """
     Declare an ``async def`` as a durable workflow.
@@ -64,8 +81,22 @@ def workflow(
     :func:`~substantial.codec.register_type`.
 
     :param name: the name stored in each run's log
+    :param queue: the queue its runs go to (letters, digits, ``._-``): only agents that
+        serve it poll them (see ``Conductor(queues=...)``)
+    :param concurrency: at most this many of its runs execute at once, across every
+        agent (a run holds a slot while an agent works on it, not while it sleeps or
+        waits); the others wait with status ``queued`` and go in the order they started
+    :param concurrency_per_key: at most this many runs per concurrency key execute at
+        once (``start(..., concurrency_key="tenant-42")``; runs without a key are not
+        limited by it)
     :raises TypeError: if the function is not ``async def`` or takes no ``Context``
+    :raises InvalidName: if ``queue`` breaks the naming rule
+    :raises ValueError: if a limit is below 1
     """
+    check_name(queue, "queue")
+    for what, limit in (("concurrency", concurrency), ("concurrency_per_key", concurrency_per_key)):
+        if limit is not None and limit < 1:
+            raise ValueError(f"@workflow({what}=...) must be at least 1, got {limit}")
 
     def decorate(f: Callable[..., Awaitable[R]]) -> Workflow[R]:
         if not inspect.iscoroutinefunction(f):
@@ -75,7 +106,10 @@ def workflow(
             raise TypeError(f"workflow {f.__qualname__} must take a Context as first parameter")
         wf_name = name or f"{f.__module__}.{f.__qualname__}"
         _allow.note_function(f, skip_first=True)
-        return Workflow(fn=f, name=wf_name, signature=signature)
+        return Workflow(
+            fn=f, name=wf_name, signature=signature, queue=queue,
+            concurrency=concurrency, concurrency_per_key=concurrency_per_key,
+        )  # fmt: skip
 
     if fn is not None:
         return decorate(fn)

@@ -19,7 +19,14 @@ from substantial._ops.blobs import drop_run_refs, sweep_blobs
 from substantial._ops.listing import Progress, list_runs, no_progress
 from substantial._store import hints
 from substantial._store.attrs import unindex
-from substantial._store.keys import SCHEDULE_PREFIX, ScheduleEntry, lease_key, meta_key, run_prefix
+from substantial._store.keys import (
+    QUEUES_PREFIX,
+    SCHEDULE_PREFIX,
+    ScheduleEntry,
+    lease_key,
+    meta_key,
+    run_prefix,
+)
 from substantial._store.runs import RunStore
 from substantial.backends.base import Backend
 from substantial.protocol import substantial_pb2 as pb
@@ -96,7 +103,8 @@ async def gc(
 async def _schedule_keys(backend: Backend, run_ids: set[str]) -> dict[str, list[str]]:
     """The schedule keys of each of ``run_ids`` that has any."""
     found: dict[str, list[str]] = {}
-    for key in await backend.list_all(SCHEDULE_PREFIX):
+    keys = await backend.list_all(SCHEDULE_PREFIX) + await backend.list_all(QUEUES_PREFIX)
+    for key in keys:
         entry = ScheduleEntry.parse(key)
         if entry is not None and entry.run_id in run_ids:
             found.setdefault(entry.run_id, []).append(key)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from substantial._store.keys import fork_key, forks_prefix, segment_key
+from substantial._store.keys import Route, fork_key, forks_prefix, segment_key
 from substantial._store.records import parse_record
 from substantial._store.runs import RunStore, StoredLog
 from substantial.errors import CorruptLog, ForkError
@@ -149,7 +149,8 @@ async def write_fork(
     first = pb.Event(at_ms=stored.events[0].at_ms, started=started)
     record = pb.ForkRecord(run_id=fork_id, step=step, at_ms=at, retry=retry)
     await store.backend.create(fork_key(original, fork_id), record.SerializeToString())
-    await store.schedule(fork_id, at, "s")  # first, as start does: segment 0 always runs
+    route = Route.of(started.queue, started.workflow, started.priority)  # the original's
+    await store.schedule(fork_id, at, "s", route)  # first, as start does: segment 0 runs
     if not await store.append(fork_id, 0, [first, *stored.events[1:cut]]):
         if await _existing(store, original, fork_id, cut):
             return False
@@ -157,7 +158,7 @@ async def write_fork(
     meta = pb.RunMeta(
         run_id=fork_id, workflow=started.workflow, args=started.args, created_ms=at,
         updated_ms=at, status=pb.RUN_STATUS_PENDING, log_seq=0, forked_from=original,
-        fork_step=step,
+        fork_step=step, queue=started.queue, priority=started.priority,
     )  # fmt: skip
     await store.write_meta(meta, current=(None, None))
     return True

@@ -69,6 +69,8 @@ def rebuilt(run_id: str, stored: StoredLog) -> pb.RunMeta:
         meta.updated_ms = stored.events[-1].at_ms
         meta.parent_run_id = first.started.parent_run_id
         meta.chain_root = first.started.chain_root
+        meta.queue = first.started.queue
+        meta.priority = first.started.priority
         meta.forked_from = first.started.forked_from
         meta.fork_step = first.started.fork_step
     return meta

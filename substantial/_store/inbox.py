@@ -137,7 +137,7 @@ async def unmergeable(
         if entry.HasField("child_ended"):
             if entry.child_ended.HasField("result"):
                 decode_payload(entry.child_ended.result)
-        elif not entry.cancel and not entry.HasField("terminate"):
+        elif not (entry.cancel or entry.HasField("terminate") or entry.HasField("pause_change")):
             decode_payload(entry.value)
     except EncryptedPayload:
         pass

@@ -10,12 +10,25 @@ The key layout: every key substantial stores, built and parsed here and nowhere 
     runs/{run}/quarantine/{ms}-{id}     an inbox entry set aside: unreadable, or undecodable
     runs/{run}/forks/{fork}             ForkRecord: a fork of this run (its log is the truth)
     schedule/{due_ms:015d}-{run}~{tag}  ScheduleEntry: look at this run at that time
+    queues/{queue}/schedule/{due}-...   the same, for a run of a queue other than "default"
+    schedule/!paused                    the queue is paused (Conductor.pause_queue); in
+                                        each queue's index, before every entry
     leases/{run}                        Lease: who works on the run, until when
     runs/{run}/blobs/{sha}              the run refers to blob {sha} (deleted with the run)
     blobrefs/{sha}/{run}                the same reference, listed by gc (content: ms)
     blobgc/{sha}                        gc is deleting blob {sha} (see _store/payloads.py)
     blobs/{sha}                         a payload's bytes, stored once by content (sha256)
     attrs/{name}/{value}/{run}          search index of Context.set_attributes (content: ms)
+    flow/schedules/{id}                 CronSchedule: a cron schedule (Conductor.schedule)
+
+A schedule's next tick is an entry in its queue's index like a run's, tagged ``cron``,
+with the schedule id in the place of a run id.
+
+Each queue has its own schedule index, so agents poll only the queues they serve; the
+queue ``default`` keeps the ``schedule/`` prefix, so entries written before queues existed
+are still served (docs/decisions.md). A tag may end in ``.`` and eight hex digits of the
+run's workflow name (:class:`Route`): an agent skips entries of workflows it does not
+know, without reading anything; an entry without them is for any agent of the queue.
 
 A schedule key carries a tag after ``~``: ``t`` for the run's own next wake-up (written
 with create, so repeating it is harmless); every other entry (a start, a send, a hold-off,
@@ -25,16 +38,25 @@ agent is about to delete.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 
 from substantial._core.runids import is_stored_run_id
+from substantial.errors import InvalidName
 
 __all__ = [
     "ATTRS_PREFIX",
     "BLOBS_PREFIX",
     "BLOB_MARKS_PREFIX",
+    "DEFAULT_QUEUE",
+    "DEFAULT_ROUTE",
+    "QUEUES_PREFIX",
     "RUNS_PREFIX",
+    "SCHEDULES_PREFIX",
     "SCHEDULE_PREFIX",
+    "TICK_TAG",
+    "Route",
     "ScheduleEntry",
     "attr_key",
     "attr_prefix",
@@ -42,6 +64,8 @@ __all__ = [
     "blob_mark_key",
     "blob_ref_key",
     "blob_ref_prefix",
+    "check_name",
+    "cron_key",
     "fork_key",
     "forks_prefix",
     "inbox_key",
@@ -52,12 +76,14 @@ __all__ = [
     "past_run",
     "quarantine_key",
     "quarantine_prefix",
+    "queue_paused_key",
     "run_blob_key",
     "run_blobs_prefix",
     "run_id_of",
     "run_prefix",
     "schedule_key",
     "schedule_parts",
+    "schedule_prefix",
     "segment_key",
     "snapshot_key",
     "snapshot_prefix",
@@ -68,6 +94,86 @@ SCHEDULE_PREFIX = "schedule/"
 BLOBS_PREFIX = "blobs/"
 BLOB_MARKS_PREFIX = "blobgc/"
 ATTRS_PREFIX = "attrs/"
+QUEUES_PREFIX = "queues/"
+DEFAULT_QUEUE = "default"
+
+NAME_RULE = "use 1-64 letters, digits or ._- starting with a letter or digit"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_name(name: str, what: str) -> str:
+    """
+    Check a queue, limit or schedule name: it becomes part of keys.
+
+    :raises InvalidName: unless it is 1-64 letters, digits or ``._-``
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidName(what, name, NAME_RULE)
+    return name
+
+
+def workflow_mark(workflow: str) -> str:
+    """The eight hex digits that stand for a workflow name in schedule keys."""
+    return hashlib.sha256(workflow.encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class Route:
+    """
+    Which agents a schedule entry is for: those serving ``queue`` that know the
+    workflow marked ``mark`` (``""``: any of them).
+    """
+
+    queue: str = DEFAULT_QUEUE
+    mark: str = ""
+    #: the run's priority (0-9): of the entries a poll finds due, higher ones go first
+    priority: int = 0
+
+    @classmethod
+    def of(cls, queue: str, workflow: str, priority: int = 0) -> Route:
+        """The route of a run of ``workflow`` in ``queue`` (``""``: the default queue)."""
+        mark = workflow_mark(workflow) if workflow else ""
+        return cls(queue or DEFAULT_QUEUE, mark, min(max(priority, 0), 9) if mark else 0)
+
+    def any_agent(self) -> Route:
+        """The same queue, for any agent (terminate, pause: no workflow code needed)."""
+        return Route(self.queue)
+
+    @property
+    def suffix(self) -> str:
+        """What a schedule key's tag ends in: ``.``, the mark, and a priority over 0."""
+        if not self.mark:
+            return ""
+        return f".{self.mark}{self.priority or ''}"
+
+
+#: The route of entries for any agent of the default queue (and of entries written
+#: before queues existed).
+DEFAULT_ROUTE = Route()
+
+
+def schedule_prefix(queue: str = DEFAULT_QUEUE) -> str:
+    """Where the schedule index of ``queue`` lives."""
+    if queue == DEFAULT_QUEUE:
+        return SCHEDULE_PREFIX
+    return f"{QUEUES_PREFIX}{queue}/{SCHEDULE_PREFIX}"
+
+
+#: The tag of a cron schedule's tick entry.
+TICK_TAG = "cron"
+SCHEDULES_PREFIX = "flow/schedules/"
+
+
+def cron_key(schedule_id: str) -> str:
+    return f"{SCHEDULES_PREFIX}{schedule_id}"
+
+
+def queue_paused_key(queue: str) -> str:
+    """
+    The mark of a paused queue: in the queue's own index, sorted before every entry
+    (``!`` before digits), so the poll that lists the index sees it at no extra cost.
+    """
+    return f"{schedule_prefix(queue)}!paused"
 
 
 def run_prefix(run_id: str) -> str:
@@ -139,17 +245,21 @@ def lease_key(run_id: str) -> str:
     return f"leases/{run_id}"
 
 
-def schedule_key(due_ms: int, run_id: str, tag: str) -> str:
-    return f"{SCHEDULE_PREFIX}{max(due_ms, 0):015d}-{run_id}~{tag}"
+def schedule_key(due_ms: int, run_id: str, tag: str, route: Route = DEFAULT_ROUTE) -> str:
+    return f"{schedule_prefix(route.queue)}{max(due_ms, 0):015d}-{run_id}~{tag}{route.suffix}"
 
 
 @dataclass(frozen=True)
 class ScheduleEntry:
-    """One ``schedule/`` key: run ``run_id`` wants an agent at ``due_ms``."""
+    """One schedule key: run ``run_id`` wants an agent at ``due_ms``."""
 
     key: str
     run_id: str
     due_ms: int
+    #: the queue and workflow mark the key names
+    route: Route = DEFAULT_ROUTE
+    #: a cron schedule's tick (``run_id`` is the schedule's id), not a run's wake-up
+    tick: bool = False
 
     @classmethod
     def parse(cls, key: str) -> ScheduleEntry | None:
@@ -160,17 +270,35 @@ class ScheduleEntry:
         parts = schedule_parts(key)
         if parts is None or not is_stored_run_id(parts[1]):
             return None
-        return cls(key, parts[1], int(parts[0]))
+        queue, tag = _queue_of(key), parts[2]
+        reason, dot, mark = tag.rpartition(".")
+        if not dot:
+            reason, mark = tag, ""
+        priority = int(mark[8:]) if mark[8:].isdigit() else 0
+        route = Route(queue, mark[:8], priority)
+        return cls(key, parts[1], int(parts[0]), route, reason == TICK_TAG)
 
 
-def schedule_parts(key: str) -> tuple[str, str] | None:
-    """A schedule key's due time and run id, if it has the shape of one."""
-    body = key[len(SCHEDULE_PREFIX) :]
+def _queue_of(key: str) -> str:
+    if key.startswith(QUEUES_PREFIX):
+        return key[len(QUEUES_PREFIX) :].partition("/")[0]
+    return DEFAULT_QUEUE
+
+
+def schedule_parts(key: str) -> tuple[str, str, str] | None:
+    """A schedule key's due time, run id and tag, if it has the shape of one."""
+    if key.startswith(QUEUES_PREFIX):
+        _, _, rest = key[len(QUEUES_PREFIX) :].partition("/")
+        if not rest.startswith(SCHEDULE_PREFIX):
+            return None
+        body = rest[len(SCHEDULE_PREFIX) :]
+    else:
+        body = key[len(SCHEDULE_PREFIX) :]
     due, dash, rest = body[:15], body[15:16], body[16:]
-    run_id, tilde, _tag = rest.rpartition("~")
+    run_id, tilde, tag = rest.rpartition("~")
     if not (due.isdigit() and dash == "-" and tilde):
         return None
-    return due, run_id
+    return due, run_id, tag
 
 
 def run_blobs_prefix(run_id: str) -> str:

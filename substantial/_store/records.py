@@ -18,7 +18,9 @@ __all__ = ["FORMAT_VERSION", "check_segment", "parse_record"]
 #: The segment format this code writes; segments from a newer format are refused.
 FORMAT_VERSION = 1
 
-_M = TypeVar("_M", pb.Segment, pb.InboxEntry, pb.RunMeta, pb.Lease, pb.ForkRecord)
+_M = TypeVar(
+    "_M", pb.Segment, pb.InboxEntry, pb.RunMeta, pb.Lease, pb.ForkRecord, pb.CronSchedule, pb.Limit
+)
 
 
 def parse_record(kind: type[_M], data: bytes, run_id: str, key: str) -> _M:

@@ -6,6 +6,7 @@ engine and agents use them. Key layout: :mod:`substantial._store.keys`; the log:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -14,7 +15,10 @@ from substantial._core.clock import Clock, VirtualClock, now_ms
 from substantial._core.runids import check_run_id
 from substantial._store import leases, segments
 from substantial._store.keys import (
+    DEFAULT_QUEUE,
+    DEFAULT_ROUTE,
     SCHEDULE_PREFIX,
+    Route,
     ScheduleEntry,
     inbox_key,
     inbox_prefix,
@@ -23,8 +27,10 @@ from substantial._store.keys import (
     meta_key,
     quarantine_key,
     quarantine_prefix,
+    queue_paused_key,
     schedule_key,
     schedule_parts,
+    schedule_prefix,
     segment_key,
     snapshot_prefix,
 )
@@ -42,6 +48,7 @@ __all__ = [
     "SCHEDULE_PREFIX",
     "Clock",
     "Lease",
+    "Route",
     "RunStore",
     "ScheduleEntry",
     "StoredLog",
@@ -97,11 +104,38 @@ class RunStore:
 
     # ---- inbox ----
 
-    async def post(self, run_id: str, entry: pb.InboxEntry) -> None:
-        """Put an event in the run's inbox, then ask for an agent at once."""
+    async def post(self, run_id: str, entry: pb.InboxEntry, route: Route | None = None) -> None:
+        """
+        Put an event in the run's inbox, then ask for an agent at once.
+
+        :param route: the agents to ask (default: the run's, read from its records)
+        """
         key = inbox_key(run_id, entry.sent_at_ms, entry.id)
         await self.backend.create(key, await seal(self.backend, run_id, entry, self.payloads))
-        await self.schedule(run_id, entry.sent_at_ms, "e")
+        if route is None:
+            route = await self.route_of(run_id)
+        await self.schedule(run_id, entry.sent_at_ms, "e", route)
+
+    async def route_of(self, run_id: str) -> Route:
+        """
+        The queue and workflow of a run, from its summary or else its first segment (a
+        run that has neither yet: the default queue, for any agent).
+        """
+        meta = None
+        with contextlib.suppress(CorruptLog):  # a summary is a hint: go to the log
+            meta = await self.read_meta(run_id)
+        if meta is not None and meta.workflow:
+            return Route.of(meta.queue, meta.workflow, meta.priority)
+        entry = await self.backend.get(segment_key(run_id, 0))
+        if entry is not None:
+            try:
+                first = parse_record(pb.Segment, entry[0], run_id, segment_key(run_id, 0))
+            except CorruptLog:
+                return Route()
+            if first.events and first.events[0].WhichOneof("kind") == "started":
+                started = first.events[0].started
+                return Route.of(started.queue, started.workflow, started.priority)
+        return Route()
 
     async def read_inbox(
         self, run_id: str, *, after: str | None = None, limit: int | None = None
@@ -186,9 +220,13 @@ class RunStore:
 
     # ---- schedule ----
 
-    async def schedule(self, run_id: str, due_ms: int, tag: str = "t") -> None:
+    async def schedule(
+        self, run_id: str, due_ms: int, tag: str = "t", route: Route = DEFAULT_ROUTE
+    ) -> None:
         """
         Ask for an agent to look at ``run_id`` at ``due_ms``.
+
+        :param route: the run's queue and workflow: which agents the entry is for
 
         :param tag: ``t`` for the run's own next wake-up: written with create, the same key
             however often it is repeated. Any other tag (at most 4 characters) says why and
@@ -198,22 +236,30 @@ class RunStore:
         data = pb.ScheduleEntry(nonce=uuid.uuid4().hex).SerializeToString()
         if tag != "t":
             tag = f"{tag}{uuid.uuid4().hex[:8]}"
-        key = schedule_key(due_ms, run_id, tag)
+        key = schedule_key(due_ms, run_id, tag, route)
         if tag == "t":
             await self.backend.create(key, data)
         else:
             await self.backend.put(key, data)
 
     async def due(
-        self, now: int, *, after: str | None = None, limit: int = 64
+        self,
+        now: int,
+        *,
+        after: str | None = None,
+        limit: int = 64,
+        queue: str = DEFAULT_QUEUE,
     ) -> tuple[list[ScheduleEntry], int | None, bool]:
         """
-        Schedule entries due at ``now``, earliest first, reading at most ``limit`` keys.
+        Schedule entries of ``queue`` due at ``now``, earliest first, reading at most
+        ``limit`` keys.
 
         :return: the due entries; the due time of the first entry not yet due, if one
             was read; and whether more due entries may follow
         """
-        keys = await self.backend.list(SCHEDULE_PREFIX, after=after, limit=limit)
+        keys = await self.backend.list(schedule_prefix(queue), after=after, limit=limit)
+        if after is None and keys and keys[0] == queue_paused_key(queue):
+            return [], None, False  # a paused queue: nothing of it is due
         due: list[ScheduleEntry] = []
         for key in keys:
             entry = ScheduleEntry.parse(key)

@@ -39,6 +39,10 @@ class _RunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStatus.V
     RUN_STATUS_REVERTED: _RunStatus.ValueType  # 9
     RUN_STATUS_CONTINUED: _RunStatus.ValueType  # 10
     RUN_STATUS_TERMINATED: _RunStatus.ValueType  # 11
+    RUN_STATUS_QUEUED: _RunStatus.ValueType  # 12
+    """waiting for a slot of its workflow's concurrency limit"""
+    RUN_STATUS_PAUSED: _RunStatus.ValueType  # 13
+    """paused with Handle.pause(): no agent runs it until resumed"""
 
 class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper): ...
 
@@ -54,6 +58,10 @@ RUN_STATUS_PARKED: RunStatus.ValueType  # 8
 RUN_STATUS_REVERTED: RunStatus.ValueType  # 9
 RUN_STATUS_CONTINUED: RunStatus.ValueType  # 10
 RUN_STATUS_TERMINATED: RunStatus.ValueType  # 11
+RUN_STATUS_QUEUED: RunStatus.ValueType  # 12
+"""waiting for a slot of its workflow's concurrency limit"""
+RUN_STATUS_PAUSED: RunStatus.ValueType  # 13
+"""paused with Handle.pause(): no agent runs it until resumed"""
 Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
 
 @_typing.final
@@ -187,6 +195,9 @@ class Started(_message.Message):
     CHAIN_ROOT_FIELD_NUMBER: _builtins.int
     CHAIN_INDEX_FIELD_NUMBER: _builtins.int
     DETACHED_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     FORKED_FROM_FIELD_NUMBER: _builtins.int
     FORK_STEP_FIELD_NUMBER: _builtins.int
     FORKED_AT_MS_FIELD_NUMBER: _builtins.int
@@ -205,6 +216,12 @@ class Started(_message.Message):
     """0 for the first run of a chain"""
     detached: _builtins.bool
     """a child that outlives its parent"""
+    queue: _builtins.str
+    """the queue whose agents run it ("": "default")"""
+    concurrency_key: _builtins.str
+    """start(concurrency_key=...): @workflow(concurrency_per_key=M)"""
+    priority: _builtins.int
+    """start(priority=...): 0-9, higher first within its queue"""
     forked_from: _builtins.str
     """Set on a fork (Handle.fork, Handle.retry): the run whose log it copied, and the
     position (`#N`) before whose first record the copy stops. A fork keeps the
@@ -231,6 +248,9 @@ class Started(_message.Message):
         chain_root: _builtins.str = ...,
         chain_index: _builtins.int = ...,
         detached: _builtins.bool = ...,
+        queue: _builtins.str = ...,
+        concurrency_key: _builtins.str = ...,
+        priority: _builtins.int = ...,
         forked_from: _builtins.str = ...,
         fork_step: _builtins.int = ...,
         forked_at_ms: _builtins.int = ...,
@@ -238,7 +258,7 @@ class Started(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "chain_index", b"chain_index", "chain_root", b"chain_root", "continued_from", b"continued_from", "detached", b"detached", "fork_events", b"fork_events", "fork_step", b"fork_step", "forked_at_ms", b"forked_at_ms", "forked_from", b"forked_from", "parent_run_id", b"parent_run_id", "run_id", b"run_id", "seed", b"seed", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "chain_index", b"chain_index", "chain_root", b"chain_root", "concurrency_key", b"concurrency_key", "continued_from", b"continued_from", "detached", b"detached", "fork_events", b"fork_events", "fork_step", b"fork_step", "forked_at_ms", b"forked_at_ms", "forked_from", b"forked_from", "parent_run_id", b"parent_run_id", "priority", b"priority", "queue", b"queue", "run_id", b"run_id", "seed", b"seed", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -682,6 +702,7 @@ class Event(_message.Message):
     CHILD_STARTED_FIELD_NUMBER: _builtins.int
     CHILD_ENDED_FIELD_NUMBER: _builtins.int
     TERMINATED_FIELD_NUMBER: _builtins.int
+    PAUSE_CHANGED_FIELD_NUMBER: _builtins.int
     at_ms: _builtins.int
     """wall-clock time at which the event was recorded"""
     @_builtins.property
@@ -716,6 +737,10 @@ class Event(_message.Message):
     def child_ended(self) -> Global___ChildEnded: ...
     @_builtins.property
     def terminated(self) -> Global___Terminated: ...
+    @_builtins.property
+    def pause_changed(self) -> Global___PauseChange:
+        """Handle.pause()/resume() took effect here"""
+
     def __init__(
         self,
         *,
@@ -736,12 +761,13 @@ class Event(_message.Message):
         child_started: Global___ChildStarted | None = ...,
         child_ended: Global___ChildEnded | None = ...,
         terminated: Global___Terminated | None = ...,
+        pause_changed: Global___PauseChange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "cancelled", b"cancelled", "child_ended", b"child_ended", "child_started", b"child_started", "completed", b"completed", "continued_as", b"continued_as", "event_received", b"event_received", "failed", b"failed", "kind", b"kind", "reverted", b"reverted", "started", b"started", "step_attempt_failed", b"step_attempt_failed", "step_completed", b"step_completed", "terminated", b"terminated", "timer_fired", b"timer_fired", "timer_started", b"timer_started", "version_marked", b"version_marked"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "cancelled", b"cancelled", "child_ended", b"child_ended", "child_started", b"child_started", "completed", b"completed", "continued_as", b"continued_as", "event_received", b"event_received", "failed", b"failed", "kind", b"kind", "pause_changed", b"pause_changed", "reverted", b"reverted", "started", b"started", "step_attempt_failed", b"step_attempt_failed", "step_completed", b"step_completed", "terminated", b"terminated", "timer_fired", b"timer_fired", "timer_started", b"timer_started", "version_marked", b"version_marked"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "cancel_requested", b"cancel_requested", "cancelled", b"cancelled", "child_ended", b"child_ended", "child_started", b"child_started", "completed", b"completed", "continued_as", b"continued_as", "event_received", b"event_received", "failed", b"failed", "kind", b"kind", "reverted", b"reverted", "started", b"started", "step_attempt_failed", b"step_attempt_failed", "step_completed", b"step_completed", "terminated", b"terminated", "timer_fired", b"timer_fired", "timer_started", b"timer_started", "version_marked", b"version_marked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "cancel_requested", b"cancel_requested", "cancelled", b"cancelled", "child_ended", b"child_ended", "child_started", b"child_started", "completed", b"completed", "continued_as", b"continued_as", "event_received", b"event_received", "failed", b"failed", "kind", b"kind", "pause_changed", b"pause_changed", "reverted", b"reverted", "started", b"started", "step_attempt_failed", b"step_attempt_failed", "step_completed", b"step_completed", "terminated", b"terminated", "timer_fired", b"timer_fired", "timer_started", b"timer_started", "version_marked", b"version_marked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "step_completed", "step_attempt_failed", "timer_started", "timer_fired", "event_received", "cancel_requested", "completed", "failed", "cancelled", "reverted", "version_marked", "continued_as", "child_started", "child_ended", "terminated"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "step_completed", "step_attempt_failed", "timer_started", "timer_fired", "event_received", "cancel_requested", "completed", "failed", "cancelled", "reverted", "version_marked", "continued_as", "child_started", "child_ended", "terminated", "pause_changed"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -805,6 +831,7 @@ class InboxEntry(_message.Message):
     CANCEL_FIELD_NUMBER: _builtins.int
     CHILD_ENDED_FIELD_NUMBER: _builtins.int
     TERMINATE_FIELD_NUMBER: _builtins.int
+    PAUSE_CHANGE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     sent_at_ms: _builtins.int
@@ -820,6 +847,10 @@ class InboxEntry(_message.Message):
     def terminate(self) -> Global___TerminateRequest:
         """Handle.terminate(): end the run without its code"""
 
+    @_builtins.property
+    def pause_change(self) -> Global___PauseChange:
+        """Handle.pause()/resume(): applied by an agent"""
+
     def __init__(
         self,
         *,
@@ -830,14 +861,38 @@ class InboxEntry(_message.Message):
         cancel: _builtins.bool = ...,
         child_ended: Global___ChildEnded | None = ...,
         terminate: Global___TerminateRequest | None = ...,
+        pause_change: Global___PauseChange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["child_ended", b"child_ended", "terminate", b"terminate", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["child_ended", b"child_ended", "pause_change", b"pause_change", "terminate", b"terminate", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "child_ended", b"child_ended", "id", b"id", "name", b"name", "sent_at_ms", b"sent_at_ms", "terminate", b"terminate", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "child_ended", b"child_ended", "id", b"id", "name", b"name", "pause_change", b"pause_change", "sent_at_ms", b"sent_at_ms", "terminate", b"terminate", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InboxEntry: _TypeAlias = InboxEntry  # noqa: Y015
+
+@_typing.final
+class PauseChange(_message.Message):
+    """A run paused (no agent runs its code; events still arrive) or resumed: asked for in
+    an inbox entry, recorded as a log event (the log says whether a run is paused).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAUSED_FIELD_NUMBER: _builtins.int
+    paused: _builtins.bool
+    def __init__(
+        self,
+        *,
+        paused: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["paused", b"paused"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseChange: _TypeAlias = PauseChange  # noqa: Y015
 
 @_typing.final
 class RunMeta(_message.Message):
@@ -860,6 +915,8 @@ class RunMeta(_message.Message):
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     CONTINUED_AS_FIELD_NUMBER: _builtins.int
     CHAIN_ROOT_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     WAITING_FOR_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
     FORKED_FROM_FIELD_NUMBER: _builtins.int
@@ -878,6 +935,10 @@ class RunMeta(_message.Message):
     continued_as: _builtins.str
     """the run this one continued as"""
     chain_root: _builtins.str
+    queue: _builtins.str
+    """the run's queue ("": "default")"""
+    priority: _builtins.int
+    """the run's priority, 0-9"""
     agent: _builtins.str
     """the agent that wrote this summary"""
     forked_from: _builtins.str
@@ -921,6 +982,8 @@ class RunMeta(_message.Message):
         parent_run_id: _builtins.str = ...,
         continued_as: _builtins.str = ...,
         chain_root: _builtins.str = ...,
+        queue: _builtins.str = ...,
+        priority: _builtins.int = ...,
         waiting_for: _abc.Iterable[_builtins.str] | None = ...,
         agent: _builtins.str = ...,
         forked_from: _builtins.str = ...,
@@ -929,7 +992,7 @@ class RunMeta(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "custom_status", b"custom_status", "failure", b"failure", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "args", b"args", "attributes", b"attributes", "chain_root", b"chain_root", "continued_as", b"continued_as", "created_ms", b"created_ms", "custom_status", b"custom_status", "failure", b"failure", "fork_step", b"fork_step", "forked_from", b"forked_from", "log_seq", b"log_seq", "parent_run_id", b"parent_run_id", "parked_reason", b"parked_reason", "result", b"result", "run_id", b"run_id", "status", b"status", "updated_ms", b"updated_ms", "waiting_for", b"waiting_for", "wake_at_ms", b"wake_at_ms", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "args", b"args", "attributes", b"attributes", "chain_root", b"chain_root", "continued_as", b"continued_as", "created_ms", b"created_ms", "custom_status", b"custom_status", "failure", b"failure", "fork_step", b"fork_step", "forked_from", b"forked_from", "log_seq", b"log_seq", "parent_run_id", b"parent_run_id", "parked_reason", b"parked_reason", "priority", b"priority", "queue", b"queue", "result", b"result", "run_id", b"run_id", "status", b"status", "updated_ms", b"updated_ms", "waiting_for", b"waiting_for", "wake_at_ms", b"wake_at_ms", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1021,3 +1084,100 @@ class ScheduleEntry(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScheduleEntry: _TypeAlias = ScheduleEntry  # noqa: Y015
+
+@_typing.final
+class CronSchedule(_message.Message):
+    """A cron schedule, at flow/schedules/{id}: agents that know its workflow start one run
+    per tick, with a run id made of the schedule id and the tick time (an idempotent start).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    TIMEZONE_FIELD_NUMBER: _builtins.int
+    CATCHUP_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    DONE_MS_FIELD_NUMBER: _builtins.int
+    LAST_RUN_ID_FIELD_NUMBER: _builtins.int
+    LAST_TICK_MS_FIELD_NUMBER: _builtins.int
+    CREATED_MS_FIELD_NUMBER: _builtins.int
+    UPDATED_MS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    workflow: _builtins.str
+    cron: _builtins.str
+    timezone: _builtins.str
+    """an IANA name; ticks follow its daylight-saving rules"""
+    catchup: _builtins.str
+    """ticks missed while no agent ran: "none", "latest" or "all" """
+    paused: _builtins.bool
+    queue: _builtins.str
+    done_ms: _builtins.int
+    """every tick up to this time has been handled"""
+    last_run_id: _builtins.str
+    last_tick_ms: _builtins.int
+    created_ms: _builtins.int
+    updated_ms: _builtins.int
+    @_builtins.property
+    def args(self) -> Global___Payload:
+        """[positional args, keyword args], as in Started"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        workflow: _builtins.str = ...,
+        args: Global___Payload | None = ...,
+        cron: _builtins.str = ...,
+        timezone: _builtins.str = ...,
+        catchup: _builtins.str = ...,
+        paused: _builtins.bool = ...,
+        queue: _builtins.str = ...,
+        done_ms: _builtins.int = ...,
+        last_run_id: _builtins.str = ...,
+        last_tick_ms: _builtins.int = ...,
+        created_ms: _builtins.int = ...,
+        updated_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "catchup", b"catchup", "created_ms", b"created_ms", "cron", b"cron", "done_ms", b"done_ms", "id", b"id", "last_run_id", b"last_run_id", "last_tick_ms", b"last_tick_ms", "paused", b"paused", "queue", b"queue", "timezone", b"timezone", "updated_ms", b"updated_ms", "workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CronSchedule: _TypeAlias = CronSchedule  # noqa: Y015
+
+@_typing.final
+class Limit(_message.Message):
+    """A named limit for steps, at flow/limits/{name}: Conductor.set_limit()."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
+    RATE_FIELD_NUMBER: _builtins.int
+    PER_MS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    concurrency: _builtins.int
+    """0: no bound on steps at once"""
+    rate: _builtins.int
+    """0: no bound on starts per `per_ms`"""
+    per_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        concurrency: _builtins.int = ...,
+        rate: _builtins.int = ...,
+        per_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "name", b"name", "per_ms", b"per_ms", "rate", b"rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Limit: _TypeAlias = Limit  # noqa: Y015
