@@ -66,7 +66,7 @@ async def test_runs_page_pages_through_many_runs(tmp_path: Path) -> None:
     assert len(first) == PAGE_SIZE
     assert len(_run_ids(second)) == 3
     assert set(first) | set(_run_ids(second)) == {f"many-{n:03d}" for n in range(PAGE_SIZE + 3)}
-    assert "queued: no agent has picked it up yet" in second
+    assert "pending: no agent has picked it up yet" in second
     assert "page 2 of 2" in second
 
 

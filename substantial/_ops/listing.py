@@ -17,7 +17,14 @@ from substantial._core.status import STATUS_FROM_PB, RunStatus
 from substantial._ops.search import search
 from substantial._ops.values import safe_plain, time_of
 from substantial._store import hints
-from substantial._store.keys import RUNS_PREFIX, meta_key, past_run, run_id_of, segment_key
+from substantial._store.keys import (
+    DEFAULT_QUEUE,
+    RUNS_PREFIX,
+    meta_key,
+    past_run,
+    run_id_of,
+    segment_key,
+)
 from substantial._store.payloads import open_records
 from substantial._store.runs import RunStore, check_run_id
 from substantial.backends.base import Backend
@@ -68,6 +75,8 @@ class RunSummary:
     :ivar forked_from: the run this one is a fork of (``Handle.fork``, ``retry``), if any
     :ivar fork_step: the position that fork's log was cut at
     :ivar attributes: the run's search attributes (``Context.set_attributes()``)
+    :ivar queue: the queue whose agents run it
+    :ivar priority: its priority in that queue (0-9, higher first)
     """
 
     run_id: str
@@ -86,6 +95,8 @@ class RunSummary:
     forked_from: str = ""
     fork_step: int = 0
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The summary as a JSON-compatible dict (times as ISO 8601 strings)."""
@@ -108,6 +119,8 @@ class RunSummary:
             "waiting_for": list(self.waiting_for),
             "agent": self.agent or None,
             "attributes": self.attributes,
+            "queue": self.queue,
+            "priority": self.priority,
             **({"forked_from": self.forked_from, "fork_step": self.fork_step}
                if self.forked_from else {}),
         }  # fmt: skip
@@ -135,6 +148,8 @@ def _summary(meta: pb.RunMeta) -> RunSummary:
         forked_from=meta.forked_from,
         fork_step=meta.fork_step,
         attributes=from_pb(meta.attributes),
+        queue=meta.queue or DEFAULT_QUEUE,
+        priority=meta.priority,
     )
 
 

@@ -1,8 +1,9 @@
 """
-The buttons that change runs: send an event, cancel, terminate, and cancel every run a
-filter selects. Each is a POST that must carry the page's CSRF value; the first POST
-shows a confirmation (with the equivalent ``substantial`` command), the second, with
-``confirmed=yes``, acts. With ``--read-only`` none of them exists.
+The buttons that change runs: send an event, cancel, terminate, pause, resume, and cancel
+every run a filter selects (those of schedules and queues: ``flow_actions``). Each is a
+POST that must carry the page's CSRF value; the first POST shows a confirmation (with
+the equivalent ``substantial`` command), the second, with ``confirmed=yes``, acts.
+With ``--read-only`` none of them exists.
 """
 
 from __future__ import annotations
@@ -27,10 +28,17 @@ from substantial._ui.runs_page import Filters, selected_runs
 from substantial._ui.snapshot import SnapshotCache
 from substantial._ui.text import cli_command, public_url
 from substantial.backends.base import Backend
-from substantial.errors import CodecError, InvalidRunId, RunFinished, RunNotFound
+from substantial.errors import CodecError, InvalidName, InvalidRunId, RunFinished, RunNotFound
 from substantial.ops import RunSummary
 
-__all__ = ["cancel_selected_command", "routes", "run_commands"]
+__all__ = [
+    "Confirmation",
+    "cancel_selected_command",
+    "confirm",
+    "guarded",
+    "routes",
+    "run_commands",
+]
 
 MAX_FORM_BYTES = 1 << 20
 #: shown on the confirmation of cancel-selected
@@ -72,13 +80,16 @@ def run_commands(backend_url: str, run_id: str) -> dict[str, str]:
         "send": cli_command(backend_url, "send", run_id, "EVENT", "VALUE_JSON"),
         "cancel": cli_command(backend_url, "cancel", run_id),
         "terminate": cli_command(backend_url, "terminate", run_id, "--reason", "REASON"),
+        "pause": cli_command(backend_url, "pause", run_id),
+        "resume": cli_command(backend_url, "resume", run_id),
     }
 
 
 def cancel_selected_command(backend_url: str, filters: Filters) -> str:
     """
     The command that cancels what cancel-selected would: ``substantial cancel`` with
-    filters, or, since it has no id prefix, ``list --json`` piped through ``jq``.
+    filters, or, since it has no id prefix or queue filter, ``list --json`` piped
+    through ``jq``.
     """
     words: list[str] = []
     for status in filters.statuses or tuple(RunStatus):
@@ -91,9 +102,11 @@ def cancel_selected_command(backend_url: str, filters: Filters) -> str:
                   else filters.since]  # fmt: skip
     if filters.started_before:
         words += ["--started-before", filters.started_before.isoformat()]
-    if not filters.prefix:
+    if not filters.prefix and not filters.queue:
         return cli_command(backend_url, "cancel", *words)
-    select = f".[].run_id | select(startswith({json.dumps(filters.prefix)}))"
+    tests = [f"(.run_id | startswith({json.dumps(filters.prefix)}))"] if filters.prefix else []
+    tests += [f".queue == {json.dumps(filters.queue)}"] if filters.queue else []
+    select = f".[] | select({' and '.join(tests)}) | .run_id"
     backend = shlex.quote(public_url(backend_url))
     return (
         f"{cli_command(backend_url, 'list', *words, '--json')} | jq -r {shlex.quote(select)}"
@@ -101,31 +114,37 @@ def cancel_selected_command(backend_url: str, filters: Filters) -> str:
     )
 
 
+def guarded(ui: Pages, work: Any) -> Any:
+    """An endpoint that runs ``work(ui, request, fields)`` on a form that passes the checks."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            fields = await _form(request, ui.settings.csrf)
+        except Refused as exc:
+            return PlainTextResponse(f"refused: {exc}\n", status_code=403)
+        try:
+            response: Response = await work(ui, request, fields)
+        except (InvalidRunId, InvalidName) as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=404)
+        return response
+
+    return endpoint
+
+
 def routes(ui: Pages) -> list[Route]:
     """The POST routes, or none in a read-only view."""
     if ui.settings.read_only:
         return []
-
-    def action(work: Any) -> Any:
-        async def endpoint(request: Request) -> Response:
-            try:
-                fields = await _form(request, ui.settings.csrf)
-            except Refused as exc:
-                return PlainTextResponse(f"refused: {exc}\n", status_code=403)
-            try:
-                response: Response = await work(ui, request, fields)
-            except InvalidRunId as exc:
-                return PlainTextResponse(f"{exc}\n", status_code=404)
-            return response
-
-        return endpoint
-
     return [
-        Route("/runs/{run_id}/send", action(_send), methods=["POST"]),
-        Route("/runs/{run_id}/cancel", action(_cancel), methods=["POST"]),
-        Route("/runs/{run_id}/terminate", action(_terminate), methods=["POST"]),
-        Route("/cancel-selected", action(_cancel_selected), methods=["POST"]),
-    ]
+        Route(f"/runs/{{run_id}}/{name}", guarded(ui, work), methods=["POST"])
+        for name, work in [
+            ("send", _send),
+            ("cancel", _cancel),
+            ("terminate", _terminate),
+            ("pause", _pause),
+            ("resume", _resume),
+        ]
+    ] + [Route("/cancel-selected", guarded(ui, _cancel_selected), methods=["POST"])]
 
 
 @dataclass
@@ -142,9 +161,11 @@ class Confirmation:
     shown: str | None = None
     runs: list[RunSummary] | None = None
     more: int = 0
+    #: where "Go back" leads (default: the run's page, or the runs page)
+    back: str = ""
 
 
-def _confirm(ui: Pages, request: Request, page: Confirmation, status: int = 200) -> Response:
+def confirm(ui: Pages, request: Request, page: Confirmation, status: int = 200) -> Response:
     return ui.render(request, "confirm.html", status, **vars(page))
 
 
@@ -157,7 +178,7 @@ async def _act(ui: Pages, request: Request, page: Confirmation, said: str, act: 
         await act(Conductor(ui.backend).handle(page.run_id))
     except (RunNotFound, RunFinished, CodecError) as exc:
         page.problem = str(exc)
-        return _confirm(ui, request, page, 409)
+        return confirm(ui, request, page, 409)
     ui.snapshot.invalidate()
     return _back(page.run_id, said)
 
@@ -175,15 +196,15 @@ async def _send(ui: Pages, request: Request, fields: dict[str, str]) -> Response
     )
     if not name:
         page.problem = "give the event's name"
-        return _confirm(ui, request, page, 400)
+        return confirm(ui, request, page, 400)
     try:
         value = json.loads(raw) if raw else None
     except ValueError as exc:
         page.problem = f"the value is not JSON: {exc}"
-        return _confirm(ui, request, page, 400)
+        return confirm(ui, request, page, 400)
     if fields.get("confirmed") != "yes":
         page.shown = json.dumps(value, ensure_ascii=False)
-        return _confirm(ui, request, page)
+        return confirm(ui, request, page)
     return await _act(ui, request, page, f"sent {name}", lambda h: h.send(name, value))
 
 
@@ -192,7 +213,7 @@ async def _cancel(ui: Pages, request: Request, fields: dict[str, str]) -> Respon
     command = cli_command(ui.settings.backend_url, "cancel", run_id)
     page = Confirmation("Cancel this run", command, run_id, button="Yes, cancel the run")
     if fields.get("confirmed") != "yes":
-        return _confirm(ui, request, page)
+        return confirm(ui, request, page)
     return await _act(ui, request, page, "cancel requested", lambda h: h.cancel())
 
 
@@ -209,8 +230,29 @@ async def _terminate(ui: Pages, request: Request, fields: dict[str, str]) -> Res
         warning="No finally block or compensation of the run will run.",
     )
     if fields.get("confirmed") != "yes":
-        return _confirm(ui, request, page)
+        return confirm(ui, request, page)
     return await _act(ui, request, page, "terminate requested", lambda h: h.terminate(reason))
+
+
+async def _pause(ui: Pages, request: Request, fields: dict[str, str]) -> Response:
+    run_id = check_run_id(request.path_params["run_id"])
+    command = cli_command(ui.settings.backend_url, "pause", run_id)
+    page = Confirmation(
+        "Pause this run", command, run_id, button="Yes, pause the run",
+        warning="No agent runs it until it is resumed; a step running now finishes first.",
+    )  # fmt: skip
+    if fields.get("confirmed") != "yes":
+        return confirm(ui, request, page)
+    return await _act(ui, request, page, "pause requested", lambda h: h.pause())
+
+
+async def _resume(ui: Pages, request: Request, fields: dict[str, str]) -> Response:
+    run_id = check_run_id(request.path_params["run_id"])
+    command = cli_command(ui.settings.backend_url, "resume", run_id)
+    page = Confirmation("Resume this run", command, run_id, button="Yes, resume the run")
+    if fields.get("confirmed") != "yes":
+        return confirm(ui, request, page)
+    return await _act(ui, request, page, "resume requested", lambda h: h.resume())
 
 
 async def _cancel_selected(ui: Pages, request: Request, fields: dict[str, str]) -> Response:
@@ -227,9 +269,9 @@ async def _cancel_selected(ui: Pages, request: Request, fields: dict[str, str]) 
     )
     if not filters.narrowed:
         page.problem = "choose a filter first"
-        return _confirm(ui, request, page, 400)
+        return confirm(ui, request, page, 400)
     if fields.get("confirmed") != "yes":
-        return _confirm(ui, request, page)
+        return confirm(ui, request, page)
     conductor = Conductor(ui.backend)
     done = skipped = 0
     for run in runs:

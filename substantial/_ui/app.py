@@ -20,7 +20,8 @@ from starlette.staticfiles import StaticFiles
 
 from substantial._core.status import RunStatus
 from substantial._store.runs import check_run_id
-from substantial._ui import actions, text
+from substantial._ui import actions, flow_actions, text
+from substantial._ui.flow_pages import load_limits, load_queues, load_schedules
 from substantial._ui.guard import Guard, new_csrf
 from substantial._ui.run_page import load_run_page, run_doing
 from substantial._ui.runs_page import RANGES, Filters, runs_page
@@ -124,9 +125,36 @@ class Ui:
             return self.render(request, "trouble.html", 503, problem=f"backend unreachable: {exc}")
         return self.render(
             request, "run.html", page=page, run=page.details.summary, now=now,
-            doing=run_doing(page.details.summary, page.timeline, now),
+            doing=run_doing(page.details.summary, page.timeline, now, page.concurrency_key),
             said=request.query_params.get("said", ""),
             commands=actions.run_commands(self.settings.backend_url, run_id),
+        )  # fmt: skip
+
+    async def schedules(self, request: Request) -> Response:
+        try:
+            rows = await load_schedules(self.backend, await self.snapshot.get())
+        except BackendError as exc:
+            return self.render(request, "trouble.html", 503, problem=f"backend unreachable: {exc}")
+        commands = {
+            row.info.id: flow_actions.schedule_commands(self.settings.backend_url, row.info.id)
+            for row in rows
+        }
+        return self.render(request, "schedules.html", rows=rows, commands=commands)
+
+    async def limits(self, request: Request) -> Response:
+        try:
+            snapshot = await self.snapshot.get()
+            limits = await load_limits(self.backend)
+            queues = await load_queues(
+                self.backend, snapshot, await load_schedules(self.backend, snapshot)
+            )
+        except BackendError as exc:
+            return self.render(request, "trouble.html", 503, problem=f"backend unreachable: {exc}")
+        url = self.settings.backend_url
+        return self.render(
+            request, "limits.html", limits=limits, queues=queues,
+            pause_command=text.cli_command(url, "pause", "NAME", group="queue"),
+            resume_command=text.cli_command(url, "resume", "NAME", group="queue"),
         )  # fmt: skip
 
 
@@ -160,7 +188,10 @@ def create_app(
     routes = [
         Route("/", ui.runs),
         Route("/runs/{run_id}", ui.run),
+        Route("/schedules", ui.schedules),
+        Route("/limits", ui.limits),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         *actions.routes(ui),
+        *flow_actions.routes(ui),
     ]
     return Guard(Starlette(routes=routes, lifespan=lifespan), settings.token, settings.hosts)

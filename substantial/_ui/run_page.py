@@ -40,6 +40,8 @@ class RunPage:
     events: list[tuple[int, HistoryEvent]] = field(default_factory=list)
     events_page: int = 1
     events_pages: int = 1
+    #: ``start(concurrency_key=...)``, from the run's start event
+    concurrency_key: str = ""
 
 
 async def load_run_page(
@@ -72,6 +74,7 @@ async def load_run_page(
         events=shown,
         events_page=page,
         events_pages=pages,
+        concurrency_key=str(history[0].details.get("concurrency_key", "")) if history else "",
     )
 
 
@@ -105,10 +108,11 @@ def _links(history: list[HistoryEvent]) -> list[Link]:
     return links
 
 
-def run_doing(run: ops.RunSummary, timeline: Timeline, now: datetime) -> str:
+def run_doing(run: ops.RunSummary, timeline: Timeline, now: datetime, key: str = "") -> str:
     """
     What the run is doing, told more closely than its summary alone can (``text.doing``):
-    the step it is retrying and when, or the child it waits for.
+    the step it is retrying and when, the child it waits for, or the concurrency key
+    (``key``, from its start) a queued run counts under.
     """
     if run.status.finished:
         return doing(run, now)
@@ -116,6 +120,8 @@ def run_doing(run: ops.RunSummary, timeline: Timeline, now: datetime) -> str:
         if bar.kind == "step" and bar.open and len(bar.spans) > 1:
             due = time_text(ms_datetime(bar.spans[-1].start))
             return f"retrying {bar.label}: attempt {len(bar.spans)} at {due}"
+    if run.status is RunStatus.QUEUED and key:
+        return f"queued behind the concurrency limits of workflow {run.workflow} (key {key!r})"
     if run.status is RunStatus.WAITING:
         children = [bar.link for bar in timeline.bars if bar.kind == "child" and bar.open]
         if children:

@@ -44,6 +44,7 @@ class Filters:
     page: int = 1
     #: search attributes, as ``name=value`` (``Context.set_attributes``)
     where: str = ""
+    queue: str = ""
 
     @classmethod
     def parse(cls, query: Mapping[str, list[str]]) -> Filters:
@@ -66,6 +67,7 @@ class Filters:
             prefix=one("prefix"),
             page=max(page, 1),
             where=one("where") if _where(one("where")) is not None else "",
+            queue=one("queue"),
         )
 
     def query(self, **changes: object) -> str:
@@ -78,6 +80,7 @@ class Filters:
             "before": self.started_before.isoformat() if self.started_before else "",
             "prefix": self.prefix,
             "where": self.where,
+            "queue": self.queue,
             "page": self.page if self.page > 1 else "",
         }
         fields.update(changes)
@@ -96,6 +99,8 @@ class Filters:
             return False
         if self.prefix and not run.run_id.startswith(self.prefix):
             return False
+        if self.queue and run.queue != self.queue:
+            return False
         wanted = _where(self.where)
         if wanted and not matches_where(run.attributes, wanted):
             return False
@@ -111,7 +116,7 @@ class Filters:
     @property
     def narrowed(self) -> bool:
         """Whether any filter is set (cancel-selected needs one)."""
-        return bool(self.statuses or self.workflow or self.prefix or self.since
+        return bool(self.statuses or self.workflow or self.prefix or self.since or self.queue
                     or self.started_after or self.started_before or self.where)  # fmt: skip
 
 
@@ -147,6 +152,7 @@ class RunsPage:
     :ivar counts: runs by status among those the other filters select
     :ivar matching: how many runs every filter selects
     :ivar workflows: every workflow name seen, for the filter's choices
+    :ivar queues: every queue name seen, for the filter's choices
     """
 
     filters: Filters
@@ -156,6 +162,7 @@ class RunsPage:
     matching: int
     pages: int
     workflows: list[str] = field(default_factory=list)
+    queues: list[str] = field(default_factory=list)
     snapshot: Snapshot = field(default_factory=Snapshot)
 
 
@@ -180,6 +187,7 @@ def runs_page(snapshot: Snapshot, filters: Filters, now: datetime) -> RunsPage:
         matching=len(chosen),
         pages=pages,
         workflows=sorted({run.workflow for run in snapshot.runs if run.workflow}),
+        queues=sorted({run.queue for run in snapshot.runs}),
         snapshot=snapshot,
     )
 

@@ -89,7 +89,11 @@ def doing(run: RunSummary, now: datetime) -> str:
     """What the run is doing, in a few words, from its summary alone."""
     status = run.status
     if status is RunStatus.PENDING:
-        return "queued: no agent has picked it up yet"
+        return "pending: no agent has picked it up yet"
+    if status is RunStatus.QUEUED:
+        return f"queued behind the concurrency limit of workflow {run.workflow}"
+    if status is RunStatus.PAUSED:
+        return "paused: no agent runs it until it is resumed"
     if status is RunStatus.RUNNING:
         return "running steps"
     if status in (RunStatus.SLEEPING, RunStatus.WAITING) and run.waiting_for:
@@ -135,6 +139,11 @@ def public_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*/:")))
 
 
-def cli_command(backend_url: str, *words: str) -> str:
-    """The ``substantial`` command line that does the same as a button."""
-    return shlex.join(["substantial", words[0], "--backend", public_url(backend_url), *words[1:]])
+def cli_command(backend_url: str, *words: str, group: str = "") -> str:
+    """
+    The ``substantial`` command line that does the same as a button.
+
+    :param group: the command group ``words[0]`` belongs to (``schedule``, ``queue``)
+    """
+    command = ["substantial", *([group] if group else []), words[0]]
+    return shlex.join([*command, "--backend", public_url(backend_url), *words[1:]])
