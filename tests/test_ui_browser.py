@@ -139,7 +139,26 @@ def test_filter_open_a_waiting_run_and_send_its_event(site: Site, page: Any) -> 
     expect(page.get_by_role("button", name="Send")).to_have_count(0)  # nothing left to do
 
 
-def test_cancel_a_run_from_its_page(files_site: Site, page: Any) -> None:
+def test_pause_resume_and_cancel_runs_from_their_page(files_site: Site, page: Any) -> None:
+    paused = _run_id("approve")
+    files_site.start_run("approval", "order-16", run_id=paused)
+    page.goto(f"{files_site.ui.url}/runs/{paused}")
+    expect(page.locator("#run-status")).to_have_text("waiting")
+    page.get_by_role("button", name="Pause", exact=True).click()
+    expect(page.get_by_text("substantial pause --backend")).to_be_visible()
+    page.get_by_role("button", name="Yes, pause the run").click()
+    expect(page.get_by_role("status")).to_have_text("pause requested")
+    expect(page.locator("#run-status")).to_have_text("paused")  # once an agent took it
+    page.reload()  # the refresh redraws the run's state, not its buttons
+    page.get_by_role("button", name="Resume", exact=True).click()
+    expect(page.get_by_text("substantial resume --backend")).to_be_visible()
+    page.get_by_role("button", name="Yes, resume the run").click()
+    expect(page.locator("#run-status")).to_have_text("waiting")
+    page.get_by_label("Event", exact=True).fill("approve")
+    page.get_by_role("button", name="Send").click()
+    page.get_by_role("button", name="Yes, send").click()
+    expect(page.locator("#run-status")).to_have_text("completed")
+
     run_id = _run_id("approve")
     files_site.start_run("approval", "order-18", run_id=run_id)
     page.goto(f"{files_site.ui.url}/runs/{run_id}")
@@ -176,10 +195,11 @@ def test_read_only_hides_every_action(files_site: Site, page: Any) -> None:
     expect(page.get_by_role("link", name=run_id)).to_be_visible()
     page.goto(f"{view}/runs/{run_id}")
     expect(page.locator("#run-status")).to_have_text(re.compile("pending|running|waiting"))
-    for address in (f"{view}/?prefix={run_id}", f"{view}/runs/{run_id}"):
+    pages = ("/schedules", "/limits", f"/?prefix={run_id}", f"/runs/{run_id}")
+    for address in (view + path for path in pages):
         page.goto(address)
         assert page.locator("form[method=post]").count() == 0
-        for name in ("Send", "Cancel", "Terminate", "Cancel selected"):
+        for name in ("Send", "Cancel", "Terminate", "Cancel selected", "Pause", "Resume"):
             assert page.get_by_role("button", name=name, exact=True).count() == 0
         expect(page.get_by_text("read-only", exact=True)).to_be_visible()
     status = page.evaluate(
