@@ -15,7 +15,7 @@ import pytest
 from substantial import Conductor, Context, RunStatus, workflow
 from substantial.backends import Backend
 from tests.harness import WAIT, wait_for_status
-from tests.ui_app import approval, double
+from tests.ui_app import HOSTILE, approval, double
 from tests.ui_client import csrf_of, ui_client
 
 gate = threading.Event()
@@ -106,12 +106,14 @@ async def test_queued_runs_show_their_limit_and_filter_by_queue(conductor: Condu
 async def test_schedules_page_shows_and_steers_each_schedule(backend: Backend) -> None:
     conductor = Conductor(backend)  # no agent: nothing ticks while the test looks
     await conductor.schedule(
-        "nightly", "report", 2, cron="0 3 * * *", timezone="Europe/Zurich", catchup="all"
+        "nightly", HOSTILE, 2, cron="0 3 * * *", timezone="Europe/Zurich", catchup="all"
     )
     async with ui_client(backend) as client:
         page = (await client.get("/schedules")).text
         assert "<code>0 3 * * *</code> in Europe/Zurich" in page
         assert "<dd>all</dd>" in page
+        assert HOSTILE not in page
+        assert "&lt;script&gt;" in page
         ticks = re.findall(r"\d{4}-\d\d-\d\dT03:00:00\+0[12]:00", page)
         assert len(ticks) == 5
         assert set(_posts(page)) == {"/schedules/nightly/pause", "/schedules/nightly/trigger"}
