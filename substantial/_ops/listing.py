@@ -17,7 +17,14 @@ from substantial._core.status import STATUS_FROM_PB, RunStatus
 from substantial._ops.search import search
 from substantial._ops.values import safe_plain, time_of
 from substantial._store import hints
-from substantial._store.keys import RUNS_PREFIX, meta_key, past_run, run_id_of, segment_key
+from substantial._store.keys import (
+    DEFAULT_QUEUE,
+    RUNS_PREFIX,
+    meta_key,
+    past_run,
+    run_id_of,
+    segment_key,
+)
 from substantial._store.payloads import open_records
 from substantial._store.runs import RunStore, check_run_id
 from substantial.backends.base import Backend
@@ -68,6 +75,7 @@ class RunSummary:
     :ivar forked_from: the run this one is a fork of (``Handle.fork``, ``retry``), if any
     :ivar fork_step: the position that fork's log was cut at
     :ivar attributes: the run's search attributes (``Context.set_attributes()``)
+    :ivar queue: the queue whose agents run it (``"default"`` unless it was given one)
     """
 
     run_id: str
@@ -86,6 +94,7 @@ class RunSummary:
     forked_from: str = ""
     fork_step: int = 0
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
+    queue: str = DEFAULT_QUEUE
 
     def to_json(self) -> dict[str, Any]:
         """The summary as a JSON-compatible dict (times as ISO 8601 strings)."""
@@ -96,6 +105,7 @@ class RunSummary:
         return {
             "run_id": self.run_id,
             "workflow": self.workflow,
+            "queue": self.queue,
             "status": self.status.value,
             "created": iso(self.created),
             "updated": iso(self.updated),
@@ -135,6 +145,7 @@ def _summary(meta: pb.RunMeta) -> RunSummary:
         forked_from=meta.forked_from,
         fork_step=meta.fork_step,
         attributes=from_pb(meta.attributes),
+        queue=meta.queue or DEFAULT_QUEUE,
     )
 
 
@@ -209,6 +220,7 @@ async def _summary_from_log(store: RunStore, run_id: str) -> RunSummary | None:
         created=time_of(first.at_ms),
         updated=time_of(first.at_ms),
         args=safe_plain(first.started.args),
+        queue=first.started.queue or DEFAULT_QUEUE,
     )
 
 
@@ -230,6 +242,7 @@ async def list_runs(
     started_before: datetime | None = None,
     started_after: datetime | None = None,
     *,
+    queue: str | None = None,
     where: Mapping[str, object] | Iterable[str] | None = None,
     progress: Progress = no_progress,
 ) -> list[RunSummary]:
@@ -243,6 +256,7 @@ async def list_runs(
     :param status: only runs in this status (or one of these)
     :param started_before: only runs started before this time
     :param started_after: only runs started at or after this time
+    :param queue: only runs of this queue (``"default"``: those given none)
     :param where: only runs with these search attributes, ``{"customer": "acme"}`` or
         ``["customer=acme"]`` (values compared as text); found through the attribute
         index, so only the matching runs' summaries are read
@@ -257,14 +271,20 @@ async def list_runs(
         found = [
             summary
             for summary in await search(backend, parse_where(where), _summaries)
-            if _matches(summary, workflow, wanted, started_before, started_after)
+            if _matches(summary, workflow, wanted, started_before, started_after, queue)
         ]
         progress(len(found), len(found))
     else:
         found = [
             summary
             async for summary in iter_runs(
-                backend, workflow, status, started_before, started_after, progress=progress
+                backend,
+                workflow,
+                status,
+                started_before,
+                started_after,
+                queue=queue,
+                progress=progress,
             )
         ]
     epoch = datetime.fromtimestamp(0, UTC)
@@ -279,6 +299,7 @@ async def iter_runs(
     started_before: datetime | None = None,
     started_after: datetime | None = None,
     *,
+    queue: str | None = None,
     after: str | None = None,
     read: int = PAGE,
     progress: Progress = no_progress,
@@ -286,7 +307,8 @@ async def iter_runs(
     """
     The runs that match every filter given, in run-id order, read a page at a time: a
     cursor. Stopping early reads no further; ``after`` (a run id) starts past that run,
-    so a page ends with the id that starts the next. Filters as :func:`list_runs`;
+    so a page ends with the id that starts the next. Filters (``queue`` too) as
+    :func:`list_runs`;
     ``read``: how many summaries to read at once.
     """
     wanted: set[RunStatus] | None = None
@@ -300,12 +322,13 @@ async def iter_runs(
             if len(batch) < read:
                 continue
             for summary in await _matching(backend, batch, workflow, wanted, started_before,
-                                           started_after):  # fmt: skip
+                                           started_after, queue):  # fmt: skip
                 yield summary
             seen += len(batch)
             progress(seen, None)
             batch = []
-    for summary in await _matching(backend, batch, workflow, wanted, started_before, started_after):
+    last = await _matching(backend, batch, workflow, wanted, started_before, started_after, queue)
+    for summary in last:
         yield summary
     progress(seen + len(batch), None)
 
@@ -317,9 +340,14 @@ async def _matching(
     wanted: set[RunStatus] | None,
     before: datetime | None,
     after: datetime | None,
+    queue: str | None,
 ) -> list[RunSummary]:
     summaries = await _summaries(backend, run_ids) if run_ids else []
-    return [s for s in summaries if s is not None and _matches(s, workflow, wanted, before, after)]
+    return [
+        s
+        for s in summaries
+        if s is not None and _matches(s, workflow, wanted, before, after, queue)
+    ]
 
 
 def _matches(
@@ -328,8 +356,11 @@ def _matches(
     statuses: set[RunStatus] | None,
     before: datetime | None,
     after: datetime | None,
+    queue: str | None = None,
 ) -> bool:
     if workflow is not None and summary.workflow != workflow:
+        return False
+    if queue is not None and summary.queue != queue:
         return False
     if statuses is not None and summary.status not in statuses:
         return False
