@@ -263,6 +263,7 @@ class Conductor(FlowControl):
         workflow: str | None = None,
         started_before: datetime | None = None,
         started_after: datetime | None = None,
+        queue: str | None = None,
         page: int = 1000,
     ) -> AsyncIterator[RunSummary]:
         """
@@ -274,8 +275,10 @@ class Conductor(FlowControl):
         :param workflow: only runs of this workflow name
         :param started_before: only runs started before this time
         :param started_after: only runs started at or after this time
+        :param queue: only runs of this queue (``"default"``: those given none)
         """
-        return iter_runs(self.backend, workflow, status, started_before, started_after, read=page)
+        return iter_runs(self.backend, workflow, status, started_before, started_after,
+                         queue=queue, read=page)  # fmt: skip
 
     # ---- the agent ----
 

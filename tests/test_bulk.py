@@ -1,12 +1,13 @@
 """
 Bulk actions by filter (issue #16): ``conductor.runs(...)`` pages through summaries,
-and ``substantial cancel|terminate|retry`` with filters act on every run selected, with
-a progress bar on a terminal and a count of what was done.
+and ``substantial cancel|terminate|retry|pause|resume`` with filters act on every run
+selected, with a progress bar on a terminal and a count of what was done.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import struct
@@ -16,13 +17,14 @@ import termios
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from substantial import Conductor, Context, RetryPolicy, RunStatus, workflow
 from substantial._store.keys import inbox_prefix
-from substantial.backends import FSBackend, MemoryBackend
+from substantial.backends import Backend, FSBackend, MemoryBackend
 from substantial.codec import encode_payload
 from substantial.ops import RunFilter, bulk
 from substantial.protocol import substantial_pb2 as pb
@@ -34,6 +36,11 @@ SCRIPT = str(Path(sys.executable).with_name("substantial"))
 
 @workflow(name="bulk.waits")
 async def waits(c: Context) -> str:
+    return str(await c.receive("go"))
+
+
+@workflow(name="bulk.billing", queue="billing")
+async def billing(c: Context) -> str:
     return str(await c.receive("go"))
 
 
@@ -111,7 +118,8 @@ async def test_bulk_retry_forks_each_failed_run_once() -> None:
         assert everything.skipped["q"].startswith("it has not failed (it is completed)")
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.slow  # 1,000 runs through an agent on files: in the second pass, two at a time
+@pytest.mark.timeout(300)
 async def test_bulk_cancel_of_1000_waiting_runs_from_the_terminal(tmp_path: Path) -> None:
     backend = FSBackend(tmp_path / "runs", fsync=False)
     url = f"file://{tmp_path / 'runs'}"
@@ -125,7 +133,8 @@ async def test_bulk_cancel_of_1000_waiting_runs_from_the_terminal(tmp_path: Path
             runs = conductor.runs(status=RunStatus.WAITING, workflow="bulk.waits")
             return len([s async for s in runs]) == 1000
 
-        await wait_until(all_waiting, what="1000 waiting runs", every=0.5)
+        # an upper bound: 7-15 s alone, over 90 s at load average 18
+        await wait_until(all_waiting, 200, what="1000 waiting runs", every=0.5)
     ready = time.monotonic() - started
 
     output, code, took = await anyio.to_thread.run_sync(
@@ -216,3 +225,94 @@ async def test_fork_and_retry_from_the_terminal(tmp_path: Path) -> None:
     assert b"fork      b-retry at #1 (retry)" in show.stdout
     shown = await anyio.run_process([SCRIPT, "show", "b-f", "--backend", url], check=False)
     assert b"forked    from b at #1" in shown.stdout
+
+
+@pytest.mark.conductor(waits, billing, quick)
+async def test_bulk_pause_and_resume_of_one_queue(conductor: Conductor, backend: Backend) -> None:
+    for i in range(3):
+        await conductor.start(billing, run_id=f"bill-{i}")
+        await conductor.start(waits, run_id=f"dflt-{i}")
+    ended = await conductor.start(quick, run_id="bill-done", queue="billing")
+    await ended.result(timeout=WAIT)
+    bills, others = [f"bill-{i}" for i in range(3)], [f"dflt-{i}" for i in range(3)]
+    for run_id in bills + others:
+        await wait_for_status(conductor.handle(run_id), RunStatus.WAITING)
+    in_billing = [s async for s in conductor.runs(queue="billing")]
+    assert [s.run_id for s in in_billing] == [*bills, "bill-done"]
+    assert {s.to_json()["queue"] for s in in_billing} == {"billing"}
+    assert [s.run_id async for s in conductor.runs(queue="default")] == others
+
+    def act(action: str, where: RunFilter, dry_run: bool = False) -> Any:
+        return bulk(conductor.backend, conductor.handle, action, where, dry_run=dry_run)
+
+    dry = await act("pause", RunFilter(queue="billing"), dry_run=True)
+    assert (dry.selected, dry.done) == ([*bills, "bill-done"], {})
+    for run_id in bills:  # the dry run asked nothing of any run
+        assert await backend.list_all(inbox_prefix(run_id)) == [], run_id
+    paused = await act("pause", RunFilter(queue="billing"))
+    assert (sorted(paused.done), paused.errors) == (bills, {})
+    assert list(paused.skipped) == ["bill-done"]
+    assert paused.skipped["bill-done"].startswith("it had ended")
+    for run_id in bills:
+        await wait_for_status(conductor.handle(run_id), RunStatus.PAUSED)
+    for run_id in others:  # the other queue was left alone
+        assert await backend.list_all(inbox_prefix(run_id)) == [], run_id
+        assert await conductor.handle(run_id).status() is RunStatus.WAITING
+
+    again = await act("pause", RunFilter(queue="billing", status=RunStatus.PAUSED))
+    assert (again.done, again.skipped) == ({}, dict.fromkeys(bills, "it is paused already"))
+    not_paused = await act("resume", RunFilter(queue="default"))
+    assert not_paused.done == {}
+    assert not_paused.skipped == dict.fromkeys(others, "it is not paused (it is waiting)")
+    resumed = await act("resume", RunFilter(queue="billing"))
+    assert sorted(resumed.done) == bills
+    assert resumed.skipped["bill-done"].startswith("it had ended")
+    for run_id in bills + others:
+        await conductor.handle(run_id).send("go", run_id)
+    for run_id in bills + others:
+        assert await conductor.handle(run_id).result(timeout=WAIT) == run_id
+
+
+async def test_bulk_pause_and_resume_from_the_terminal(tmp_path: Path) -> None:
+    backend = FSBackend(tmp_path / "runs", fsync=False)
+    url = f"file://{tmp_path / 'runs'}"
+
+    async def cli(*args: str, code: int = 0) -> tuple[str, str]:
+        done = await anyio.run_process([SCRIPT, *args, "--backend", url], check=False)
+        assert done.returncode == code, done.stderr
+        return done.stdout.decode(), done.stderr.decode()
+
+    async with make_conductor(backend, waits, billing) as conductor:
+        for run_id in ("bill-0", "bill-1"):
+            await conductor.start(billing, run_id=run_id)
+        await conductor.start(waits, run_id="dflt")
+        for run_id in ("bill-0", "bill-1", "dflt"):
+            await wait_for_status(conductor.handle(run_id), RunStatus.WAITING)
+
+        output, code, _ = await anyio.to_thread.run_sync(
+            _on_a_terminal, ["pause", "--queue", "billing", "--backend", url]
+        )
+        assert code == 0, output
+        assert "2/2" in output  # the progress bar reached the end
+        assert "2 runs selected: 2 pause requested, 0 skipped, 0 failed" in output
+        for run_id in ("bill-0", "bill-1"):
+            await wait_for_status(conductor.handle(run_id), RunStatus.PAUSED)
+        assert await conductor.handle("dflt").status() is RunStatus.WAITING
+        listed, _ = await cli("list", "--queue", "billing", "--status", "paused", "--json")
+        assert [run["run_id"] for run in json.loads(listed)] == ["bill-0", "bill-1"]
+
+        out, err = await cli("resume", "--queue", "billing", "--dry-run")
+        assert out == "bill-0\nbill-1\n"
+        assert "2 runs selected; dry run: nothing done" in err
+        _, err = await cli("pause", "bill-0", "--queue", "billing", code=2)
+        assert "give RUN or filters" in err
+        out, _ = await cli("resume", "bill-0")  # the one-run form, as before
+        assert out == "resume requested for bill-0\n"
+        await wait_for_status(conductor.handle("bill-0"), RunStatus.WAITING)
+        _, err = await cli("resume", "--queue", "billing", "--workflow", "bulk.billing")
+        assert "2 runs selected: 1 resume requested, 1 skipped, 0 failed" in err
+        assert "skipped bill-0: it is not paused (it is waiting)" in err
+        for run_id in ("bill-0", "bill-1", "dflt"):
+            await conductor.handle(run_id).send("go", "!")
+        for run_id in ("bill-0", "bill-1", "dflt"):
+            assert await conductor.handle(run_id).result(timeout=WAIT) == "!"

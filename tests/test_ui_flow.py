@@ -90,6 +90,7 @@ async def test_queued_runs_show_their_limit_and_filter_by_queue(conductor: Condu
             assert _run_ids(queued) == ["gated-2"]
             assert "queued behind the concurrency limit of workflow ui.gated" in queued
             assert '<option value="ui-flow" selected>' in queued
+            assert "cancel --backend memory:// --status queued --queue ui-flow</code>" in queued
             assert _run_ids((await client.get("/?queue=default")).text) == []
             assert set(_run_ids((await client.get("/?queue=ui-flow")).text)) == {
                 "gated-1", "gated-2"

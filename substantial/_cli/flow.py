@@ -6,6 +6,7 @@ import click
 
 from substantial._cli.common import backend_option, run_id_argument, with_backend
 from substantial._cli.formatting import json_text
+from substantial._cli.surgery import with_filters
 from substantial._client.limits import LimitInfo
 from substantial._client.schedules import ScheduleInfo
 from substantial._conductor import Conductor
@@ -150,4 +151,5 @@ def limits_command(backend_url: str | None, as_json: bool) -> None:
         click.echo(f"{info.name}  " + ", ".join(parts))
 
 
-COMMANDS = (pause, resume, queue, schedule, limits_command)
+COMMANDS = (with_filters("pause", pause), with_filters("resume", resume), queue, schedule,
+            limits_command)  # fmt: skip

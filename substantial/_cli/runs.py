@@ -34,6 +34,7 @@ __all__ = ["cancel", "list_command", "plain_result", "result", "send", "show", "
 @click.command("list")
 @backend_option
 @click.option("--workflow", help="Only runs of this workflow name.")
+@click.option("--queue", help="Only runs of this queue.")
 @click.option(
     "--status",
     "statuses",
@@ -55,6 +56,7 @@ __all__ = ["cancel", "list_command", "plain_result", "result", "send", "show", "
 def list_command(
     backend_url: str | None,
     workflow: str | None,
+    queue: str | None,
     statuses: tuple[str, ...],
     started_before: datetime | None,
     started_after: datetime | None,
@@ -75,12 +77,13 @@ def list_command(
 
     async def body(backend: Backend) -> list[inspect.RunSummary]:
         if where:
-            return await _where(backend, filters, where, limit, after, progress)
+            return await _where(backend, filters, queue, where, limit, after, progress)
         if limit is None:
-            return await inspect.list_runs(backend, *filters, progress=progress)
+            return await inspect.list_runs(backend, *filters, queue=queue, progress=progress)
         page: list[inspect.RunSummary] = []
         read = min(limit + 1, 1000)
-        found = inspect.iter_runs(backend, *filters, after=after, read=read, progress=progress)
+        found = inspect.iter_runs(backend, *filters, queue=queue, after=after, read=read,
+                                  progress=progress)  # fmt: skip
         async with aclosing(found):
             async for run in found:
                 page.append(run)
@@ -115,13 +118,14 @@ def list_command(
 async def _where(
     backend: Backend,
     filters: tuple[Any, ...],
+    queue: str | None,
     where: tuple[str, ...],
     limit: int | None,
     after: str | None,
     progress: Progress,
 ) -> list[inspect.RunSummary]:
     """``list --where``: the runs the attribute index finds (a page in run-id order)."""
-    runs = await inspect.list_runs(backend, *filters, where=where, progress=progress)
+    runs = await inspect.list_runs(backend, *filters, queue=queue, where=where, progress=progress)
     if limit is not None:
         runs.sort(key=lambda run: run.run_id)
     return [run for run in runs if after is None or run.run_id > after]

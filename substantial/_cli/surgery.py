@@ -1,12 +1,12 @@
 """
 Run surgery from the terminal: ``fork`` and ``retry`` one run, and ``cancel``,
-``terminate`` and ``retry`` every run a filter selects (``--status``, ``--workflow``,
-``--started-before``, ``--started-after``, ``--dry-run``), with a progress bar on a
-terminal and a summary of what was done.
+``terminate``, ``retry``, ``pause`` and ``resume`` every run a filter selects
+(``--status``, ``--workflow``, ``--queue``, ``--started-before``, ``--started-after``,
+``--dry-run``), with a progress bar on a terminal and a summary of what was done.
 
-:func:`with_filters` gives an existing one-run command (``cancel``, ``terminate``) the
-filter options, so its RUN becomes optional; a new bulk action (``pause``, ``resume``) is
-an entry in :data:`substantial._ops.bulk.ACTIONS` and one :func:`with_filters` call.
+:func:`with_filters` gives an existing one-run command (``cancel``, ``terminate``,
+``pause``, ``resume``) the filter options, so its RUN becomes optional; a new bulk action
+is an entry in :data:`substantial._ops.bulk.ACTIONS` and one :func:`with_filters` call.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from substantial.backends import Backend
 
 __all__ = ["Bar", "fork", "retry", "with_filters"]
 
-_FILTERS = ("statuses", "workflow", "started_before", "started_after", "dry_run")
+_FILTERS = ("statuses", "workflow", "queue", "started_before", "started_after", "dry_run")
 #: What each action does to a run, as the summary says it.
-_DONE = {"cancel": "cancel requested", "terminate": "terminate requested", "retry": "retried"}
+_DONE = {"cancel": "cancel requested", "terminate": "terminate requested", "retry": "retried",
+         "pause": "pause requested", "resume": "resume requested"}  # fmt: skip
 
 
 def _filter_options() -> list[click.Option]:
@@ -41,6 +42,7 @@ def _filter_options() -> list[click.Option]:
             help="Act on every run in this status (repeatable) instead of RUN.",
         ),
         click.Option(["--workflow"], help="Act on every run of this workflow name."),
+        click.Option(["--queue"], help="Act on every run of this queue."),
         click.Option(["--started-before"], type=When(), help="ISO time, or an age like 2h."),
         click.Option(["--started-after"], type=When(), help="ISO time, or an age like 2h."),
         click.Option(["--dry-run"], is_flag=True, help="With filters: list, act on nothing."),
@@ -78,9 +80,8 @@ def _run_bulk(backend_url: str | None, action: str, reason: str, options: dict[s
     statuses = [RunStatus(s) for s in options["statuses"]]
     if action == "retry" and not statuses:
         statuses = [RunStatus.FAILED]
-    where = ops.RunFilter(
-        options["workflow"], statuses or None, options["started_before"], options["started_after"]
-    )
+    where = ops.RunFilter(options["workflow"], statuses or None, options["started_before"],
+                          options["started_after"], options["queue"])  # fmt: skip
     selecting, acting = Bar("runs selected"), Bar(f"{action} runs")
 
     async def body(backend: Backend) -> ops.BulkResult:
@@ -159,7 +160,8 @@ def with_filters(action: str, command: click.Command) -> click.Command:
 
     command.callback = callback
     command.help = inspect.cleandoc(command.help or "") + (
-        "\n\nWith --status, --workflow, --started-before or --started-after instead of RUN, "
+        "\n\nWith --status, --workflow, --queue, --started-before or --started-after instead "
+        "of RUN, "
         "acts on every run they select (from their summaries), with a progress bar on a "
         "terminal and a summary; --dry-run lists them."
     )

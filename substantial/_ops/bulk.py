@@ -3,8 +3,9 @@ Acting on many runs at once: the runs a filter selects, read from their summarie
 page at a time (never their logs: :func:`substantial._ops.listing.iter_runs`), and an
 action applied to each, with a count of what it did.
 
-The actions are ``cancel``, ``terminate`` and ``retry``; :data:`ACTIONS` maps each name
-to what it does to one run, so another action (``pause``, ``resume``) is one entry.
+The actions are ``cancel``, ``terminate``, ``retry``, ``pause`` and ``resume``;
+:data:`ACTIONS` maps each name to what it does to one run, so another action is one
+entry.
 """
 
 from __future__ import annotations
@@ -38,17 +39,24 @@ class RunFilter:
     :ivar status: one status or several
     :ivar started_before: started before this time
     :ivar started_after: started at or after this time
+    :ivar queue: of this queue (``"default"``: runs given none)
     """
 
     workflow: str | None = None
     status: RunStatus | Iterable[RunStatus] | None = None
     started_before: datetime | None = None
     started_after: datetime | None = None
+    queue: str | None = None
 
     def select(self, backend: Backend) -> AsyncGenerator[RunSummary, None]:
         """The summaries of the runs selected, in run id order, read a page at a time."""
         return iter_runs(
-            backend, self.workflow, self.status, self.started_before, self.started_after
+            backend,
+            self.workflow,
+            self.status,
+            self.started_before,
+            self.started_after,
+            queue=self.queue,
         )
 
 
@@ -57,10 +65,11 @@ class BulkResult:
     """
     What a bulk action did, or (``dry_run``) would do.
 
-    :ivar action: ``cancel``, ``terminate`` or ``retry``
+    :ivar action: a name in :data:`ACTIONS`
     :ivar selected: the runs the filter selected, in run id order
     :ivar done: the runs it acted on (retry: each with its fork's run id)
-    :ivar skipped: runs left alone, each with why (it had ended; it had not failed)
+    :ivar skipped: runs left alone, each with why (it had ended; it had not failed; it
+        was paused already, or not paused)
     :ivar errors: runs it could not act on, each with the error
     """
 
@@ -90,7 +99,32 @@ async def _retry(handle: Handle[Any], reason: str) -> str:
     return (await handle.retry()).run_id
 
 
-ACTIONS: dict[str, Action] = {"cancel": _cancel, "terminate": _terminate, "retry": _retry}
+class _Skip(Exception):
+    """An action leaves this run alone; the message says why."""
+
+
+async def _pause(handle: Handle[Any], reason: str) -> str:
+    if await handle.status() is RunStatus.PAUSED:
+        raise _Skip("it is paused already")
+    await handle.pause()
+    return ""
+
+
+async def _resume(handle: Handle[Any], reason: str) -> str:
+    status = await handle.status()
+    if not status.finished and status is not RunStatus.PAUSED:
+        raise _Skip(f"it is not paused (it is {status.value})")
+    await handle.resume()  # an ended run: RunFinished, skipped as for the others
+    return ""
+
+
+ACTIONS: dict[str, Action] = {
+    "cancel": _cancel,
+    "terminate": _terminate,
+    "retry": _retry,
+    "pause": _pause,
+    "resume": _resume,
+}
 
 
 async def bulk(
@@ -106,7 +140,8 @@ async def bulk(
 ) -> BulkResult:
     """
     Apply ``action`` to every run ``where`` selects, :data:`CONCURRENCY` at a time. A run
-    that ended meanwhile, or (retry) has not failed, is skipped with the reason; any
+    that ended meanwhile, or (retry) has not failed, or (pause) is paused already, or
+    (resume) is not paused, is skipped with the reason; any
     other error of one run is kept in ``errors`` and the rest go on. Trouble with the
     store as a whole is raised.
 
@@ -136,6 +171,8 @@ async def bulk(
                 result.skipped[run_id] = f"it had ended ({exc.status})"
             except ForkError as exc:
                 result.skipped[run_id] = exc.reason
+            except _Skip as exc:
+                result.skipped[run_id] = str(exc)
             except BackendError:
                 raise
             except SubstantialError as exc:

@@ -75,7 +75,7 @@ class RunSummary:
     :ivar forked_from: the run this one is a fork of (``Handle.fork``, ``retry``), if any
     :ivar fork_step: the position that fork's log was cut at
     :ivar attributes: the run's search attributes (``Context.set_attributes()``)
-    :ivar queue: the queue whose agents run it
+    :ivar queue: the queue whose agents run it (``"default"`` unless it was given one)
     :ivar priority: its priority in that queue (0-9, higher first)
     """
 
@@ -107,6 +107,7 @@ class RunSummary:
         return {
             "run_id": self.run_id,
             "workflow": self.workflow,
+            "queue": self.queue,
             "status": self.status.value,
             "created": iso(self.created),
             "updated": iso(self.updated),
@@ -119,7 +120,6 @@ class RunSummary:
             "waiting_for": list(self.waiting_for),
             "agent": self.agent or None,
             "attributes": self.attributes,
-            "queue": self.queue,
             "priority": self.priority,
             **({"forked_from": self.forked_from, "fork_step": self.fork_step}
                if self.forked_from else {}),
@@ -224,6 +224,8 @@ async def _summary_from_log(store: RunStore, run_id: str) -> RunSummary | None:
         created=time_of(first.at_ms),
         updated=time_of(first.at_ms),
         args=safe_plain(first.started.args),
+        queue=first.started.queue or DEFAULT_QUEUE,
+        priority=first.started.priority,
     )
 
 
@@ -245,6 +247,7 @@ async def list_runs(
     started_before: datetime | None = None,
     started_after: datetime | None = None,
     *,
+    queue: str | None = None,
     where: Mapping[str, object] | Iterable[str] | None = None,
     progress: Progress = no_progress,
 ) -> list[RunSummary]:
@@ -258,6 +261,7 @@ async def list_runs(
     :param status: only runs in this status (or one of these)
     :param started_before: only runs started before this time
     :param started_after: only runs started at or after this time
+    :param queue: only runs of this queue (``"default"``: those given none)
     :param where: only runs with these search attributes, ``{"customer": "acme"}`` or
         ``["customer=acme"]`` (values compared as text); found through the attribute
         index, so only the matching runs' summaries are read
@@ -272,14 +276,20 @@ async def list_runs(
         found = [
             summary
             for summary in await search(backend, parse_where(where), _summaries)
-            if _matches(summary, workflow, wanted, started_before, started_after)
+            if _matches(summary, workflow, wanted, started_before, started_after, queue)
         ]
         progress(len(found), len(found))
     else:
         found = [
             summary
             async for summary in iter_runs(
-                backend, workflow, status, started_before, started_after, progress=progress
+                backend,
+                workflow,
+                status,
+                started_before,
+                started_after,
+                queue=queue,
+                progress=progress,
             )
         ]
     epoch = datetime.fromtimestamp(0, UTC)
@@ -294,6 +304,7 @@ async def iter_runs(
     started_before: datetime | None = None,
     started_after: datetime | None = None,
     *,
+    queue: str | None = None,
     after: str | None = None,
     read: int = PAGE,
     progress: Progress = no_progress,
@@ -301,7 +312,8 @@ async def iter_runs(
     """
     The runs that match every filter given, in run-id order, read a page at a time: a
     cursor. Stopping early reads no further; ``after`` (a run id) starts past that run,
-    so a page ends with the id that starts the next. Filters as :func:`list_runs`;
+    so a page ends with the id that starts the next. Filters (``queue`` too) as
+    :func:`list_runs`;
     ``read``: how many summaries to read at once.
     """
     wanted: set[RunStatus] | None = None
@@ -315,12 +327,13 @@ async def iter_runs(
             if len(batch) < read:
                 continue
             for summary in await _matching(backend, batch, workflow, wanted, started_before,
-                                           started_after):  # fmt: skip
+                                           started_after, queue):  # fmt: skip
                 yield summary
             seen += len(batch)
             progress(seen, None)
             batch = []
-    for summary in await _matching(backend, batch, workflow, wanted, started_before, started_after):
+    last = await _matching(backend, batch, workflow, wanted, started_before, started_after, queue)
+    for summary in last:
         yield summary
     progress(seen + len(batch), None)
 
@@ -332,9 +345,14 @@ async def _matching(
     wanted: set[RunStatus] | None,
     before: datetime | None,
     after: datetime | None,
+    queue: str | None,
 ) -> list[RunSummary]:
     summaries = await _summaries(backend, run_ids) if run_ids else []
-    return [s for s in summaries if s is not None and _matches(s, workflow, wanted, before, after)]
+    return [
+        s
+        for s in summaries
+        if s is not None and _matches(s, workflow, wanted, before, after, queue)
+    ]
 
 
 def _matches(
@@ -343,8 +361,11 @@ def _matches(
     statuses: set[RunStatus] | None,
     before: datetime | None,
     after: datetime | None,
+    queue: str | None = None,
 ) -> bool:
     if workflow is not None and summary.workflow != workflow:
+        return False
+    if queue is not None and summary.queue != queue:
         return False
     if statuses is not None and summary.status not in statuses:
         return False

@@ -88,8 +88,7 @@ def run_commands(backend_url: str, run_id: str) -> dict[str, str]:
 def cancel_selected_command(backend_url: str, filters: Filters) -> str:
     """
     The command that cancels what cancel-selected would: ``substantial cancel`` with
-    filters, or, since it has no id prefix or queue filter, ``list --json`` piped
-    through ``jq``.
+    filters, or, since it has no id prefix, ``list --json`` piped through ``jq``.
     """
     words: list[str] = []
     for status in filters.statuses or tuple(RunStatus):
@@ -102,11 +101,11 @@ def cancel_selected_command(backend_url: str, filters: Filters) -> str:
                   else filters.since]  # fmt: skip
     if filters.started_before:
         words += ["--started-before", filters.started_before.isoformat()]
-    if not filters.prefix and not filters.queue:
+    if filters.queue:
+        words += ["--queue", filters.queue]
+    if not filters.prefix:
         return cli_command(backend_url, "cancel", *words)
-    tests = [f"(.run_id | startswith({json.dumps(filters.prefix)}))"] if filters.prefix else []
-    tests += [f".queue == {json.dumps(filters.queue)}"] if filters.queue else []
-    select = f".[] | select({' and '.join(tests)}) | .run_id"
+    select = f".[].run_id | select(startswith({json.dumps(filters.prefix)}))"
     backend = shlex.quote(public_url(backend_url))
     return (
         f"{cli_command(backend_url, 'list', *words, '--json')} | jq -r {shlex.quote(select)}"
