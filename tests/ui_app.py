@@ -32,8 +32,12 @@ async def approval(c: Context, order: str) -> dict[str, Any]:
     return {"order": order, "decision": decision, "checked": checked}
 
 
+# Steps that take a while, so their bars have a length. They end in the reverse of the
+# order the gather reached them, far apart: the log records when a step ended, not when
+# it began, and only an end that comes before an earlier position's end shows that they
+# ran side by side (substantial/_ui/timeline.py); close ends swapped under load.
 def load_orders() -> int:
-    time.sleep(0.3)  # steps that take a while: their bars have a length
+    time.sleep(0.9)
     return 1
 
 
@@ -43,7 +47,7 @@ def load_stock() -> int:
 
 
 def load_prices() -> int:
-    time.sleep(0.2)
+    time.sleep(0.1)
     return 3
 
 
