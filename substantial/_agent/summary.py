@@ -82,21 +82,19 @@ class RunSummary:
         waiting: list[str],
         published: pb.Payload | None,
         attributes: Mapping[str, AttributeValue] | None = None,
-        stored: StoredLog | None = None,
     ) -> None:
         """
         Write the state a wake-up left the run in (ended, sleeping until ``wake``,
         waiting for events, or running), unless the summary already says so; with its
-        search attributes, indexed before the summary shows them. ``stored`` (the log
-        read) fills in the start's fields if no summary was read: the agent may have read
-        the run before its start wrote one, and must not overwrite it without them.
+        search attributes, indexed before the summary shows them. (A summary the wake-up
+        found missing was rebuilt from its log when read: ``hints.trusted_summary``.)
         """
         known = from_pb(self.meta.attributes) if self.meta is not None else {}
         if attributes is not None and dict(attributes) == known:
             attributes = None  # unchanged: no index writes, and no summary write for them
         if attributes is not None:
             await write_index(self._store.backend, self.run_id, attributes, known)
-        await self._record(seq, outcome, wake, waiting, published, attributes, stored)
+        await self._record(seq, outcome, wake, waiting, published, attributes)
         if attributes is not None:
             await unindex(self._store.backend, self.run_id, known, attributes)
 
@@ -108,14 +106,12 @@ class RunSummary:
         waiting: list[str],
         published: pb.Payload | None,
         attributes: Mapping[str, AttributeValue] | None,
-        stored: StoredLog | None,
     ) -> None:
         if outcome is not None:
             status = END_STATUS[outcome.WhichOneof("kind") or ""]
             change = SummaryChange(
-                status, seq, end=outcome, published=published, attributes=attributes,
-                stored=stored,
-            )  # fmt: skip
+                status, seq, end=outcome, published=published, attributes=attributes
+            )
             await self.write(change)
             log.info("run %s %s", self.run_id, status.value)
             return
@@ -144,7 +140,6 @@ class RunSummary:
             waiting_for=tuple(waiting),
             published=published,
             attributes=attributes,
-            stored=stored,
         )
         await self.write(change)
 

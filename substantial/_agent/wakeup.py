@@ -246,7 +246,7 @@ class WakeUp:
         published = encode_payload(execution.custom_status) if execution.has_custom_status else None
         await self._summary.record_state(
             self._seq, execution.outcome, wake=wake, waiting=waiting, published=published,
-            attributes=execution.attributes, stored=self._stored,
+            attributes=execution.attributes,
         )  # fmt: skip
         if execution.outcome is not None:
             # The summary holds the outcome: local result() waiters need not wait for the
