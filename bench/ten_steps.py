@@ -1,6 +1,7 @@
-"""start -> result of a 10-step workflow on FSBackend, in-process agent (issue #2 figure).
+"""start -> result of a 10-step workflow, in-process agent, one run after another (issue #2
+figure), on FSBackend or, with ``memory``, on MemoryBackend.
 
-.venv/bin/python bench/ten_steps.py [RUNS]
+.venv/bin/python bench/ten_steps.py [RUNS] [files|memory]
 """
 
 import asyncio
@@ -10,7 +11,7 @@ import tempfile
 import time
 
 from substantial import Conductor, Context, workflow
-from substantial.backends import FSBackend
+from substantial.backends import Backend, FSBackend, MemoryBackend
 
 
 @workflow(name="ten")
@@ -21,8 +22,9 @@ async def ten(c: Context) -> int:
     return total
 
 
-async def main(n: int) -> None:
-    async with Conductor(FSBackend(tempfile.mkdtemp())) as conductor:
+async def main(n: int, kind: str) -> None:
+    backend: Backend = MemoryBackend() if kind == "memory" else FSBackend(tempfile.mkdtemp())
+    async with Conductor(backend) as conductor:
         conductor.register(ten)
         for _ in range(10):  # warm-up
             await (await conductor.start(ten)).result()
@@ -35,4 +37,5 @@ async def main(n: int) -> None:
     print(f"{n} runs: p50 {statistics.median(times):.1f} ms, p99 {times[int(n * 0.99) - 1]:.1f} ms")
 
 
-asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 200))
+runs = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+asyncio.run(main(runs, sys.argv[2] if len(sys.argv) > 2 else "files"))
