@@ -15,6 +15,7 @@ from substantial._agent.health import describe, mark_held
 from substantial._agent.leases import LeaseHolder, keep_renewed
 from substantial._agent.parts import AgentParts
 from substantial._agent.wakeup import WakeUp
+from substantial._client.client import NewRun
 from substantial._core import logs
 from substantial._store.runs import Lease, ScheduleEntry
 from substantial.errors import BackendRefused, BackendUnavailable, LeaseLost
@@ -34,18 +35,23 @@ class RunProcessor:
         self.active: set[str] = set()
         self._scopes: dict[str, anyio.CancelScope] = {}
 
-    async def process(self, lease: Lease, entries: list[ScheduleEntry]) -> None:
+    async def process(
+        self, lease: Lease, entries: list[ScheduleEntry], new: NewRun | None = None
+    ) -> None:
         """
         One wake-up of the run ``lease`` is for (``run_id`` in ``active`` already),
         answering schedule ``entries``. Raises nothing: failures become hold-offs.
+
+        :param new: the run as the start that just created it wrote it (nothing to read)
         """
         parts, run_id = self._parts, lease.run_id
         logs.run_id_var.set(run_id)  # this task's log lines name the run (substantial._core.logs)
         holder = LeaseHolder(lease)
+        ended = False
         try:
             with anyio.CancelScope(shield=True) as scope, telemetry.run_span(run_id):
                 self._scopes[run_id] = scope
-                await self._wake_under_lease(holder, entries)
+                ended = await self._wake_under_lease(holder, entries, new)
         except LeaseLost as exc:
             log.warning("agent %s dropped run %s: %s", parts.settings.name, run_id, exc)
         except (BackendUnavailable, BackendRefused) as exc:
@@ -66,20 +72,29 @@ class RunProcessor:
                     except BackendUnavailable as exc:  # it expires; this agent retakes it
                         log.info("agent %s: lease of run %s not released: %s",
                                  parts.settings.name, run_id, describe(exc))  # fmt: skip
+            was_full = len(self.active) >= parts.settings.concurrency
             self.active.discard(run_id)
             parts.client.notifier.changed(run_id)
-            parts.client.notifier.kick()
+            if was_full or not ended:
+                # A place came free for a run left due, or the wake-up wrote entries the
+                # poller does not know of: it looks now. (A run that just ended with
+                # room to spare needs no poll.)
+                parts.client.notifier.kick()
 
-    async def _wake_under_lease(self, holder: LeaseHolder, entries: list[ScheduleEntry]) -> None:
+    async def _wake_under_lease(
+        self, holder: LeaseHolder, entries: list[ScheduleEntry], new: NewRun | None
+    ) -> bool:
+        """The wake-up, with the lease renewed meanwhile; whether the run ended in it."""
         parts, run_id = self._parts, holder.lease.run_id
         error: Exception | None = None
+        wakeup = WakeUp(parts, holder, entries, new)
         async with anyio.create_task_group() as tg:
             renew = functools.partial(
                 keep_renewed, store=self._store, settings=parts.settings, trouble=parts.trouble
             )
             tg.start_soon(renew, holder, tg.cancel_scope)
             try:
-                await WakeUp(parts, holder, entries).run()
+                await wakeup.run()
             except Exception as exc:  # raised below, not wrapped in an ExceptionGroup
                 error = exc
             finally:
@@ -88,6 +103,7 @@ class RunProcessor:
             raise _unwrapped(error)
         if holder.lost:
             raise LeaseLost(run_id, "renewal failed: another agent took the run")
+        return wakeup.ended
 
     async def drain(self) -> None:
         """Let runs in flight finish for up to ``shutdown_grace`` seconds, then cancel them."""

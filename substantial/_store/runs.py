@@ -222,9 +222,9 @@ class RunStore:
 
     async def schedule(
         self, run_id: str, due_ms: int, tag: str = "t", route: Route = DEFAULT_ROUTE
-    ) -> None:
+    ) -> ScheduleEntry:
         """
-        Ask for an agent to look at ``run_id`` at ``due_ms``.
+        Ask for an agent to look at ``run_id`` at ``due_ms``; the entry written.
 
         :param route: the run's queue and workflow: which agents the entry is for
 
@@ -241,6 +241,7 @@ class RunStore:
             await self.backend.create(key, data)
         else:
             await self.backend.put(key, data)
+        return ScheduleEntry.parse(key) or ScheduleEntry(key, run_id, due_ms, route)
 
     async def due(
         self,
@@ -249,17 +250,25 @@ class RunStore:
         after: str | None = None,
         limit: int = 64,
         queue: str = DEFAULT_QUEUE,
+        paused: set[str] | None = None,
     ) -> tuple[list[ScheduleEntry], int | None, bool]:
         """
         Schedule entries of ``queue`` due at ``now``, earliest first, reading at most
         ``limit`` keys.
+
+        :param paused: queues seen paused: ``queue`` is added to it or taken out of it, as
+            this read (the first page: no ``after``) found it
 
         :return: the due entries; the due time of the first entry not yet due, if one
             was read; and whether more due entries may follow
         """
         keys = await self.backend.list(schedule_prefix(queue), after=after, limit=limit)
         if after is None and keys and keys[0] == queue_paused_key(queue):
+            if paused is not None:
+                paused.add(queue)
             return [], None, False  # a paused queue: nothing of it is due
+        if after is None and paused is not None:
+            paused.discard(queue)
         due: list[ScheduleEntry] = []
         for key in keys:
             entry = ScheduleEntry.parse(key)
