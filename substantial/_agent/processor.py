@@ -47,11 +47,11 @@ class RunProcessor:
         parts, run_id = self._parts, lease.run_id
         logs.run_id_var.set(run_id)  # this task's log lines name the run (substantial._core.logs)
         holder = LeaseHolder(lease)
-        ended = False
+        wakeup = WakeUp(parts, holder, entries, new)
         try:
             with anyio.CancelScope(shield=True) as scope, telemetry.run_span(run_id):
                 self._scopes[run_id] = scope
-                ended = await self._wake_under_lease(holder, entries, new)
+                await self._wake_under_lease(holder, wakeup)
         except LeaseLost as exc:
             log.warning("agent %s dropped run %s: %s", parts.settings.name, run_id, exc)
         except (BackendUnavailable, BackendRefused) as exc:
@@ -66,28 +66,46 @@ class RunProcessor:
         finally:
             self._scopes.pop(run_id, None)
             with anyio.CancelScope(shield=True):
-                if not holder.lost:
-                    try:
-                        await self._store.release(holder.lease)
-                    except BackendUnavailable as exc:  # it expires; this agent retakes it
-                        log.info("agent %s: lease of run %s not released: %s",
-                                 parts.settings.name, run_id, describe(exc))  # fmt: skip
+                await self._let_go(holder, wakeup.leftover)
             was_full = len(self.active) >= parts.settings.concurrency
             self.active.discard(run_id)
             parts.client.notifier.changed(run_id)
-            if was_full or not ended:
+            if was_full or not wakeup.ended:
                 # A place came free for a run left due, or the wake-up wrote entries the
                 # poller does not know of: it looks now. (A run that just ended with
                 # room to spare needs no poll.)
                 parts.client.notifier.kick()
 
-    async def _wake_under_lease(
-        self, holder: LeaseHolder, entries: list[ScheduleEntry], new: NewRun | None
-    ) -> bool:
-        """The wake-up, with the lease renewed meanwhile; whether the run ended in it."""
+    async def _let_go(self, holder: LeaseHolder, leftover: list[str]) -> None:
+        """
+        Release the lease (unless lost) and delete the schedule entries the wake-up
+        answered, at once: both are hints. Either left behind costs an agent a look at
+        the run later (an entry) or a wait for the lease to expire, never a wrong step.
+        """
+        name, run_id = self._parts.settings.name, holder.lease.run_id
+
+        async def release() -> None:
+            try:
+                await self._store.release(holder.lease)
+            except Exception as exc:  # it expires; this agent retakes it
+                log.info("agent %s: lease of run %s not released: %s", name, run_id, describe(exc))
+
+        async def delete() -> None:
+            try:
+                await self._store.delete(leftover)
+            except Exception as exc:  # they wake the run once more, to find nothing to do
+                log.info("agent %s: entries of run %s not deleted: %s", name, run_id, describe(exc))
+
+        async with anyio.create_task_group() as tg:
+            if not holder.lost:
+                tg.start_soon(release)
+            if leftover:
+                tg.start_soon(delete)
+
+    async def _wake_under_lease(self, holder: LeaseHolder, wakeup: WakeUp) -> None:
+        """The wake-up, with the lease renewed meanwhile."""
         parts, run_id = self._parts, holder.lease.run_id
         error: Exception | None = None
-        wakeup = WakeUp(parts, holder, entries, new)
         async with anyio.create_task_group() as tg:
             renew = functools.partial(
                 keep_renewed, store=self._store, settings=parts.settings, trouble=parts.trouble
@@ -103,7 +121,6 @@ class RunProcessor:
             raise _unwrapped(error)
         if holder.lost:
             raise LeaseLost(run_id, "renewal failed: another agent took the run")
-        return wakeup.ended
 
     async def drain(self) -> None:
         """Let runs in flight finish for up to ``shutdown_grace`` seconds, then cancel them."""

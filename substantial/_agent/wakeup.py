@@ -62,8 +62,7 @@ class WakeUp:
         self._entries = entries
         #: the run's queue and workflow, for its schedule entries (from its log once read)
         self.route = entries[0].route if entries else Route()
-        #: the schedule entries this wake-up answers, deleted once it is done
-        self._consumed = [entry.key for entry in entries]
+        self._consumed = [entry.key for entry in entries]  # the entries it answers
         self._intake = Intake(self._store, self.run_id)
         self._stored = StoredLog([], -1, [], -1)
         self._summary = RunSummary(self._store, self.run_id, None, None, agent=parts.settings.name)
@@ -76,8 +75,9 @@ class WakeUp:
         self._compacted_at = -1
         #: events this wake-up committed
         self.committed: list[pb.Event] = []
-        #: whether the run ended in this wake-up, with nothing left to wake it again
-        self.ended = False
+        self.ended = False  # the run ended in this wake-up, with nothing left to wake it
+        #: schedule entries answered, for the caller to delete as it releases the lease
+        self.leftover: list[str] = []
 
     @property
     def execution(self) -> Execution:
@@ -266,7 +266,7 @@ class WakeUp:
             # clean-up below (deleting entries, the lease), nor read the end it committed.
             self._parts.client.notifier.changed(run_id, execution.outcome)
             self.ended = True
-        await store.delete(self._consumed)
+        self.leftover = self._consumed  # deleted as the lease is released (both hints)
 
     async def _snapshot(self, execution: Execution) -> None:
         """Write the whole log as one snapshot each time ``snapshot_every`` segments pass."""
