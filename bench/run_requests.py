@@ -99,16 +99,20 @@ def _short(key: str) -> str:
     return key
 
 
-async def one_run(backend: Backend, depth: int, warm: int) -> Recorder:
+async def one_run(backend: Backend, depth: int, warm: int, remote: bool) -> Recorder:
     recorder = Recorder(backend, depth)
+    # remote: started through another conductor (no agent), as from another process
+    starter = Conductor(backend) if remote else None
     async with Conductor(backend) as conductor:
         conductor.register(ten)
+        client = starter or conductor
+        client.register(ten, replace=True)
         for _ in range(warm):
-            await (await conductor.start(ten)).result()
+            await (await client.start(ten)).result()
         await asyncio.sleep(0.05)  # let the last warm-up's wake-up release its lease
         before = Counter(backend.requests)
         recorder.on = True
-        handle = await conductor.start(ten)
+        handle = await client.start(ten)
         assert await handle.result() == 45
         # The run's wake-up may still be finishing (deletes, release) after result().
         for _ in range(5000):
@@ -135,8 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("backend", nargs="?", default="files")
     parser.add_argument("--stack", type=int, default=3, help="frames of code site shown")
     parser.add_argument("--warm", type=int, default=3, help="warm-up runs before")
+    parser.add_argument(
+        "--remote", action="store_true", help="start from a conductor with no agent"
+    )
     args = parser.parse_args(argv)
-    recorder = asyncio.run(one_run(_backend(args.backend), args.stack, args.warm))
+    backend = _backend(args.backend)
+    recorder = asyncio.run(one_run(backend, args.stack, args.warm, args.remote))
     total = recorder.total
     print("| # | op | key | requests | code site (innermost first) |")
     print("| --- | --- | --- | --- | --- |")
