@@ -20,6 +20,7 @@ from substantial._agent.processor import RunProcessor
 from substantial._agent.queues import ServedQueues
 from substantial._client.client import NewRun
 from substantial._core import constants
+from substantial._core.clock import VirtualClock
 from substantial._store.runs import Lease, Route, ScheduleEntry
 from substantial.errors import BackendRefused, BackendUnavailable
 
@@ -46,6 +47,7 @@ class Poller:
         #: queues polled since the agent started, and those found paused (or paused here)
         self._seen: set[str] = set()
         self._paused = parts.client.paused_queues
+        self._jumps = isinstance(self._store.clock, VirtualClock)
 
     async def loop(self, work: TaskGroup) -> None:
         """Poll until cancelled, starting wake-ups in ``work``. Store trouble never ends it."""
@@ -209,11 +211,14 @@ class Poller:
         """
         Keep a place for a run being started here, if this agent would claim it at its
         next poll: it is serving, has room, serves the run's queue and workflow, and saw
-        the queue not paused at its last poll (as other agents see a pause).
+        the queue not paused at its last poll (as other agents see a pause). Not on a
+        clock that idle agents jump ahead (tests): others would jump to the entry's due
+        time, the lease's expiry, and take the run over.
         """
         active = self._processor.active
         if (
             self._work is None
+            or self._jumps
             or run_id in active
             or len(active) >= self._parts.settings.concurrency
             or route.queue not in self._seen
