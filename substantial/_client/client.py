@@ -9,8 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
+
+import anyio
 
 from substantial._client.handle import Handle
 from substantial._core.notify import Notifier
@@ -197,10 +200,15 @@ class Client:
             # Schedule first: a start that dies after writing segment 0 still gets run.
             # A run the local agent takes is due when the lease taken for it expires:
             # no other agent looks at it before, and any does if this process dies.
-            due = at if agent is None else at + agent.lease_ms
-            entry = await self.store.schedule(run_id, due, "s", route)
-            if agent is not None:
-                lease = await self.store.acquire(run_id, agent.owner, agent.lease_ms)
+            # The lease goes with it: one left by a start that died before the entry is
+            # written only expires.
+            if agent is None:
+                entry = await self.store.schedule(run_id, at, "s", route)
+            else:
+                entry, lease = await _both(
+                    self.store.schedule(run_id, at + agent.lease_ms, "s", route),
+                    self.store.acquire(run_id, agent.owner, agent.lease_ms),
+                )
             event = pb.Event(at_ms=at, started=started)
             created = await self.store.append(run_id, 0, [event])
             meta, version = None, None
@@ -232,6 +240,32 @@ class Client:
 
 
 W = TypeVar("W", bound="Workflow[Any] | str")
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Await both at once; an error of either is raised as itself (the first's first)."""
+    results: list[Any] = [None, None]
+
+    async def one(index: int, awaitable: Awaitable[Any]) -> None:
+        try:
+            results[index] = await awaitable
+        except Exception as exc:  # raised below, not in an ExceptionGroup
+            results[index] = _Failed(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, 0, first)
+        tg.start_soon(one, 1, second)
+    for result in results:
+        if isinstance(result, _Failed):
+            raise result.error
+    return results[0], results[1]
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: Exception
 
 
 def _require_workflow(wf: W, where: str) -> W:
