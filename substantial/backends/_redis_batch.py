@@ -20,9 +20,17 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
-__all__ = ["Batcher"]
+__all__ = ["Batcher", "Closed"]
+
+
+class Closed(RedisConnectionError):
+    """The backend was closed with this command queued or in flight (not worth a retry)."""
+
+    def __init__(self) -> None:
+        super().__init__("the backend was closed with this command in flight")
 
 
 @dataclass(slots=True)
@@ -106,9 +114,10 @@ class Batcher:
                 if not call.future.done():
                     call.future.set_exception(_own(exc))
             return
-        except BaseException:
+        except BaseException:  # cancelled by aclose: as when a client closes under a command
             for call in batch:
-                call.future.cancel()
+                if not call.future.done():
+                    call.future.set_exception(Closed())
             raise
         for call, outcome in zip(batch, outcomes, strict=True):
             if call.future.done():  # the caller was cancelled; its command still ran
@@ -175,9 +184,18 @@ class Batcher:
         return replies
 
     async def aclose(self) -> None:
-        """Wait for the pipelines in flight (their callers may have gone)."""
-        while self._tasks:  # pending calls always have a task that will send them
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        """
+        Stop: the commands in flight or queued fail with a connection error, as they did
+        when the client closed under them before batching (their outcome is unknown).
+        """
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        queued, self._pending = self._pending, []  # a task cancelled before it ran
+        for call in queued:
+            if not call.future.done():
+                call.future.set_exception(Closed())
         idle, self._idle = self._idle, []
         for connection in idle:
             await self._client.connection_pool.release(connection)

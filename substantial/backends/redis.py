@@ -37,7 +37,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from substantial.backends._redis_batch import Batcher
+from substantial.backends._redis_batch import Batcher, Closed
 from substantial.backends.base import Backend, Entry
 from substantial.errors import BackendError, BackendRefused, BackendUnavailable
 
@@ -228,7 +228,9 @@ class RedisBackend(Backend):
                 return (await self._batch.call(*command))[0]
         except BackendUnavailable as exc:
             cause = exc.__cause__
-            if not isinstance(cause, RedisConnectionError) or isinstance(cause, BusyLoadingError):
+            if not isinstance(cause, RedisConnectionError) or isinstance(
+                cause, BusyLoadingError | Closed
+            ):
                 raise
         async with self._request(op):
             return (await self._batch.call(*command))[0]

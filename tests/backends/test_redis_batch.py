@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from substantial.backends.redis import RedisBackend
 from substantial.errors import BackendError, BackendUnavailable
+from tests.harness import wait_until
 from tests.servers import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.usefixtures("anyio_backend")]
@@ -195,3 +196,27 @@ async def test_connection_killed_under_a_batch_gives_each_caller_its_own_excepti
         await _together([lambda i=i: store.put(f"k{i}", b"w") for i in range(10)])
         == [_v(b"w")] * 10
     )
+
+
+async def test_aclose_fails_the_commands_in_flight_at_once(redis_server: RedisServer) -> None:
+    store = RedisBackend(redis_server.url, prefix=f"test-{uuid.uuid4().hex}")
+    await store.put("warm", b"x")
+    outcome: list[BaseException] = []
+
+    async def stuck() -> None:
+        try:
+            await store.get("warm")
+        except BackendUnavailable as exc:
+            outcome.append(exc)
+
+    redis_server.pause()  # the command goes out and gets no reply (socket timeout: 10 s)
+    try:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                pipelines = store._batch.pipelines
+                tg.start_soon(stuck)
+                await wait_until(lambda: store._batch.pipelines > pipelines, 5, "the send")
+                await store.aclose()
+    finally:
+        redis_server.resume()
+    assert len(outcome) == 1
