@@ -1,0 +1,261 @@
+"""
+Record files: the files backend keeps the keys of an *append log family* (by default a
+run's log segments, ``runs/{run}/log/{seq:012d}``) as frames of one append-only file per
+folder, so that writing one costs one ``fdatasync`` instead of a temporary file, an
+``fsync``, a link and a folder ``fsync``.
+
+A record file is a header (magic and a random file id) and then frames::
+
+    length:u32  crc32:u32  seq:u64  kind:u8  data[length]      (little-endian)
+
+``kind`` is :data:`SET` (the record ``seq`` now holds ``data``) or :data:`DROP` (record
+``seq`` was deleted). The crc covers ``seq``, ``kind`` and ``data``. Readers take the
+frames that are complete and whose crc matches, up to the first that is not: a writer
+that died mid-append leaves a torn tail, which readers ignore and the next writer (under
+the lock) cuts off before it appends. So a frame is all there or not there.
+
+Writers hold the folder's lock (the files backend's ``flock`` stripes; released by the
+kernel when a process dies) while they check and append, which is what makes ``create``
+of a record create-if-absent across processes. A file is only ever appended to, or
+replaced whole (``rename``) by a rewrite that drops dead frames; a rewrite gets a new
+file id, so a reader's cached parse of the file (keyed by file id) stays valid for the
+prefix it covers.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import struct
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+__all__ = [
+    "DROP",
+    "SEQ_DIGITS",
+    "SET",
+    "Families",
+    "Records",
+    "RecordsCache",
+    "append_frame",
+    "file_of",
+    "frame",
+    "header",
+    "record_name",
+    "write_records",
+]
+
+MAGIC = b"SUBREC01"
+HEADER = struct.Struct("<8s16s")
+FRAME = struct.Struct("<IIQB")
+SET, DROP = 0, 1
+#: What a record file's name adds to its folder's: ``runs/r/log/`` -> ``runs/r/.log.records``.
+SUFFIX = ".records"
+SEQ_DIGITS = 12
+_MAX_SEQ = 10**SEQ_DIGITS
+_T = TypeVar("_T")
+
+
+def header(file_id: bytes) -> bytes:
+    return HEADER.pack(MAGIC, file_id)
+
+
+def frame(seq: int, kind: int, data: bytes) -> bytes:
+    tail = FRAME.pack(0, 0, seq, kind)[8:] + data
+    return struct.pack("<II", len(data), zlib.crc32(tail)) + tail
+
+
+@dataclass
+class Records:
+    """A record file as parsed: its live records and where its complete frames end."""
+
+    file_id: bytes
+    end: int = HEADER.size
+    data: dict[int, bytes] = field(default_factory=dict)
+    #: bytes of frames that no longer hold a live record (replaced, dropped, drops)
+    dead: int = 0
+    _order: list[int] | None = None
+
+    def extend(self, buf: bytes | memoryview) -> None:
+        """Apply the complete, intact frames at the start of ``buf`` (read at ``end``)."""
+        view = memoryview(buf)
+        at, size = 0, len(view)
+        unpack, crc32, data, size_of = FRAME.unpack_from, zlib.crc32, self.data, FRAME.size
+        dead = 0
+        while at + size_of <= size:
+            length, crc, seq, kind = unpack(view, at)
+            stop = at + size_of + length
+            if stop > size or crc32(view[at + 8 : stop]) != crc or kind > DROP:
+                break
+            old = data.pop(seq, None)
+            if old is not None:
+                dead += len(old) + size_of
+            if kind == SET:
+                data[seq] = bytes(view[at + size_of : stop])
+            else:
+                dead += size_of + length
+            at = stop
+        if at:
+            self.end += at
+            self.dead += dead
+            self._order = None
+
+    def seqs(self) -> list[int]:
+        """The live record numbers, ascending (kept until the next change)."""
+        if self._order is None:
+            self._order = sorted(self.data)
+        return self._order
+
+    @property
+    def live(self) -> int:
+        return self.end - self.dead
+
+
+class RecordsCache:
+    """
+    Parsed record files of this process, by path, least recently used first out once
+    they hold more than ``limit`` bytes. An entry is valid for a file with the same file
+    id and at least its length: such a file only grew since.
+    """
+
+    def __init__(self, limit: int = 64 << 20) -> None:
+        self._lock = threading.Lock()
+        self._files: OrderedDict[str, Records] = OrderedDict()
+        self._limit = limit
+
+    def use(self, path: str, fd: int, call: Callable[[Records | None], _T]) -> _T:
+        """Bring the parse of the open file ``fd`` up to date and ``call`` it, locked."""
+        with self._lock:
+            records = self._files.get(path)
+            head = os.pread(fd, HEADER.size, 0)
+            if len(head) < HEADER.size or head[:8] != MAGIC:
+                self._files.pop(path, None)
+                return call(None)
+            size = os.fstat(fd).st_size
+            if records is None or records.file_id != head[8:] or size < records.end:
+                records = Records(head[8:])
+            if size > records.end:
+                records.extend(_pread_all(fd, size - records.end, records.end))
+            self._files[path] = records
+            self._files.move_to_end(path)
+            self._evict()
+            return call(records)
+
+    def forget(self, path: str) -> None:
+        with self._lock:
+            self._files.pop(path, None)
+
+    def _evict(self) -> None:
+        total = sum(records.end for records in self._files.values())
+        while total > self._limit and len(self._files) > 1:
+            _, records = self._files.popitem(last=False)
+            total -= records.end
+
+
+def _pread_all(fd: int, size: int, offset: int) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+class Families:
+    """
+    Which keys live in record files. A family is a pattern like ``runs/*/log/``: ``*``
+    stands for one key component. A key is a record when it is a family folder followed
+    by ``SEQ_DIGITS`` digits; its record file sits beside that folder.
+    """
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self._patterns = [pattern.rstrip("/").split("/") for pattern in patterns]
+
+    def __bool__(self) -> bool:
+        return bool(self._patterns)
+
+    def folder(self, head: str) -> bool:
+        """Whether the key folder ``head`` (``runs/r/log``) is a family's."""
+        parts = head.split("/")
+        return any(_matches(parts, pattern) for pattern in self._patterns)
+
+    def locate(self, key: str) -> tuple[str, int] | None:
+        """The record file (relative path) and number of ``key``, if it is a record."""
+        head, _, name = key.rpartition("/")
+        if len(name) != SEQ_DIGITS or not name.isdigit() or not self.folder(head):
+            return None
+        return file_of(head), int(name)
+
+    def folder_of_file(self, base: str, name: str) -> str | None:
+        """If ``name`` in key folder ``base`` (``runs/r/``) is a record file: its folder's."""
+        if not (name.startswith(".") and name.endswith(SUFFIX)):
+            return None
+        folder = name[1 : -len(SUFFIX)]
+        return folder if folder and self.folder(base + folder) else None
+
+    def reserved(self, key: str) -> bool:
+        """Whether ``key`` names a record file itself (so no key can)."""
+        head, _, name = key.rpartition("/")
+        return self.folder_of_file(head + "/" if head else "", name) is not None
+
+
+def _matches(parts: list[str], pattern: list[str]) -> bool:
+    return len(parts) == len(pattern) and all(
+        want in ("*", part) for part, want in zip(parts, pattern, strict=True)
+    )
+
+
+def file_of(head: str) -> str:
+    """The record file of key folder ``head``: ``runs/r/log`` -> ``runs/r/.log.records``."""
+    parent, slash, folder = head.rpartition("/")
+    return f"{parent}{slash}.{folder}{SUFFIX}"
+
+
+def record_name(seq: int) -> str:
+    return f"{seq:0{SEQ_DIGITS}d}"
+
+
+def append_frame(fd: int, end: int | None, seq: int, kind: int, data: bytes) -> None:
+    """
+    Append one frame to the open record file ``fd`` after its complete frames, which end
+    at ``end`` (a torn tail after them is cut first); ``None``: start the file. The caller
+    holds the file's lock.
+    """
+    body = frame(seq, kind, data)
+    if end is None:
+        body = header(secrets.token_bytes(16)) + body
+        end = 0
+    if os.fstat(fd).st_size != end:
+        os.ftruncate(fd, end)  # a torn tail: its writer died, since we hold the lock
+    try:
+        _write_all(fd, body, end)
+    except BaseException:
+        os.ftruncate(fd, end)
+        raise
+
+
+def write_records(path: str, records: dict[int, bytes], fsync: bool) -> None:
+    """Write a new record file (new file id) holding ``records`` at ``path``, exclusively."""
+    body = [header(secrets.token_bytes(16))]
+    body.extend(frame(seq, SET, data) for seq, data in sorted(records.items()))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        _write_all(fd, b"".join(body), 0)
+        if fsync:
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
