@@ -71,8 +71,10 @@ async def main(runs: int) -> None:
             assert await (await conductor.start(ten)).result() == 45
         requests = (sum(backend.requests.values()) - before) / runs
     total = sum(_counts.values())
-    print(f"{runs} runs of 10 steps: {total / runs:.1f} fsync+fdatasync per run, "
-          f"{requests:.1f} requests per run")
+    print(
+        f"{runs} runs of 10 steps: {total / runs:.1f} fsync+fdatasync per run, "
+        f"{requests:.1f} requests per run"
+    )
     for kind, count in sorted(_counts.items(), key=lambda item: -item[1]):
         print(f"  {count / runs:6.1f}  {kind}")
 

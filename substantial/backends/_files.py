@@ -74,6 +74,16 @@ def content_version(data: bytes) -> str:
 
 def key_problem(key: str) -> str | None:
     """Why ``key`` cannot name a file under the root, or ``None`` if it can."""
+    if (  # the common case at a glance: short ASCII, no empty, dot or reserved part
+        key.isascii()
+        and len(key) <= MAX_NAME_BYTES
+        and key[:1] not in ("", "/", ".")
+        and key[-1] != "/"
+        and "//" not in key
+        and "/." not in key
+        and "\0" not in key
+    ):
+        return None
     if not key:
         return "it is empty"
     if "\0" in key:

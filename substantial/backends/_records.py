@@ -177,21 +177,33 @@ class Families:
 
     def __init__(self, patterns: Sequence[str]) -> None:
         self._patterns = [pattern.rstrip("/").split("/") for pattern in patterns]
+        self._files: dict[str, str] = {}  # record files of recent heads ("": none)
 
     def __bool__(self) -> bool:
         return bool(self._patterns)
 
     def folder(self, head: str) -> bool:
         """Whether the key folder ``head`` (``runs/r/log``) is a family's."""
-        parts = head.split("/")
-        return any(_matches(parts, pattern) for pattern in self._patterns)
+        return bool(self._file(head))
+
+    def _file(self, head: str) -> str:
+        """The record file of folder ``head``, or ``""``."""
+        known = self._files.get(head)
+        if known is None:
+            parts = head.split("/")
+            found = any(_matches(parts, pattern) for pattern in self._patterns)
+            known = file_of(head) if found else ""
+            if len(self._files) >= 4096:
+                self._files.clear()
+            self._files[head] = known
+        return known
 
     def locate(self, key: str) -> tuple[str, int] | None:
         """The record file (relative path) and number of ``key``, if it is a record."""
         head, _, name = key.rpartition("/")
-        if len(name) != SEQ_DIGITS or not name.isdigit() or not self.folder(head):
+        if len(name) != SEQ_DIGITS or not name.isdigit() or not (file := self._file(head)):
             return None
-        return file_of(head), int(name)
+        return file, int(name)
 
     def folder_of_file(self, base: str, name: str) -> str | None:
         """If ``name`` in key folder ``base`` (``runs/r/``) is a record file: its folder's."""
@@ -202,6 +214,8 @@ class Families:
 
     def reserved(self, key: str) -> bool:
         """Whether ``key`` names a record file itself (so no key can)."""
+        if not (key.startswith(".") or "/." in key):
+            return False
         head, _, name = key.rpartition("/")
         return self.folder_of_file(head + "/" if head else "", name) is not None
 
