@@ -1,8 +1,8 @@
 """
 Record files: the files backend keeps the keys of an *append log family* (by default a
 run's log segments, ``runs/{run}/log/{seq:012d}``) as frames of one append-only file per
-folder, so that writing one costs one ``fdatasync`` instead of a temporary file, an
-``fsync``, a link and a folder ``fsync``.
+folder, named as the folder (``runs/{run}/log``), so that writing one costs one
+``fdatasync`` instead of a temporary file, an ``fsync``, a link and a folder ``fsync``.
 
 A record file is a header (magic and a random file id) and then frames::
 
@@ -42,7 +42,6 @@ __all__ = [
     "Records",
     "RecordsCache",
     "append_frame",
-    "file_of",
     "frame",
     "header",
     "record_name",
@@ -53,8 +52,6 @@ MAGIC = b"SUBREC01"
 HEADER = struct.Struct("<8s16s")
 FRAME = struct.Struct("<IIQB")
 SET, DROP = 0, 1
-#: What a record file's name adds to its folder's: ``runs/r/log/`` -> ``runs/r/.log.records``.
-SUFFIX = ".records"
 SEQ_DIGITS = 12
 _MAX_SEQ = 10**SEQ_DIGITS
 _T = TypeVar("_T")
@@ -172,64 +169,43 @@ class Families:
     """
     Which keys live in record files. A family is a pattern like ``runs/*/log/``: ``*``
     stands for one key component. A key is a record when it is a family folder followed
-    by ``SEQ_DIGITS`` digits; its record file sits beside that folder.
+    by ``SEQ_DIGITS`` digits; the folder's record file has the folder's own name (so no
+    key can have it, and a writer of an older version cannot put files below it).
     """
 
     def __init__(self, patterns: Sequence[str]) -> None:
         self._patterns = [pattern.rstrip("/").split("/") for pattern in patterns]
-        self._files: dict[str, str] = {}  # record files of recent heads ("": none)
+        self._last = {pattern[-1] for pattern in self._patterns}
+        self._known: dict[str, bool] = {}  # folder() of recent heads
 
     def __bool__(self) -> bool:
         return bool(self._patterns)
 
     def folder(self, head: str) -> bool:
-        """Whether the key folder ``head`` (``runs/r/log``) is a family's."""
-        return bool(self._file(head))
-
-    def _file(self, head: str) -> str:
-        """The record file of folder ``head``, or ``""``."""
-        known = self._files.get(head)
+        """Whether ``head`` (``runs/r/log``) names a family's folder: a record file."""
+        if head.rpartition("/")[2] not in self._last:
+            return False
+        known = self._known.get(head)
         if known is None:
             parts = head.split("/")
-            found = any(_matches(parts, pattern) for pattern in self._patterns)
-            known = file_of(head) if found else ""
-            if len(self._files) >= 4096:
-                self._files.clear()
-            self._files[head] = known
+            known = any(_matches(parts, pattern) for pattern in self._patterns)
+            if len(self._known) >= 4096:
+                self._known.clear()
+            self._known[head] = known
         return known
 
     def locate(self, key: str) -> tuple[str, int] | None:
         """The record file (relative path) and number of ``key``, if it is a record."""
         head, _, name = key.rpartition("/")
-        if len(name) != SEQ_DIGITS or not name.isdigit() or not (file := self._file(head)):
+        if len(name) != SEQ_DIGITS or not name.isdigit() or not self.folder(head):
             return None
-        return file, int(name)
-
-    def folder_of_file(self, base: str, name: str) -> str | None:
-        """If ``name`` in key folder ``base`` (``runs/r/``) is a record file: its folder's."""
-        if not (name.startswith(".") and name.endswith(SUFFIX)):
-            return None
-        folder = name[1 : -len(SUFFIX)]
-        return folder if folder and self.folder(base + folder) else None
-
-    def reserved(self, key: str) -> bool:
-        """Whether ``key`` names a record file itself (so no key can)."""
-        if not (key.startswith(".") or "/." in key):
-            return False
-        head, _, name = key.rpartition("/")
-        return self.folder_of_file(head + "/" if head else "", name) is not None
+        return head, int(name)
 
 
 def _matches(parts: list[str], pattern: list[str]) -> bool:
     return len(parts) == len(pattern) and all(
         want in ("*", part) for part, want in zip(parts, pattern, strict=True)
     )
-
-
-def file_of(head: str) -> str:
-    """The record file of key folder ``head``: ``runs/r/log`` -> ``runs/r/.log.records``."""
-    parent, slash, folder = head.rpartition("/")
-    return f"{parent}{slash}.{folder}{SUFFIX}"
 
 
 def record_name(seq: int) -> str:

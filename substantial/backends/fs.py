@@ -4,8 +4,9 @@ of append logs (a run's log segments), which are records of one file per log.
 
 Layout under ``root``: key ``a/b/c`` is the file ``root/a/b/c``; ``root/.tmp/`` holds
 files being written and ``root/.locks/`` the lock files, so neither name can start a key.
-Key ``runs/r/log/000000000007`` is record 7 of the record file ``root/runs/r/.log.records``
-(:mod:`substantial.backends._records`).
+Key ``runs/r/log/000000000007`` is record 7 of the record file ``root/runs/r/log``
+(:mod:`substantial.backends._records`), unless ``root/runs/r/log`` is a folder: a log
+written one file per key, before record files, stays so.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import builtins
 import heapq
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from typing import TypeVar
 
 import anyio.to_thread
@@ -35,7 +36,7 @@ from substantial.backends._files import (
     unlink_quietly,
     write_temp,
 )
-from substantial.backends._fsrecords import RecordKeys
+from substantial.backends._fsrecords import LegacyLog, RecordKeys
 from substantial.backends._records import Families
 from substantial.backends.base import Backend, Entry
 from substantial.errors import BackendRefused, BackendUnavailable
@@ -133,9 +134,6 @@ class FSBackend(Backend):
         """
         path = self._path(key)
         self.requests["put"] += 1
-        if (record := self._families.locate(key)) is not None:
-            rel, seq = record
-            return await self._run("put", lambda: self._records.put(rel, seq, data, path, durable))
         return await self._run("put", lambda: self._put(key, path, data, durable))
 
     async def create(self, key: str, data: bytes, *, durable: bool = True) -> str | None:
@@ -147,9 +145,6 @@ class FSBackend(Backend):
         """
         path = self._path(key)
         self.requests["create"] += 1
-        if (record := self._families.locate(key)) is not None:
-            rel, seq = record
-            return await self._run("create", lambda: self._records.create(rel, seq, data, path))
         return await self._run("create", lambda: self._create(key, path, data, durable))
 
     async def replace(
@@ -162,12 +157,7 @@ class FSBackend(Backend):
         """
         path = self._path(key)
         self.requests["replace"] += 1
-        if (record := self._families.locate(key)) is not None:
-            rel, seq = record
-            call = lambda: self._records.replace(rel, seq, data, version, path, durable)  # noqa: E731
-        else:
-            call = lambda: self._replace(key, path, data, version, durable)  # noqa: E731
-        return await self._run("replace", call)
+        return await self._run("replace", lambda: self._replace(key, path, data, version, durable))
 
     async def delete(self, key: str, version: str | None = None, *, durable: bool = True) -> bool:
         """
@@ -177,12 +167,7 @@ class FSBackend(Backend):
         """
         path = self._path(key)
         self.requests["delete"] += 1
-        if (record := self._families.locate(key)) is not None:
-            rel, seq = record
-            call = lambda: self._records.delete(rel, seq, version, path, durable)  # noqa: E731
-        else:
-            call = lambda: self._delete(key, path, version, durable)  # noqa: E731
-        return await self._run("delete", call)
+        return await self._run("delete", lambda: self._delete(key, path, version, durable))
 
     async def list(self, prefix: str, *, after: str | None = None, limit: int = 1000) -> list[str]:
         """
@@ -203,8 +188,8 @@ class FSBackend(Backend):
 
     def _path(self, key: str) -> str:
         problem = key_problem(key)
-        if problem is None and self._families and self._families.reserved(key):
-            problem = "it names a record file of the files backend"
+        if problem is None and self._families.folder(key):
+            problem = "it names a log folder, kept by the files backend as one file"
         if problem is not None:
             raise ValueError(f"illegal key {key!r}: {problem}")
         return f"{self.root}/{key}"
@@ -225,6 +210,9 @@ class FSBackend(Backend):
     # -- helpers run in a worker thread ------------------------------------------------
 
     def _create(self, key: str, path: str, data: bytes, durable: bool) -> str | None:
+        if (record := self._families.locate(key)) is not None:
+            with suppress(LegacyLog):
+                return self._records.create(*record, data)
         temp = self._write_temp(data, durable)
         try:
             try:
@@ -245,11 +233,17 @@ class FSBackend(Backend):
         return content_version(data)
 
     def _put(self, key: str, path: str, data: bytes, durable: bool) -> str:
+        if (record := self._families.locate(key)) is not None:
+            with suppress(LegacyLog):
+                return self._records.put(*record, data, durable)
         with self._locked(key):
             self._install(key, path, data, durable)
         return content_version(data)
 
     def _replace(self, key: str, path: str, data: bytes, version: str, durable: bool) -> str | None:
+        if (record := self._families.locate(key)) is not None:
+            with suppress(LegacyLog):
+                return self._records.replace(*record, data, version, durable)
         with self._locked(key):
             current = read_file(path)
             if current is None or content_version(current) != version:
@@ -258,6 +252,9 @@ class FSBackend(Backend):
         return content_version(data)
 
     def _delete(self, key: str, path: str, version: str | None, durable: bool) -> bool:
+        if (record := self._families.locate(key)) is not None:
+            with suppress(LegacyLog):
+                return self._records.delete(*record, version, durable)
         with self._locked(key):
             if version is not None:
                 current = read_file(path)
@@ -278,7 +275,8 @@ class FSBackend(Backend):
         folder = f"{self.root}/{head}" if slash else self.root
         found = self._walk(folder, head + slash, partial, after)
         if slash and self._families.folder(head):
-            found = self._records.merged(found, head, partial, after)
+            with suppress(LegacyLog):
+                found = self._records.keys(head, partial, after)
         keys: list[str] = []
         for key in found:
             keys.append(key)
@@ -296,16 +294,17 @@ class FSBackend(Backend):
         whole keys correctly (``x-1`` < ``x/a``, since ``-`` < ``/``).
         """
         candidates: list[tuple[str, bool]] = []
+        logs = bool(self._families)
         try:
             with os.scandir(folder) as entries:
                 for entry in entries:
                     name = entry.name
-                    if self._families and (log := self._families.folder_of_file(base, name)):
-                        name, is_dir = log, True  # a record file stands for its folder
-                    else:
-                        is_dir = entry.is_dir(follow_symlinks=False)
                     if not name.startswith(partial) or (not base and name in RESERVED):
                         continue
+                    # a record file stands for its folder
+                    is_dir = entry.is_dir(follow_symlinks=False) or (
+                        logs and self._families.folder(base + name)
+                    )
                     full = base + name + "/" if is_dir else base + name
                     # Skip what lies wholly at or before `after`; enter a folder `after` is in.
                     if (
@@ -317,8 +316,6 @@ class FSBackend(Backend):
                     candidates.append((full, is_dir))
         except (FileNotFoundError, NotADirectoryError):
             return
-        if self._families:  # a record file and the folder it stands for: once
-            candidates = list(dict.fromkeys(candidates))
         # A heap rather than a sort: a page of `limit` keys from a big folder is O(n).
         heapq.heapify(candidates)
         while candidates:
@@ -327,8 +324,9 @@ class FSBackend(Backend):
                 yield full
                 continue
             found = self._walk(f"{self.root}/{full[:-1]}", full, "", after)
-            if self._families.folder(full[:-1]):
-                found = self._records.merged(found, full[:-1], "", after)
+            if logs and self._families.folder(full[:-1]):
+                with suppress(LegacyLog):
+                    found = self._records.keys(full[:-1], "", after)
             yield from found
 
     def _install(self, key: str, path: str, data: bytes, durable: bool) -> None:

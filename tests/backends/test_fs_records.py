@@ -45,7 +45,7 @@ async def test_records_live_in_one_file_per_log(root: Path) -> None:
     for seq in range(3):
         assert await store.create(seg(seq), b"s%d" % seq) is not None
     assert await store.create(seg(1), b"again") is None
-    assert sorted(os.listdir(root / "runs" / "r1")) == [".log.records"]
+    assert sorted(os.listdir(root / "runs" / "r1")) == ["log"]
     assert await store.list_all("runs/") == [seg(0), seg(1), seg(2)]
     assert await store.list("runs/r1/log/00000000000", after=seg(0)) == [seg(1), seg(2)]
     assert await store.list("runs/r1/l", limit=2) == [seg(0), seg(1)]
@@ -54,8 +54,8 @@ async def test_records_live_in_one_file_per_log(root: Path) -> None:
         None,
         (b"s0", (await store.get(seg(0)) or (b"", ""))[1]),
     ]
-    with pytest.raises(ValueError, match="record file"):
-        await store.put("runs/r1/.log.records", b"x")
+    with pytest.raises(ValueError, match="log folder"):
+        await store.put("runs/r1/log", b"x")
 
 
 async def test_deletes_and_prune_leave_nothing(root: Path) -> None:
@@ -65,7 +65,7 @@ async def test_deletes_and_prune_leave_nothing(root: Path) -> None:
         await store.create(seg(seq), os.urandom(300))
     for seq in range(399):  # a compaction: the file is rewritten without dead frames
         assert await store.delete(seg(seq))
-    assert (root / "runs/r1/.log.records").stat().st_size < 64 * 1024 * 3
+    assert (root / "runs/r1/log").stat().st_size < 64 * 1024 * 3
     assert await store.list_all(LOG) == [seg(399)]
     assert await store.create(seg(5), b"stale") is not None  # a number freed by a delete
     assert await store.list_all(LOG) == [seg(5), seg(399)]
@@ -97,12 +97,21 @@ async def test_keys_written_one_file_each_still_work(root: Path) -> None:
     assert await store.get(seg(1)) is None
     assert await store.list_all(LOG) == [seg(0), seg(2), seg(3)]
     assert (await store.get(seg(0)) or (b"",))[0] == b"r0"
+    assert (root / "runs/r1/log").is_dir()  # that log stays one file per key
+
+
+async def test_an_older_writer_cannot_bypass_a_record_file(root: Path) -> None:
+    await FSBackend(root).create(seg(0), b"new")
+    old = FSBackend(root, append_logs=())  # as a process of the version before
+    with pytest.raises(ValueError, match="cannot be stored"):
+        await old.create(seg(1), b"stale")
+    assert await FSBackend(root).list_all(LOG) == [seg(0)]
 
 
 async def test_a_torn_tail_is_invisible_and_cut_by_the_next_writer(root: Path) -> None:
     store = FSBackend(root)
     await store.create(seg(0), b"zero")
-    path = root / "runs/r1/.log.records"
+    path = root / "runs/r1/log"
     whole = frame(1, 0, b"one" * 100)
     for torn in (whole[:5], whole[: FRAME.size + 10], whole[:-1] + b"X", b"\0" * 64):
         reader = FSBackend(root)  # a fresh process's view
@@ -118,7 +127,7 @@ async def test_a_torn_tail_is_invisible_and_cut_by_the_next_writer(root: Path) -
 
 # -- the contract on record keys, against a model -------------------------------------------
 
-MODEL_KEYS = [f"log/{seq:012d}" for seq in range(4)] + ["log/x", "log-1", "logs/000000000001"]
+MODEL_KEYS = [f"log/{seq:012d}" for seq in range(4)] + ["log-1", "logs/000000000001", "meta"]
 _spaces = itertools.count()
 version_st = st.integers(min_value=0, max_value=8)
 operation_st = st.one_of(
@@ -127,7 +136,9 @@ operation_st = st.one_of(
     st.tuples(st.just("create"), st.sampled_from(MODEL_KEYS), st.binary(max_size=8)),
     st.tuples(st.just("replace"), st.sampled_from(MODEL_KEYS), st.binary(max_size=8), version_st),
     st.tuples(st.just("delete"), st.sampled_from(MODEL_KEYS), st.none() | version_st),
-    st.tuples(st.just("list"), st.sampled_from(["", "l", "log/", "log/0000"]), st.integers(1, 4)),
+    st.tuples(
+        st.just("list"), st.sampled_from(["", "l", "log/", "log/0000", "m"]), st.integers(1, 4)
+    ),
 )
 
 
