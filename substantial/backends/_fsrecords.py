@@ -18,6 +18,7 @@ import secrets
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
@@ -155,33 +156,31 @@ class RecordKeys:
         with self._locked(rel):
             fd = self._open(rel, path)
             try:
-                records: Records | None = self.cache.use(path, fd, lambda found: found)
-                current = None if records is None else records.data.get(seq)
-                if not decide(current):
+                # What the file holds, taken under the cache's lock: another thread of
+                # this process may be parsing the same file (it cannot grow: we hold
+                # the file's lock).
+                state = self.cache.use(path, fd, partial(_State.of, seq=seq, kind=kind))
+                if not decide(state.current):
                     return False
-                if kind == DROP and records is not None and len(records.data) == 1:
+                if kind == DROP and state.count == 1:
                     unlink_quietly(path)  # the last record: no file, so folders can go
                     self.cache.forget(path)
                     if durable:
                         self._sync_dir(os.path.dirname(path))
                     return True
-                append_frame(fd, None if records is None else records.end, seq, kind, data)
+                append_frame(fd, state.end, seq, kind, data)
                 if self.fsync and durable:
                     os.fdatasync(fd)
-                if records is None:  # a new file: its folder entry must last, too
+                if state.end is None:  # a new file: its folder entry must last, too
                     self._sync_dir(os.path.dirname(path))
-                elif kind == DROP:
-                    self._vacuum(path, records, seq)
+                elif state.live is not None:
+                    self._vacuum(path, state.live)
             finally:
                 os.close(fd)
         return True
 
-    def _vacuum(self, path: str, records: Records, dropped: int) -> None:
-        """Rewrite the file without its dead frames once they outweigh the live ones."""
-        live = {seq: data for seq, data in records.data.items() if seq != dropped}
-        size = sum(len(data) for data in live.values())
-        if records.end - size < max(VACUUM_BYTES, size):
-            return
+    def _vacuum(self, path: str, live: dict[int, bytes]) -> None:
+        """Rewrite the file with only its ``live`` records (and a new file id)."""
         temp = f"{self.tmp}/{secrets.token_hex(16)}"
         try:
             write_records(temp, live, self.fsync)
@@ -206,6 +205,31 @@ class RecordKeys:
                 return os.open(path, flags, 0o666)
         except IsADirectoryError:
             raise LegacyLog(rel) from None
+
+
+@dataclass(frozen=True)
+class _State:
+    """A record file as a writer needs it, for the write of ``seq``."""
+
+    #: where its complete frames end (None: no file yet, or not begun)
+    end: int | None
+    #: record ``seq``'s bytes
+    current: bytes | None
+    #: how many records it holds
+    count: int
+    #: for a drop that leaves dead frames outweighing the live ones: the records left
+    live: dict[int, bytes] | None
+
+    @classmethod
+    def of(cls, records: Records | None, *, seq: int, kind: int) -> _State:
+        if records is None:
+            return cls(None, None, 0, None)
+        current, live = records.data.get(seq), None
+        if kind == DROP and current is not None:
+            left = records.size - len(current)
+            if records.end - left >= max(VACUUM_BYTES, left):
+                live = {other: data for other, data in records.data.items() if other != seq}
+        return cls(records.end, current, len(records.data), live)
 
 
 def _pick(records: Records | None, wanted: list[tuple[int, int]]) -> list[bytes | None]:

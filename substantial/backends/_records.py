@@ -73,8 +73,8 @@ class Records:
     file_id: bytes
     end: int = HEADER.size
     data: dict[int, bytes] = field(default_factory=dict)
-    #: bytes of frames that no longer hold a live record (replaced, dropped, drops)
-    dead: int = 0
+    #: bytes of the live records' data
+    size: int = 0
     _order: list[int] | None = None
 
     def extend(self, buf: bytes | memoryview) -> None:
@@ -82,7 +82,7 @@ class Records:
         view = memoryview(buf)
         at, size = 0, len(view)
         unpack, crc32, data, size_of = FRAME.unpack_from, zlib.crc32, self.data, FRAME.size
-        dead = 0
+        live = self.size
         while at + size_of <= size:
             length, crc, seq, kind = unpack(view, at)
             stop = at + size_of + length
@@ -90,15 +90,14 @@ class Records:
                 break
             old = data.pop(seq, None)
             if old is not None:
-                dead += len(old) + size_of
+                live -= len(old)
             if kind == SET:
                 data[seq] = bytes(view[at + size_of : stop])
-            else:
-                dead += size_of + length
+                live += length
             at = stop
         if at:
             self.end += at
-            self.dead += dead
+            self.size = live
             self._order = None
 
     def seqs(self) -> list[int]:
@@ -106,10 +105,6 @@ class Records:
         if self._order is None:
             self._order = sorted(self.data)
         return self._order
-
-    @property
-    def live(self) -> int:
-        return self.end - self.dead
 
 
 class RecordsCache:
@@ -119,10 +114,11 @@ class RecordsCache:
     id and at least its length: such a file only grew since.
     """
 
-    def __init__(self, limit: int = 64 << 20) -> None:
+    def __init__(self, limit: int = 64 << 20, files: int = 1024) -> None:
         self._lock = threading.Lock()
         self._files: OrderedDict[str, Records] = OrderedDict()
-        self._limit = limit
+        self._limit, self._most = limit, files
+        self._total = 0  # the ends of the files held
 
     def use(self, path: str, fd: int, call: Callable[[Records | None], _T]) -> _T:
         """Bring the parse of the open file ``fd`` up to date and ``call`` it, locked."""
@@ -130,27 +126,33 @@ class RecordsCache:
             records = self._files.get(path)
             head = os.pread(fd, HEADER.size, 0)
             if len(head) < HEADER.size or head[:8] != MAGIC:
-                self._files.pop(path, None)
+                self._drop(path)
                 return call(None)
             size = os.fstat(fd).st_size
             if records is None or records.file_id != head[8:] or size < records.end:
+                self._drop(path)
                 records = Records(head[8:])
+                self._total += records.end
+                self._files[path] = records
             if size > records.end:
+                before = records.end
                 records.extend(_pread_all(fd, size - records.end, records.end))
-            self._files[path] = records
+                self._total += records.end - before
             self._files.move_to_end(path)
-            self._evict()
+            while (self._total > self._limit or len(self._files) > self._most) and len(
+                self._files
+            ) > 1:
+                self._drop(next(iter(self._files)))
             return call(records)
 
     def forget(self, path: str) -> None:
         with self._lock:
-            self._files.pop(path, None)
+            self._drop(path)
 
-    def _evict(self) -> None:
-        total = sum(records.end for records in self._files.values())
-        while total > self._limit and len(self._files) > 1:
-            _, records = self._files.popitem(last=False)
-            total -= records.end
+    def _drop(self, path: str) -> None:
+        records = self._files.pop(path, None)
+        if records is not None:
+            self._total -= records.end
 
 
 def _pread_all(fd: int, size: int, offset: int) -> bytes:

@@ -273,7 +273,7 @@ class FSBackend(Backend):
         if limit <= 0 or "\0" in partial or (slash and key_problem(head) is not None):
             return []  # no legal key starts with this prefix
         folder = f"{self.root}/{head}" if slash else self.root
-        found = self._walk(folder, head + slash, partial, after)
+        found = _walk(self, folder, head + slash, partial, after)
         if slash and self._families.folder(head):
             with suppress(LegacyLog):
                 found = self._records.keys(head, partial, after)
@@ -283,51 +283,6 @@ class FSBackend(Backend):
             if len(keys) == limit:
                 break
         return keys
-
-    def _walk(self, folder: str, base: str, partial: str, after: str | None) -> Iterator[str]:
-        """
-        Keys under ``folder`` (named ``base`` + entry) whose entry name starts with
-        ``partial``, greater than ``after``, in order.
-
-        A subfolder ``x`` sorts as ``x/``: every key under it starts with that, and no
-        entry name contains ``/``, so comparing the entries' ``x/`` with file names orders
-        whole keys correctly (``x-1`` < ``x/a``, since ``-`` < ``/``).
-        """
-        candidates: list[tuple[str, bool]] = []
-        logs = bool(self._families)
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    name = entry.name
-                    if not name.startswith(partial) or (not base and name in RESERVED):
-                        continue
-                    # a record file stands for its folder
-                    is_dir = entry.is_dir(follow_symlinks=False) or (
-                        logs and self._families.folder(base + name)
-                    )
-                    full = base + name + "/" if is_dir else base + name
-                    # Skip what lies wholly at or before `after`; enter a folder `after` is in.
-                    if (
-                        after is not None
-                        and full <= after
-                        and not (is_dir and after.startswith(full))
-                    ):
-                        continue
-                    candidates.append((full, is_dir))
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        # A heap rather than a sort: a page of `limit` keys from a big folder is O(n).
-        heapq.heapify(candidates)
-        while candidates:
-            full, is_dir = heapq.heappop(candidates)
-            if not is_dir:
-                yield full
-                continue
-            found = self._walk(f"{self.root}/{full[:-1]}", full, "", after)
-            if logs and self._families.folder(full[:-1]):
-                with suppress(LegacyLog):
-                    found = self._records.keys(full[:-1], "", after)
-            yield from found
 
     def _install(self, key: str, path: str, data: bytes, durable: bool) -> None:
         """Atomically make ``path`` hold ``data``; the caller holds the key's lock."""
@@ -374,3 +329,47 @@ class FSBackend(Backend):
             f"key {key!r} cannot be stored by the files backend: a key and keys below it "
             "(like 'a/b' and 'a/b/c') cannot both exist"
         )
+
+
+def _walk(
+    store: FSBackend, folder: str, base: str, partial: str, after: str | None
+) -> Iterator[str]:
+    """
+    Keys under ``folder`` (named ``base`` + entry) whose entry name starts with
+    ``partial``, greater than ``after``, in order.
+
+    A subfolder ``x`` sorts as ``x/``: every key under it starts with that, and no
+    entry name contains ``/``, so comparing the entries' ``x/`` with file names orders
+    whole keys correctly (``x-1`` < ``x/a``, since ``-`` < ``/``).
+    """
+    candidates: list[tuple[str, bool]] = []
+    logs = bool(store._families)
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = entry.name
+                if not name.startswith(partial) or (not base and name in RESERVED):
+                    continue
+                # a record file stands for its folder
+                is_dir = entry.is_dir(follow_symlinks=False) or (
+                    logs and store._families.folder(base + name)
+                )
+                full = base + name + "/" if is_dir else base + name
+                # Skip what lies wholly at or before `after`; enter a folder `after` is in.
+                if after is not None and full <= after and not (is_dir and after.startswith(full)):
+                    continue
+                candidates.append((full, is_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    # A heap rather than a sort: a page of `limit` keys from a big folder is O(n).
+    heapq.heapify(candidates)
+    while candidates:
+        full, is_dir = heapq.heappop(candidates)
+        if not is_dir:
+            yield full
+            continue
+        found = _walk(store, f"{store.root}/{full[:-1]}", full, "", after)
+        if logs and store._families.folder(full[:-1]):
+            with suppress(LegacyLog):
+                found = store._records.keys(full[:-1], "", after)
+        yield from found
