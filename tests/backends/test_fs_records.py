@@ -300,3 +300,62 @@ async def test_appenders_killed_mid_write_lose_and_double_nothing(root: Path) ->
             assert await store.delete(next_key)
     missing = [key for key in reported if await FSBackend(root).get(key) is None]
     assert not missing, f"records reported written are gone: {missing[:3]}"
+
+
+# Each racer says "ready", waits for a line on stdin so all start together, then creates
+# records 0..n-1 of one log; it prints the numbers it won.
+RACER = """
+import json, sys
+import anyio
+from substantial.backends.fs import FSBackend
+
+async def main(root, tag, n):
+    store = FSBackend(root)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    won = []
+    for seq in range(n):
+        if await store.create(f"runs/race/log/{seq:012d}", tag.encode()) is not None:
+            won.append(seq)
+    print(json.dumps(won), flush=True)
+
+anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))
+"""
+
+
+def race_records(root: Path, processes: int, n: int) -> dict[str, list[int]]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    tags = [f"p{i}" for i in range(processes)]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(root), tag, str(n)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for tag in tags
+    ]
+    try:
+        for racer in racers:
+            assert racer.stdout is not None
+            assert racer.stdout.readline() == "ready\n"
+        for racer in racers:
+            assert racer.stdin is not None
+            racer.stdin.write("go\n")
+            racer.stdin.flush()
+        outputs = [racer.communicate()[0] for racer in racers]
+    finally:
+        for racer in racers:
+            racer.kill()
+            racer.wait()
+    return {tag: json.loads(out) for tag, out in zip(tags, outputs, strict=True)}
+
+
+async def test_processes_racing_for_the_same_records_win_each_once(root: Path) -> None:
+    won = await anyio.to_thread.run_sync(race_records, root, 4, 300)
+    winners = sorted((seq, tag) for tag, seqs in won.items() for seq in seqs)
+    assert [seq for seq, _ in winners] == list(range(300))  # each won, and won once
+    keys = [f"runs/race/log/{seq:012d}" for seq in range(300)]
+    entries = await FSBackend(root).get_many(keys)
+    assert [entry and entry[0] for entry in entries] == [tag.encode() for _, tag in winners]
