@@ -65,11 +65,12 @@ class FSBackend(Backend):
     ``a/b/c`` raises :class:`ValueError` (and the other way round). Empty directories left
     by deletes are kept.
 
-    :param root: the folder holding the keys; created on first write
     Keys of the ``append_logs`` families (``runs/*/log/``: ``*`` is one key component)
     whose name is 12 digits are records of one file per folder instead: a ``create``
     appends one frame under the folder's lock and costs one ``fdatasync``; ``put``,
     ``replace`` and ``delete`` append too (a rewrite drops dead frames now and then).
+    The record file takes the folder's name, so such a folder holds record keys only
+    (``runs/r/log/x`` raises :class:`ValueError`).
 
     A write with ``durable=False`` (a hint the log can rebuild) is not flushed to disk.
 
