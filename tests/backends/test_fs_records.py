@@ -22,8 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from substantial import Conductor, Context, RunStatus, workflow
 from substantial.backends import FSBackend
 from substantial.backends._records import FRAME, frame
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -359,3 +361,31 @@ async def test_processes_racing_for_the_same_records_win_each_once(root: Path) -
     keys = [f"runs/race/log/{seq:012d}" for seq in range(300)]
     entries = await FSBackend(root).get_many(keys)
     assert [entry and entry[0] for entry in entries] == [tag.encode() for _, tag in winners]
+
+
+async def test_a_run_begun_before_record_files_finishes_after_the_upgrade(root: Path) -> None:
+    @workflow(name="records.upgrade")
+    async def steps_then_wait(c: Context) -> int:
+        total = 0
+        for i in range(3):
+            total += await c.save(lambda i=i: i)
+        return total + await c.receive("go")
+
+    async with Conductor(FSBackend(root, append_logs=())) as before:  # the version before
+        before.register(steps_then_wait)
+        handle = await before.start(steps_then_wait, run_id="old-run")
+
+        async def waiting() -> bool:
+            return await handle.status() == RunStatus.WAITING
+
+        await wait_until(waiting, what="the run to wait for its event")
+    assert (root / "runs/old-run/log").is_dir()
+    async with Conductor(FSBackend(root)) as after:
+        after.register(steps_then_wait)
+        await after.handle("old-run").send("go", 10)
+        assert await after.handle("old-run").result(timeout=30) == 13
+        fresh = await after.start(steps_then_wait, run_id="new-run")
+        await fresh.send("go", 1)
+        assert await fresh.result(timeout=30) == 4
+    assert (root / "runs/old-run/log").is_dir()
+    assert (root / "runs/new-run/log").is_file()
