@@ -389,3 +389,37 @@ async def test_a_run_begun_before_record_files_finishes_after_the_upgrade(root: 
         assert await fresh.result(timeout=30) == 4
     assert (root / "runs/old-run/log").is_dir()
     assert (root / "runs/new-run/log").is_file()
+
+
+# Takes the log's lock as a writer does, writes part of the next frame, and dies by
+# SIGKILL while holding the lock, as a writer killed inside its append would.
+DIES_MID_APPEND = """
+import os, signal, sys
+from substantial.backends.fs import FSBackend
+from substantial.backends._records import frame
+
+store = FSBackend(sys.argv[1])
+with store._locked("runs/r1/log"):
+    whole = frame(int(sys.argv[2]), 0, b"half" * 1000)
+    with open(os.path.join(sys.argv[1], "runs/r1/log"), "ab") as log:
+        log.write(whole[: len(whole) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+async def test_a_writer_killed_inside_its_append_leaves_nothing_visible(root: Path) -> None:
+    store = FSBackend(root)
+    await store.create(seg(0), b"zero")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for seq in (1, 2):
+        died = await anyio.run_process(
+            [sys.executable, "-c", DIES_MID_APPEND, str(root), str(seq)], env=env, check=False
+        )
+        assert died.returncode == -signal.SIGKILL
+        fresh = FSBackend(root)  # another process's view: the half frame is not there
+        assert await fresh.list_all(LOG) == [seg(i) for i in range(seq)]
+        assert await fresh.get(seg(seq)) is None
+        # the lock died with its holder; the next writer cuts the tail and appends
+        assert await fresh.create(seg(seq), b"whole") is not None
+        assert (await FSBackend(root).get(seg(seq)) or (b"",))[0] == b"whole"
+    assert await FSBackend(root).list_all(LOG) == [seg(0), seg(1), seg(2)]
