@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from substantial._core.clock import Clock, VirtualClock, now_ms
 from substantial._core.runids import check_run_id
+from substantial._core.status import FINAL_PB
 from substantial._store import leases, segments
 from substantial._store.keys import (
     DEFAULT_QUEUE,
@@ -189,22 +190,30 @@ class RunStore:
             read none, e.g. a run it just created). The first attempt is then one
             conditional write (``replace`` of that version, or ``create``) instead of a
             read and a write; if the summary changed since, it falls back to reading it.
+
+        Only a summary of a finished run is written durably (``durable``: an ``fsync`` on
+        files): the log restores any other one lost to a power loss (the run's schedule
+        entry wakes an agent that rewrites it), but ``Handle.result`` waits for the
+        summary to say the run ended before it reads the end from the log.
         """
         key = meta_key(meta.run_id)
         data = await seal(self.backend, meta.run_id, meta, self.payloads)
+        durable = meta.status in FINAL_PB
         if current is not None:
             stored, version = current
             if stored is not None and stored.log_seq > meta.log_seq:
                 return None
             if version is None:
-                if (written := await self.backend.create(key, data)) is not None:
+                if (written := await self.backend.create(key, data, durable=durable)) is not None:
                     return written
-            elif (written := await self.backend.replace(key, data, version)) is not None:
+            elif (
+                written := await self.backend.replace(key, data, version, durable=durable)
+            ) is not None:
                 return written
         for _ in range(10):
             entry = await self.backend.get(key)
             if entry is None:
-                if (written := await self.backend.create(key, data)) is not None:
+                if (written := await self.backend.create(key, data, durable=durable)) is not None:
                     return written
                 continue
             try:
@@ -214,7 +223,9 @@ class RunStore:
             else:
                 if stored.log_seq > meta.log_seq:
                     return None
-            if (written := await self.backend.replace(key, data, entry[1])) is not None:
+            if (
+                written := await self.backend.replace(key, data, entry[1], durable=durable)
+            ) is not None:
                 return written
         return None  # ten writers in a row got there first: a hint, the next one wins
 
@@ -281,8 +292,12 @@ class RunStore:
             log.warning("could not delete schedule key %r: %s", key, exc)
 
     async def delete(self, keys: Sequence[str]) -> None:
-        """Delete ``keys`` concurrently (absent ones are no error)."""
-        await segments.delete_keys(self.backend, keys)
+        """
+        Delete consumed schedule entries or merged inbox entries, concurrently (absent
+        ones are no error), not durably: one that comes back after a power loss wakes
+        its run once more, or is merged again, which the event's id makes a no-op.
+        """
+        await segments.delete_keys(self.backend, keys, durable=False)
 
     # ---- leases (substantial._store.leases) ----
 

@@ -258,7 +258,7 @@ class RedisBackend(Backend):
         values = cast("list[bytes | None]", await self._read("get_many", "MGET", *names))
         return [None if data is None else (data, _version(data)) for data in values]
 
-    async def put(self, key: str, data: bytes) -> str:
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> str:
         """
         Write a key unconditionally (``SET`` + ``ZADD`` in one script).
 
@@ -268,7 +268,7 @@ class RedisBackend(Backend):
         await self._write("put", self._put, [self._key(key), self._index], [data])
         return _version(data)
 
-    async def create(self, key: str, data: bytes) -> str | None:
+    async def create(self, key: str, data: bytes, *, durable: bool = True) -> str | None:
         """
         Write a key only if it is absent (``SET NX`` + ``ZADD`` in one script).
 
@@ -279,7 +279,9 @@ class RedisBackend(Backend):
         created = await self._write("create", self._create, [self._key(key), self._index], [data])
         return _version(data) if created else None
 
-    async def replace(self, key: str, data: bytes, version: str) -> str | None:
+    async def replace(
+        self, key: str, data: bytes, version: str, *, durable: bool = True
+    ) -> str | None:
         """
         Overwrite a key only if its content still hashes to ``version``.
 
@@ -291,7 +293,7 @@ class RedisBackend(Backend):
         replaced = await self._write("replace", self._replace, keys, [data, version])
         return _version(data) if replaced else None
 
-    async def delete(self, key: str, version: str | None = None) -> bool:
+    async def delete(self, key: str, version: str | None = None, *, durable: bool = True) -> bool:
         """
         Delete a key and its index entry; with ``version``, only if it is unchanged.
 

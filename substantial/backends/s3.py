@@ -219,7 +219,7 @@ class S3Backend(Backend):
             raise self._unexpected("get", exc) from exc
         return data, str(response["ETag"])
 
-    async def put(self, key: str, data: bytes) -> str:
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> str:
         """
         Write a key unconditionally with one ``PutObject``.
 
@@ -236,7 +236,7 @@ class S3Backend(Backend):
             raise self._unexpected("put", exc) from exc
         return str(response["ETag"])
 
-    async def create(self, key: str, data: bytes) -> str | None:
+    async def create(self, key: str, data: bytes, *, durable: bool = True) -> str | None:
         """
         Write a key only if absent: ``PutObject`` with ``If-None-Match: *``.
 
@@ -257,7 +257,9 @@ class S3Backend(Backend):
             raise self._unexpected("create", exc) from exc
         return str(response["ETag"])
 
-    async def replace(self, key: str, data: bytes, version: str) -> str | None:
+    async def replace(
+        self, key: str, data: bytes, version: str, *, durable: bool = True
+    ) -> str | None:
         """
         Overwrite a key only if its ETag is still ``version``: ``PutObject`` with
         ``If-Match``.
@@ -278,7 +280,7 @@ class S3Backend(Backend):
             raise self._unexpected("replace", exc) from exc
         return str(response["ETag"])
 
-    async def delete(self, key: str, version: str | None = None) -> bool:
+    async def delete(self, key: str, version: str | None = None, *, durable: bool = True) -> bool:
         """
         Delete a key; with ``version``, only if its ETag is unchanged (``DeleteObject``
         with ``If-Match``).
