@@ -14,7 +14,7 @@ from pathlib import Path
 
 import anyio
 
-from bench import measure, report
+from bench import fast, measure, report
 from bench.scale import SCALES, Scale
 from bench.targets import KINDS, Target, default_workdir, prepare
 
@@ -31,7 +31,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-ROWS = ("floor", "step", "latency", "throughput", "resume", "scale-out", "idle")
+ROWS = ("floor", "step", "latency", "throughput", "resume", "scale-out", "idle", "poll", "proxy")
 
 
 async def _run_target(
@@ -51,6 +51,9 @@ async def _run_target(
     if kind != "memory":
         plan.append(("scale-out", "scale-out", lambda: measure.scale_out(bench)))
     plan.append(("idle", "idle", lambda: measure.idle(bench)))
+    plan.append(("poll", "poll", lambda: fast.poll(bench)))
+    if kind == "s3":
+        plan.append(("proxy", "proxy", lambda: fast.proxy(bench)))
     for name, label, make in plan:
         if only and name not in only:
             continue
