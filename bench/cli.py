@@ -108,8 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         for target in targets:
             target.close()
     seconds = time.perf_counter() - started  # before the clean-up below
-    if not args.dir:
-        shutil.rmtree(workdir, ignore_errors=True)
     present = [target.kind for target in targets]
     text = report.render(results, present, env, skipped, command.strip(), seconds)
     print(text)
@@ -125,4 +123,6 @@ def main(argv: list[str] | None = None) -> int:
             "results": [asdict(result) for result in results],
         }
         args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    if not args.dir:  # after the report: deleting many files can take a while
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0

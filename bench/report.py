@@ -86,8 +86,8 @@ ROW_HELP = {
     "(log segments at positions > 0) + the fixed part (all the rest: start, claim, reads, "
     "summary, schedule, lease, release, polls)",
     "fsync/run": "os.fsync + os.fdatasync calls per 10-step run of the latency row (files)",
-    "poll": "one idle schedule poll (RunStore.due, the agent's first page) with N sleeping "
-    "runs' schedule entries",
+    "poll": "one idle schedule poll (RunStore.due, the agent's first page) with the schedule "
+    "entries of N sleeping runs",
     "s3+30ms": "S3 (moto) behind a loopback proxy adding 30 ms to every request: floor, "
     "10-step start -> result, 50 runs of 10 steps at once",
 }
