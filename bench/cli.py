@@ -26,7 +26,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
     parser.add_argument("--markdown", type=Path, help="write the report here too")
-    parser.add_argument("--only", default="", help="comma-separated rows (floor,step,...)")
+    parser.add_argument("--only", default="", help="comma-separated: " + ",".join(ROWS))
     parser.add_argument("--dir", type=Path, help="folder for the files backend (default: temp)")
     return parser.parse_args(argv)
 
