@@ -8,20 +8,34 @@ the latency of a real object store, for the bench and the tests.
         print(proxy.requests)
 
 The proxy runs its own event loop in a daemon thread, so it neither blocks nor is blocked
-by the caller's loop. Client connections are kept alive (HTTP/1.1) and served one request
-after another, as a real endpoint does; each request waits ``delay`` seconds and is then
-forwarded on a fresh upstream connection. Requests on different connections are delayed
-concurrently, so a client with N connections in flight sees N requests per ``delay``.
+by the caller's loop; it still shares the caller's GIL. To keep its CPU out of a
+measurement, run it as a process of its own::
+
+    python -m bench.latency_proxy UPSTREAM_PORT --delay 0.030   # prints its port
+
+and read its counts with ``LatencyProxy.stats(port)`` (``GET /__latency_proxy__``).
+
+Client connections are kept alive (HTTP/1.1) and served one request after another, as a
+real endpoint does; each request waits ``delay`` seconds and is then forwarded on a fresh
+upstream connection. Requests on different connections are delayed concurrently, so a
+client with N connections in flight sees N requests per ``delay``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
+import sys
 import threading
+import urllib.request
 from types import TracebackType
 from typing import Self
 
 __all__ = ["LatencyProxy"]
+
+#: The path the proxy answers itself, with its counts as JSON (no delay, not counted).
+STATS_PATH = "/__latency_proxy__"
 
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade", "expect"}
@@ -133,6 +147,14 @@ class LatencyProxy:
             loop.call_soon_threadsafe(stop.set)
             thread.join(timeout=10)
 
+    @staticmethod
+    def stats(port: int) -> dict[str, int]:
+        """The counts of the proxy listening on ``port`` (in this process or another)."""
+        url = f"http://127.0.0.1:{port}{STATS_PATH}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            counts: dict[str, int] = json.load(response)
+        return counts
+
     def __enter__(self) -> Self:
         self.start()
         return self
@@ -161,6 +183,14 @@ class LatencyProxy:
             return False
         start, headers = head
         method = start.split(b" ", 1)[0]
+        if start.split(b" ")[1] == STATS_PATH.encode():
+            counts = json.dumps({"requests": self.requests, "max_in_flight": self.max_in_flight})
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(counts)}\r\n\r\n{counts}".encode()
+            )
+            await writer.drain()
+            return True
         if _header(headers, "expect").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if "chunked" in _header(headers, "transfer-encoding").lower():
@@ -222,3 +252,19 @@ class LatencyProxy:
         if not head and code not in (204, 304):
             out.append(f"Content-Length: {len(data)}".encode())
         return b"\r\n".join(out) + b"\r\n\r\n" + data
+
+
+def main() -> None:
+    """Run a proxy until stdin closes (or the process is killed); print its port first."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("upstream_port", type=int)
+    parser.add_argument("--delay", type=float, default=0.030, help="seconds per request")
+    parser.add_argument("--port", type=int, default=0, help="0: pick a free one")
+    args = parser.parse_args()
+    with LatencyProxy(args.upstream_port, args.delay, port=args.port) as proxy:
+        print(proxy.port, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()
