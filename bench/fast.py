@@ -8,6 +8,7 @@ ratios to the floor) live in :mod:`bench.measure`.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import sys
@@ -201,11 +202,36 @@ async def poll(ctx: Bench) -> list[Result]:
 
 
 class TimedProxy(LatencyProxy):
-    """The latency proxy, remembering when each request was in it (to count rounds)."""
+    """
+    The latency proxy, remembering when each request was in it (to count rounds), and
+    closing the connections it still serves when it stops (their handlers would
+    otherwise be destroyed pending with the proxy's loop).
+    """
 
     def __init__(self, upstream_port: int, delay: float) -> None:
         super().__init__(upstream_port, delay)
         self.spans: list[tuple[float, float]] = []
+        self._handlers: set[asyncio.Task[Any]] = set()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            await super()._serve(reader, writer)
+        finally:
+            self._handlers.discard(task)
+
+    async def _cancel_handlers(self) -> None:
+        handlers = list(self._handlers)
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+    def stop(self) -> None:
+        if (loop := self._loop) is not None and self._thread is not None:
+            asyncio.run_coroutine_threadsafe(self._cancel_handlers(), loop).result(timeout=10)
+        super().stop()
 
     async def _forward(self, *args: Any) -> bytes:
         start = time.perf_counter() - self.delay
