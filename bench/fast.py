@@ -211,26 +211,28 @@ class TimedProxy(LatencyProxy):
     def __init__(self, upstream_port: int, delay: float) -> None:
         super().__init__(upstream_port, delay)
         self.spans: list[tuple[float, float]] = []
-        self._handlers: set[asyncio.Task[Any]] = set()
+        self._handlers: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._handlers.add(task)
+        self._handlers[task] = writer
         try:
             await super()._serve(reader, writer)
         finally:
-            self._handlers.discard(task)
+            self._handlers.pop(task, None)
 
-    async def _cancel_handlers(self) -> None:
-        handlers = list(self._handlers)
-        for task in handlers:
-            task.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
+    async def _close_connections(self) -> None:
+        """Close each connection: its handler sees the end of it and returns."""
+        handlers = dict(self._handlers)
+        for writer in handlers.values():
+            writer.close()
+        if handlers:
+            await asyncio.wait(handlers, timeout=5)
 
     def stop(self) -> None:
         if (loop := self._loop) is not None and self._thread is not None:
-            asyncio.run_coroutine_threadsafe(self._cancel_handlers(), loop).result(timeout=10)
+            asyncio.run_coroutine_threadsafe(self._close_connections(), loop).result(timeout=10)
         super().stop()
 
     async def _forward(self, *args: Any) -> bytes:
