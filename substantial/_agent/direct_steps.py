@@ -1,7 +1,7 @@
 """
 The direct path of sync step functions on asyncio: each attempt is one call in a worker
-thread whose end a callback on the event loop turns into the step's outcome and puts on
-the drive loop's stream. No task, no cloned stream, no wrapped future per step: the task
+thread whose end a callback on the event loop turns into the step's outcome for the
+drive loop. No task, no cloned stream, no wrapped future per step: the task
 per step cost as much CPU as the thread hop itself (bench/PROFILE.md, issue 13).
 
 It behaves as :meth:`StepRunner.execute` does for the same step: the same telemetry span
@@ -24,10 +24,10 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectSendStream
 
 from substantial._agent import telemetry
-from substantial._agent.steps import StepOutcome, StepRunner, step_threads
+from substantial._agent.outcomes import Outcomes
+from substantial._agent.steps import StepRunner, step_threads
 from substantial._engine.commands import SaveCommand
 
 __all__ = ["DirectSteps", "is_sync"]
@@ -63,15 +63,13 @@ class _Attempt:
 
 class DirectSteps:
     """
-    Runs sync step functions of one drive loop in worker threads; outcomes go to ``send``.
+    Runs sync step functions of one drive loop in worker threads, putting their outcomes.
     :meth:`close` abandons the calls still running, as cancelling their tasks did.
     """
 
-    def __init__(
-        self, runner: StepRunner, send: MemoryObjectSendStream[StepOutcome], tg: TaskGroup
-    ) -> None:
+    def __init__(self, runner: StepRunner, outcomes: Outcomes, tg: TaskGroup) -> None:
         self._runner = runner
-        self._send = send
+        self._outcomes = outcomes
         self._tg = tg
         self._loop = asyncio.get_running_loop()
         self._running: dict[int, _Attempt] = {}
@@ -118,7 +116,7 @@ class DirectSteps:
             outcome = runner.succeeded(command, attempt.attempt, value)
         else:
             outcome = runner.failed(command, attempt.attempt, error)
-        self._send.send_nowait(outcome)
+        self._outcomes.put(outcome)
 
     async def _await_rest(self, attempt: _Attempt, awaitable: Any) -> None:
         timeout = attempt.command.timeout

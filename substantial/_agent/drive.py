@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from substantial._agent.direct_steps import DirectSteps, is_sync
+from substantial._agent.outcomes import Outcomes
 from substantial._agent.parts import AgentParts
-from substantial._agent.steps import StepOutcome
 from substantial._core.constants import RUNNING_AFTER_SECONDS
 from substantial._engine.commands import SaveCommand
 from substantial._engine.replay import Execution
@@ -80,14 +80,15 @@ async def _drive(
     execution: Execution, wakeup: Driven, parts: AgentParts, tickets: dict[int, Ticket]
 ) -> None:
     now_ms = parts.store.clock.now_ms
-    send, receive = anyio.create_memory_object_stream[StepOutcome](math.inf)
+    outcomes = Outcomes()
     running: set[int] = set()
-    clock = anyio.current_time()
+    time = _clock()
+    clock = time()
     inbox_due = clock + parts.settings.poll_max
     # A step that takes a while shows in the run's status; quick ones cost no write.
     running_mark: float | None = clock + RUNNING_AFTER_SECONDS
-    async with send, receive, anyio.create_task_group() as tg:
-        direct = DirectSteps(parts.steps, send, tg) if _on_asyncio() else None
+    async with anyio.create_task_group() as tg:
+        direct = DirectSteps(parts.steps, outcomes, tg) if _on_asyncio() else None
         try:
             while execution.outcome is None:
                 now = now_ms()
@@ -108,27 +109,30 @@ async def _drive(
                         if direct is not None and is_sync(command.fn):
                             direct.start(command)  # no task, no stream per step
                         else:
-                            tg.start_soon(parts.steps.execute, command, send.clone())
+                            tg.start_soon(parts.steps.execute, command, outcomes)
                 if not running:
                     break
                 wake = execution.next_wake_ms()
                 # a wake time not in the future is a due retry that is already running
                 timeout = math.inf if wake is None or wake <= now else (wake - now) / 1000
-                clock = anyio.current_time()
-                timeout = min(timeout, max(0.0, inbox_due - clock))
+                clock = time()
+                timeout = min(timeout, inbox_due - clock)
                 if running_mark is not None:
-                    timeout = min(timeout, max(0.0, running_mark - clock))
-                await _take_outcomes(receive, timeout, running, execution, parts)
+                    timeout = min(timeout, running_mark - clock)
+                await outcomes.wait(timeout)
+                while (outcome := outcomes.take()) is not None:
+                    running.discard(outcome.command.position)
+                    parts.steps.apply(execution, outcome)
                 if tickets:
                     for position in set(tickets) - running:  # never cut short by the timeout
                         await _give_back(tickets, position, parts)
-                clock = anyio.current_time()
+                clock = time()
                 if running_mark is not None and running and clock >= running_mark:
                     running_mark = None
                     await wakeup.mark_running()
                 if clock >= inbox_due and execution.outcome is None:
                     await wakeup.check_inbox()
-                    inbox_due = anyio.current_time() + parts.settings.poll_max
+                    inbox_due = time() + parts.settings.poll_max
         finally:
             if direct is not None:
                 direct.close()
@@ -136,23 +140,12 @@ async def _drive(
     await wakeup.commit()
 
 
-async def _take_outcomes(
-    receive: MemoryObjectReceiveStream[StepOutcome],
-    timeout: float,
-    running: set[int],
-    execution: Execution,
-    parts: AgentParts,
-) -> None:
-    """Wait up to ``timeout`` seconds for a step's outcome; apply it and any others sent."""
-    with anyio.move_on_after(timeout):
-        outcome = await receive.receive()
-        while True:
-            running.discard(outcome.command.position)
-            parts.steps.apply(execution, outcome)
-            try:
-                outcome = receive.receive_nowait()
-            except anyio.WouldBlock:
-                break
+def _clock() -> Callable[[], float]:
+    """The event loop's clock (anyio's, without its look-up of the loop at each call)."""
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:  # trio
+        return anyio.current_time
 
 
 def _on_asyncio() -> bool:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 
 from substantial._agent import telemetry
+from substantial._agent.outcomes import Outcomes
 from substantial._agent.step_threads import DaemonThreadPool
 from substantial._client.client import Client
 from substantial._engine.commands import SaveCommand, failure_from_exception
@@ -48,20 +48,17 @@ class StepRunner:
         self._client = client
         self._now = client.store.clock.now_ms
 
-    async def execute(
-        self, command: SaveCommand, send: MemoryObjectSendStream[StepOutcome]
-    ) -> None:
-        """Run one attempt of ``command`` and send its outcome (then close ``send``)."""
+    async def execute(self, command: SaveCommand, outcomes: Outcomes) -> None:
+        """Run one attempt of ``command`` in this task and put its outcome."""
         attempt = command.attempts + 1
-        async with send:
-            try:
-                deadline = anyio.fail_after(command.timeout) if command.timeout else nullcontext()
-                with telemetry.step_span(command, attempt), deadline:
-                    value = await call(command.fn)
-            except Exception as exc:
-                await send.send(self.failed(command, attempt, exc))
-            else:
-                await send.send(self.succeeded(command, attempt, value))
+        try:
+            deadline = anyio.fail_after(command.timeout) if command.timeout else nullcontext()
+            with telemetry.step_span(command, attempt), deadline:
+                value = await call(command.fn)
+        except Exception as exc:
+            outcomes.put(self.failed(command, attempt, exc))
+        else:
+            outcomes.put(self.succeeded(command, attempt, value))
 
     def succeeded(self, command: SaveCommand, attempt: int, value: Any) -> StepOutcome:
         """The outcome of an attempt that returned ``value``: its encoding, or a failure."""
