@@ -18,7 +18,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -73,12 +73,25 @@ class DirectSteps:
         self._tg = tg
         self._loop = asyncio.get_running_loop()
         self._running: dict[int, _Attempt] = {}
+        #: tasks to start from the drive loop (a loop callback is in no task: anyio needs one)
+        self._deferred: list[tuple[Callable[..., Awaitable[None]], tuple[Any, ...]]] = []
+
+    def start_deferred(self) -> None:
+        """Start the tasks loop callbacks asked for; called by the drive loop after a wait."""
+        while self._deferred:
+            fn, args = self._deferred.pop(0)
+            self._tg.start_soon(fn, *args)
+
+    def _defer(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        self._deferred.append((fn, args))
+        self._outcomes.wake()
 
     def start(self, command: SaveCommand) -> None:
         """Start one attempt of ``command`` (a sync step function)."""
         attempt = _Attempt(command)
         self._running[command.position] = attempt
-        future = step_threads().submit(attempt.context.run, command.fn)
+        # the call gets its own copy, as in_thread's: the span may end while it still runs
+        future = step_threads().submit(attempt.context.copy().run, command.fn)
         attempt.future = future
         if command.timeout:
             attempt.deadline = self._loop.time() + command.timeout
@@ -102,14 +115,14 @@ class DirectSteps:
         if error is None and inspect.isawaitable(value):
             # as call() does: the awaitable is awaited on the loop, within the timeout
             self._running[attempt.command.position] = attempt
-            self._tg.start_soon(self._await_rest, attempt, value)
+            self._defer(self._await_rest, attempt, value)
             return
         self._finish(attempt, value, error)
 
     def _finish(self, attempt: _Attempt, value: Any, error: BaseException | None) -> None:
         attempt.end_span(error)
         if error is not None and not isinstance(error, Exception):
-            self._tg.start_soon(_reraise, error)  # as the step's task would have
+            self._defer(_reraise, error)  # as the step's task would have
             return
         runner, command = self._runner, attempt.command
         if error is None:
@@ -134,7 +147,7 @@ class DirectSteps:
         if self._running.pop(attempt.command.position, None) is not attempt:
             return
         assert attempt.future is not None
-        step_threads().abandon(attempt.future)  # a hung call must not keep a pool thread
+        _give_up(attempt.future)
         try:
             raise TimeoutError
         except TimeoutError as exc:
@@ -146,9 +159,15 @@ class DirectSteps:
             if attempt.timer is not None:
                 attempt.timer.cancel()
             if attempt.future is not None:
-                step_threads().abandon(attempt.future)
+                _give_up(attempt.future)
             attempt.end_span(asyncio.CancelledError())
         self._running.clear()
+
+
+def _give_up(future: concurrent.futures.Future[Any]) -> None:
+    """Drop a call waiting for a thread; one running no longer counts against the pool."""
+    if not future.cancel():
+        step_threads().abandon(future)  # a hung call must not keep a pool thread
 
 
 async def _reraise(error: BaseException) -> None:

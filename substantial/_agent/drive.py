@@ -120,6 +120,8 @@ async def _drive(
                 if running_mark is not None:
                     timeout = min(timeout, running_mark - clock)
                 await outcomes.wait(timeout)
+                if direct is not None:
+                    direct.start_deferred()
                 while (outcome := outcomes.take()) is not None:
                     running.discard(outcome.command.position)
                     parts.steps.apply(execution, outcome)

@@ -35,6 +35,10 @@ class Outcomes:
     def put(self, outcome: StepOutcome) -> None:
         """Hand over an outcome (from the drive loop's thread: a task or a loop callback)."""
         self._items.append(outcome)
+        self.wake()
+
+    def wake(self) -> None:
+        """End the drive loop's wait, if it waits."""
         waiter, self._waiter = self._waiter, None
         if isinstance(waiter, asyncio.Future):
             if not waiter.done():
