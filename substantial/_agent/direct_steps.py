@@ -18,7 +18,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from contextlib import nullcontext
 from typing import Any
 
@@ -74,7 +74,7 @@ class DirectSteps:
         self._loop = asyncio.get_running_loop()
         self._running: dict[int, _Attempt] = {}
         #: tasks to start from the drive loop (a loop callback is in no task: anyio needs one)
-        self._deferred: list[tuple[Callable[..., Awaitable[None]], tuple[Any, ...]]] = []
+        self._deferred: list[tuple[Callable[..., Coroutine[Any, Any, None]], tuple[Any, ...]]] = []
 
     def start_deferred(self) -> None:
         """Start the tasks loop callbacks asked for; called by the drive loop after a wait."""
@@ -82,7 +82,7 @@ class DirectSteps:
             fn, args = self._deferred.pop(0)
             self._tg.start_soon(fn, *args)
 
-    def _defer(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+    def _defer(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         self._deferred.append((fn, args))
         self._outcomes.wake()
 
