@@ -63,18 +63,30 @@ class _Attempt:
 
 class DirectSteps:
     """
-    Runs sync step functions of one drive loop in worker threads, putting their outcomes.
-    :meth:`close` abandons the calls still running, as cancelling their tasks did.
+    Starts the step attempts of one drive loop, each putting its outcome: a sync step
+    function on asyncio in a worker thread directly, any other in a task of ``tg`` (by
+    :meth:`StepRunner.execute`). :meth:`close` abandons the thread calls still running,
+    as cancelling their tasks did.
     """
 
     def __init__(self, runner: StepRunner, outcomes: Outcomes, tg: TaskGroup) -> None:
         self._runner = runner
         self._outcomes = outcomes
         self._tg = tg
-        self._loop = asyncio.get_running_loop()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # trio: steps each run in a task, through anyio
+            self._loop = None
         self._running: dict[int, _Attempt] = {}
         #: tasks to start from the drive loop (a loop callback is in no task: anyio needs one)
         self._deferred: list[tuple[Callable[..., Coroutine[Any, Any, None]], tuple[Any, ...]]] = []
+
+    def start(self, command: SaveCommand) -> None:
+        """Start one attempt of ``command``."""
+        if self._loop is not None and is_sync(command.fn):
+            self._start_in_thread(command, self._loop)
+        else:
+            self._tg.start_soon(self._runner.execute, command, self._outcomes)
 
     def start_deferred(self) -> None:
         """Start the tasks loop callbacks asked for; called by the drive loop after a wait."""
@@ -86,22 +98,21 @@ class DirectSteps:
         self._deferred.append((fn, args))
         self._outcomes.wake()
 
-    def start(self, command: SaveCommand) -> None:
-        """Start one attempt of ``command`` (a sync step function)."""
+    def _start_in_thread(self, command: SaveCommand, loop: asyncio.AbstractEventLoop) -> None:
         attempt = _Attempt(command)
         self._running[command.position] = attempt
         # the call gets its own copy, as in_thread's: the span may end while it still runs
         future = step_threads().submit(attempt.context.copy().run, command.fn)
         attempt.future = future
         if command.timeout:
-            attempt.deadline = self._loop.time() + command.timeout
-            attempt.timer = self._loop.call_at(attempt.deadline, self._timed_out, attempt)
-        future.add_done_callback(lambda _: self._from_thread(attempt))
+            attempt.deadline = loop.time() + command.timeout
+            attempt.timer = loop.call_at(attempt.deadline, self._timed_out, attempt)
+        future.add_done_callback(lambda _: self._from_thread(attempt, loop))
 
-    def _from_thread(self, attempt: _Attempt) -> None:
+    def _from_thread(self, attempt: _Attempt, loop: asyncio.AbstractEventLoop) -> None:
         # a closed loop: the agent is gone, and the step abandoned
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._returned, attempt)
+            loop.call_soon_threadsafe(self._returned, attempt)
 
     def _returned(self, attempt: _Attempt) -> None:
         if self._running.get(attempt.command.position) is not attempt:
@@ -133,7 +144,8 @@ class DirectSteps:
 
     async def _await_rest(self, attempt: _Attempt, awaitable: Any) -> None:
         timeout = attempt.command.timeout
-        deadline = anyio.fail_after(attempt.deadline - self._loop.time()) if timeout else None
+        remaining = attempt.deadline - anyio.current_time()
+        deadline = anyio.fail_after(remaining) if timeout else None
         error: Exception | None = None
         try:
             with deadline or nullcontext():

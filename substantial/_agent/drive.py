@@ -9,7 +9,7 @@ from typing import Protocol
 
 import anyio
 
-from substantial._agent.direct_steps import DirectSteps, is_sync
+from substantial._agent.direct_steps import DirectSteps
 from substantial._agent.outcomes import Outcomes
 from substantial._agent.parts import AgentParts
 from substantial._core.constants import RUNNING_AFTER_SECONDS
@@ -88,7 +88,7 @@ async def _drive(
     # A step that takes a while shows in the run's status; quick ones cost no write.
     running_mark: float | None = clock + RUNNING_AFTER_SECONDS
     async with anyio.create_task_group() as tg:
-        direct = DirectSteps(parts.steps, outcomes, tg) if _on_asyncio() else None
+        steps = DirectSteps(parts.steps, outcomes, tg)
         try:
             while execution.outcome is None:
                 now = now_ms()
@@ -106,10 +106,7 @@ async def _drive(
                         command, tickets, parts, execution.run_id
                     ):
                         running.add(command.position)
-                        if direct is not None and is_sync(command.fn):
-                            direct.start(command)  # no task, no stream per step
-                        else:
-                            tg.start_soon(parts.steps.execute, command, outcomes)
+                        steps.start(command)
                 if not running:
                     break
                 wake = execution.next_wake_ms()
@@ -120,8 +117,7 @@ async def _drive(
                 if running_mark is not None:
                     timeout = min(timeout, running_mark - clock)
                 await outcomes.wait(timeout)
-                if direct is not None:
-                    direct.start_deferred()
+                steps.start_deferred()
                 while (outcome := outcomes.take()) is not None:
                     running.discard(outcome.command.position)
                     parts.steps.apply(execution, outcome)
@@ -136,8 +132,7 @@ async def _drive(
                     await wakeup.check_inbox()
                     inbox_due = time() + parts.settings.poll_max
         finally:
-            if direct is not None:
-                direct.close()
+            steps.close()
         tg.cancel_scope.cancel()
     await wakeup.commit()
 
@@ -148,11 +143,3 @@ def _clock() -> Callable[[], float]:
         return asyncio.get_running_loop().time
     except RuntimeError:  # trio
         return anyio.current_time
-
-
-def _on_asyncio() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # trio: steps each run in a task, through anyio
-        return False
-    return True

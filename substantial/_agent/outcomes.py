@@ -11,14 +11,25 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
-if TYPE_CHECKING:
-    from substantial._agent.steps import StepOutcome
+from substantial._engine.commands import SaveCommand
+from substantial.protocol import substantial_pb2 as pb
 
-__all__ = ["Outcomes"]
+__all__ = ["Outcomes", "StepOutcome"]
+
+
+@dataclass
+class StepOutcome:
+    """What one attempt of a step came to: a result, or a failure and maybe a retry time."""
+
+    command: SaveCommand
+    result: pb.Payload | None
+    failure: pb.Failure | None
+    retry_at_ms: int | None
 
 
 class Outcomes:

@@ -8,32 +8,20 @@ import functools
 import inspect
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
 from substantial._agent import telemetry
-from substantial._agent.outcomes import Outcomes
+from substantial._agent.outcomes import Outcomes, StepOutcome
 from substantial._agent.step_threads import DaemonThreadPool
 from substantial._client.client import Client
 from substantial._engine.commands import SaveCommand, failure_from_exception
 from substantial._engine.replay import Execution
 from substantial.codec import encode_payload
 from substantial.errors import CodecError
-from substantial.protocol import substantial_pb2 as pb
 
 __all__ = ["StepOutcome", "StepRunner", "call", "in_thread", "step_threads"]
-
-
-@dataclass
-class StepOutcome:
-    """What one attempt of a step came to: a result, or a failure and maybe a retry time."""
-
-    command: SaveCommand
-    result: pb.Payload | None
-    failure: pb.Failure | None
-    retry_at_ms: int | None
 
 
 class StepRunner:
