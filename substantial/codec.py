@@ -41,10 +41,10 @@ from substantial._json_tags import (
     ENCODABLE,
     ENCODER,
     HOW,
-    PLAIN_DECODER,
     SIMPLE,
     TAG,
     Unencodable,
+    decode_plain,
     is_plain,
     lookup,
     rebuild,
@@ -280,7 +280,7 @@ class JSONCodec:
             text = read().decode("utf-8")  # the bytes are freed here, before parsing
             if '"$t"' in text or "\\u" in text:
                 return self._tagged.decode(text)
-            return PLAIN_DECODER.decode(text)
+            return decode_plain(text)
         except CodecError:
             raise
         except (ValueError, RecursionError, TypeError) as exc:

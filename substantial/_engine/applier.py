@@ -69,35 +69,37 @@ class EventApplier(ExecutionState):
 
         :raises NonDeterminismError: if the code and the log disagree
         """
-        self._stored = list(events)
+        self._stored = stored = list(events)
         self._cursor = 0
-        while self._cursor < len(self._stored):
-            event = self._stored[self._cursor]
+        while self._cursor < len(stored):
+            event = stored[self._cursor]
             self._cursor += 1
-            kind = event.WhichOneof("kind") or "?"
-            if kind == "started" and self._cursor == len(self._stored):
+            kind = event.WhichOneof("kind")
+            if kind == "started" and self._cursor == len(stored):
                 # Only a start is written by no agent: no wake-up ran the code after it.
                 self.replaying = False
             if self._ended() and self.outcome is None:
                 ended = self._terminal_event().WhichOneof("kind")
                 if kind != ended:
                     code = "nothing more: the workflow had already " + (ended or "ended")
-                    raise NonDeterminismError(self.run_id, None, _LOGGED.get(kind, kind), code)
-            self._apply(event)
+                    logged = _LOGGED.get(kind or "?", kind or "?")
+                    raise NonDeterminismError(self.run_id, None, logged, code)
+            self._apply(event, kind)
 
     def _record(self, event: pb.Event) -> None:
         event.at_ms = max(self._clock_ms, self.now_ms)
         self.new_events.append(event)
-        self._apply(event)
+        self._apply(event, event.WhichOneof("kind"))
 
-    def _apply(self, event: pb.Event) -> None:
-        self.now_ms = max(self.now_ms, event.at_ms)
+    def _apply(self, event: pb.Event, kind: str | None) -> None:
+        at_ms = event.at_ms
+        if at_ms > self.now_ms:
+            self.now_ms = at_ms
         entry = self._history.add(event)
-        kind = event.WhichOneof("kind")
-        if kind == "started":
-            self._on_started(event.started)
-        elif kind == "step_completed":
+        if kind == "step_completed":
             self._on_step_completed(event.step_completed, entry)
+        elif kind == "started":
+            self._on_started(event.started)
         elif kind == "step_attempt_failed":
             self._on_step_attempt_failed(event.step_attempt_failed, entry)
         elif kind == "timer_started":
@@ -149,9 +151,11 @@ class EventApplier(ExecutionState):
         self._main = self._loop.create_task(coroutine)
 
     def _on_step_completed(self, step: pb.StepCompleted, entry: Entry) -> None:
-        command = self._step_command(step.position, step.key, "step_completed", step.name)
-        self._history.tag_step(entry, step.key, command.position)
-        if step.WhichOneof("outcome") == "failure":
+        key = step.key
+        command = self._step_command(step.position, key, "step_completed", step.name)
+        if key:
+            self._history.tag_step(entry, key, command.position)
+        if step.HasField("failure"):
             self._pending.pop(command.position, None)
             if not command.future.done():
                 command.future.set_exception(error_from_failure(step.failure))
@@ -228,6 +232,13 @@ class EventApplier(ExecutionState):
     def _step_command(self, position: int, key: str, logged: str, name: str) -> SaveCommand:
         """The save a step record belongs to: by key for keyed steps, else by position."""
         if not key:
+            command = self._pending.get(position)
+            if (
+                type(command) is SaveCommand
+                and not command.future.done()
+                and same_step(name, command.name)
+            ):
+                return command  # the usual case, checked as _expect would
             return self._expect(position, SaveCommand, logged, name)
         keyed = [
             command
@@ -283,7 +294,7 @@ class EventApplier(ExecutionState):
             self._call_user(callback, value)
         queue = self._queues[name]
         queue.append((value, entry))
-        for command in sorted(self._pending.values(), key=lambda c: c.position):
+        for command in list(self._pending.values()):  # in position order: see _settle
             if command.future.done():
                 continue
             if isinstance(command, ReceiveCommand) and command.name == name and queue:
@@ -317,7 +328,9 @@ class EventApplier(ExecutionState):
         if self._ended():
             self._record(self._terminal_event())
             return
-        for command in sorted(self._pending.values(), key=lambda c: c.position):
+        # Pending commands are in position order without a sort: each is added as issued,
+        # with the next position (Primitives._register).
+        for command in list(self._pending.values()):
             if (
                 isinstance(command, TimedCommand)
                 and command.seconds is not None
