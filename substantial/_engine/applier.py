@@ -78,7 +78,10 @@ class EventApplier(ExecutionState):
             if kind == "started" and self._cursor == len(stored):
                 # Only a start is written by no agent: no wake-up ran the code after it.
                 self.replaying = False
-            if self._ended() and self.outcome is None:
+            main = self._main
+            if (self._fatal is not None or (main is not None and main.done())) and (
+                self.outcome is None
+            ):  # the workflow ended (_ended()), and the log goes on
                 ended = self._terminal_event().WhichOneof("kind")
                 if kind != ended:
                     code = "nothing more: the workflow had already " + (ended or "ended")
@@ -132,7 +135,10 @@ class EventApplier(ExecutionState):
             raise NonDeterminismError(
                 self.run_id, None, f"an event this version cannot read ({kind})", "a known event"
             )
-        self._settle()
+        if self._live:
+            self._settle()
+        else:
+            self._loop.run_ready()  # what _settle does in replay mode, less a call
 
     def _on_started(self, started: pb.Started) -> None:
         if self._main is not None:
@@ -162,7 +168,9 @@ class EventApplier(ExecutionState):
         else:
             if command.compensate_with is not None:
                 self._compensations.append(command)
-            self._resolve(command, decode_payload(step.result))
+            value = decode_payload(step.result)
+            del self._pending[command.position]  # _resolve, less a call
+            command.future.set_result(value)  # found not done, above
 
     def _on_step_attempt_failed(self, attempt: pb.StepAttemptFailed, entry: Entry) -> None:
         command = self._step_command(
