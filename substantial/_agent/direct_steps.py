@@ -136,10 +136,14 @@ class DirectSteps:
             self._defer(_reraise, error)  # as the step's task would have
             return
         runner, command = self._runner, attempt.command
-        if error is None:
-            outcome = runner.succeeded(command, attempt.attempt, value)
-        else:
-            outcome = runner.failed(command, attempt.attempt, error)
+        try:
+            if error is None:
+                outcome = runner.succeeded(command, attempt.attempt, value)
+            else:
+                outcome = runner.failed(command, attempt.attempt, error)
+        except BaseException as exc:  # a retry policy's own bug: it ends the wake-up,
+            self._defer(_reraise, exc)  # as it did from the step's task, not a lost step
+            return
         self._outcomes.put(outcome)
 
     async def _await_rest(self, attempt: _Attempt, awaitable: Any) -> None:
