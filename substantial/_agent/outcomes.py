@@ -42,6 +42,8 @@ class Outcomes:
         except RuntimeError:  # trio
             self._loop = None
         self._waiter: asyncio.Future[None] | anyio.Event | None = None
+        #: a wake() that came while nobody waited: the next wait returns at once
+        self._woken = False
 
     def put(self, outcome: StepOutcome) -> None:
         """Hand over an outcome (from the drive loop's thread: a task or a loop callback)."""
@@ -49,12 +51,14 @@ class Outcomes:
         self.wake()
 
     def wake(self) -> None:
-        """End the drive loop's wait, if it waits."""
+        """End the drive loop's wait, or if it does not wait, its next one."""
         waiter, self._waiter = self._waiter, None
-        if isinstance(waiter, asyncio.Future):
+        if waiter is None:
+            self._woken = True
+        elif isinstance(waiter, asyncio.Future):
             if not waiter.done():
                 waiter.set_result(None)
-        elif waiter is not None:
+        else:
             waiter.set()
 
     def take(self) -> StepOutcome | None:
@@ -62,8 +66,9 @@ class Outcomes:
         return self._items.popleft() if self._items else None
 
     async def wait(self, timeout: float) -> None:
-        """Return once an outcome is there or ``timeout`` seconds have passed."""
-        if self._items or timeout <= 0:
+        """Return once an outcome is there, on a wake-up, or after ``timeout`` seconds."""
+        woken, self._woken = self._woken, False
+        if self._items or woken or timeout <= 0:
             return
         if self._loop is None:
             event = self._waiter = anyio.Event()
