@@ -98,13 +98,13 @@ class EventApplier(ExecutionState):
         at_ms = event.at_ms
         if at_ms > self.now_ms:
             self.now_ms = at_ms
-        entry = self._history.add(event)
+        self._history.add(event)
         if kind == "step_completed":
-            self._on_step_completed(event.step_completed, entry)
+            self._on_step_completed(event.step_completed)
         elif kind == "started":
             self._on_started(event.started)
         elif kind == "step_attempt_failed":
-            self._on_step_attempt_failed(event.step_attempt_failed, entry)
+            self._on_step_attempt_failed(event.step_attempt_failed)
         elif kind == "timer_started":
             timed = self._expect(event.timer_started.position, TimedCommand, kind)
             timed.fire_at_ms = event.timer_started.fire_at_ms
@@ -115,7 +115,8 @@ class EventApplier(ExecutionState):
             if received.id in self.event_ids:
                 return
             self.event_ids.add(received.id)
-            self._deliver(received.name, decode_payload(received.value), entry)
+            value = decode_payload(received.value)
+            self._deliver(received.name, value, self._history.last())
         elif kind == "cancel_requested":
             self.event_ids.add(event.cancel_requested.id)
             if not self._cancel_requested and self._main is not None:
@@ -156,11 +157,11 @@ class EventApplier(ExecutionState):
         coroutine = self.workflow.fn(self.context, *args, **kwargs)
         self._main = self._loop.create_task(coroutine)
 
-    def _on_step_completed(self, step: pb.StepCompleted, entry: Entry) -> None:
+    def _on_step_completed(self, step: pb.StepCompleted) -> None:
         key = step.key
         command = self._step_command(step.position, key, "step_completed", step.name)
         if key:
-            self._history.tag_step(entry, key, command.position)
+            self._history.tag_step(self._history.last(), key, command.position)
         if step.HasField("failure"):
             self._pending.pop(command.position, None)
             if not command.future.done():
@@ -172,11 +173,11 @@ class EventApplier(ExecutionState):
             del self._pending[command.position]  # _resolve, less a call
             command.future.set_result(value)  # found not done, above
 
-    def _on_step_attempt_failed(self, attempt: pb.StepAttemptFailed, entry: Entry) -> None:
+    def _on_step_attempt_failed(self, attempt: pb.StepAttemptFailed) -> None:
         command = self._step_command(
             attempt.position, attempt.key, "step_attempt_failed", attempt.name
         )
-        self._history.tag_step(entry, attempt.key, command.position)
+        self._history.tag_step(self._history.last(), attempt.key, command.position)
         command.attempts = attempt.attempt
         command.retry_at_ms = attempt.retry_at_ms
 
