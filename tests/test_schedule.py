@@ -38,12 +38,19 @@ class CountingMemory(MemoryBackend):
 
 
 class CountingFiles(FSBackend):
-    """A files backend that also counts the keys ``list`` returns."""
+    """A files backend that also counts the keys ``list`` and ``list_before`` return."""
 
     async def list(
         self, prefix: str, *, after: str | None = None, limit: int = 1000
     ) -> builtins.list[str]:
         keys = await super().list(prefix, after=after, limit=limit)
+        self.requests["keys listed"] += len(keys)
+        return keys
+
+    async def list_before(
+        self, prefix: str, before: str | None, *, after: str | None = None, limit: int = 1000
+    ) -> builtins.list[str]:
+        keys = await super().list_before(prefix, before, after=after, limit=limit)
         self.requests["keys listed"] += len(keys)
         return keys
 

@@ -61,6 +61,26 @@ def test_the_bound_splits_the_index_at_its_time() -> None:
         assert flat_schedule_key(due, "r~", "t", ROUTE) < schedule_key(0, "r", "t", ROUTE)
 
 
+async def test_list_before_lists_every_key_before_its_bound(backend: Backend) -> None:
+    """On every backend: the keys before the bound, in order, as ``list`` gives them."""
+    rng = random.Random(9)
+    base = 1_800_000_000_000
+    dues = sorted({base + rng.randrange(0, 3 * 10**8) for _ in range(60)})
+    keys = sorted(schedule_key(due, f"r{i}", "t") for i, due in enumerate(dues))
+    keys.append(flat_schedule_key(base, "flat", "t"))
+    for key in keys:
+        await backend.put(key, b"")
+    everything = await backend.list(SCHEDULE_PREFIX)
+    for until in (base - 1, dues[0], dues[7], dues[30] + 1, base + 3 * 10**8):
+        bound = schedule_bound("default", until)
+        wanted = [key for key in everything if key < bound]
+        for after, limit in ((None, 1000), (None, 5), (everything[3], 1000)):
+            got = await backend.list_before(SCHEDULE_PREFIX, bound, after=after, limit=limit)
+            start = 0 if after is None else everything.index(after) + 1
+            assert got == everything[start : start + len(got)]
+            assert got[: max(len(wanted) - start, 0)] == wanted[start : start + limit]
+
+
 async def test_a_flat_sleeper_holds_back_no_due_bucketed_entry(backend: Backend) -> None:
     """Flat entries sort first: one still asleep must not hide due entries behind it."""
     store = RunStore(backend)
