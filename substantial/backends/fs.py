@@ -243,63 +243,11 @@ class FSBackend(Backend):
             return []  # no legal key starts with this prefix
         folder = f"{self.root}/{head}" if slash else self.root
         keys: list[str] = []
-        for key in self._walk(folder, head + slash, partial, after, before):
+        for key in _walk(self, folder, head + slash, partial, after, before):
             keys.append(key)
             if len(keys) == limit:
                 break
         return keys
-
-    def _walk(
-        self,
-        folder: str,
-        base: str,
-        partial: str,
-        after: str | None,
-        before: str | None,
-        inner: bool = False,
-    ) -> Iterator[str]:
-        """
-        Keys under ``folder`` (named ``base`` + entry) whose entry name starts with
-        ``partial``, greater than ``after`` and less than ``before``, in order. An
-        ``inner`` folder found empty and wholly before ``before`` is removed.
-
-        A subfolder ``x`` sorts as ``x/``: every key under it starts with that, and no
-        entry name contains ``/``, so comparing the entries' ``x/`` with file names orders
-        whole keys correctly (``x-1`` < ``x/a``, since ``-`` < ``/``).
-        """
-        candidates: list[tuple[str, bool]] = []
-        empty = True
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    name, empty = entry.name, False
-                    if not name.startswith(partial) or (not base and name in RESERVED):
-                        continue
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                    full = base + name + "/" if is_dir else base + name
-                    # Skip what lies wholly at or before `after`; enter a folder `after` is in.
-                    if (
-                        after is not None
-                        and full <= after
-                        and not (is_dir and after.startswith(full))
-                    ):
-                        continue
-                    if before is not None and full >= before:  # and all keys under it
-                        continue
-                    candidates.append((full, is_dir))
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        if empty and inner and before is not None and not before.startswith(base):
-            with contextlib.suppress(OSError):  # not empty any more, or gone
-                os.rmdir(folder)
-        # A heap rather than a sort: a page of `limit` keys from a big folder is O(n).
-        heapq.heapify(candidates)
-        while candidates:
-            full, is_dir = heapq.heappop(candidates)
-            if is_dir:
-                yield from self._walk(f"{self.root}/{full[:-1]}", full, "", after, before, True)
-            else:
-                yield full
 
     def _write_temp(self, data: bytes) -> str:
         temp = f"{self._tmp}/{secrets.token_hex(16)}"
@@ -384,6 +332,55 @@ class FSBackend(Backend):
             f"key {key!r} cannot be stored by the files backend: a key and keys below it "
             "(like 'a/b' and 'a/b/c') cannot both exist"
         )
+
+
+def _walk(
+    store: FSBackend,
+    folder: str,
+    base: str,
+    partial: str,
+    after: str | None,
+    before: str | None,
+    inner: bool = False,
+) -> Iterator[str]:
+    """
+    Keys under ``folder`` (named ``base`` + entry) whose entry name starts with
+    ``partial``, greater than ``after`` and less than ``before``, in order. An
+    ``inner`` folder found empty and wholly before ``before`` is removed.
+
+    A subfolder ``x`` sorts as ``x/``: every key under it starts with that, and no
+    entry name contains ``/``, so comparing the entries' ``x/`` with file names orders
+    whole keys correctly (``x-1`` < ``x/a``, since ``-`` < ``/``).
+    """
+    candidates: list[tuple[str, bool]] = []
+    empty = True
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name, empty = entry.name, False
+                if not name.startswith(partial) or (not base and name in RESERVED):
+                    continue
+                is_dir = entry.is_dir(follow_symlinks=False)
+                full = base + name + "/" if is_dir else base + name
+                # Skip what lies wholly at or before `after`; enter a folder `after` is in.
+                if after is not None and full <= after and not (is_dir and after.startswith(full)):
+                    continue
+                if before is not None and full >= before:  # and all keys under it
+                    continue
+                candidates.append((full, is_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if empty and inner and before is not None and not before.startswith(base):
+        with contextlib.suppress(OSError):  # not empty any more, or gone
+            os.rmdir(folder)
+    # A heap rather than a sort: a page of `limit` keys from a big folder is O(n).
+    heapq.heapify(candidates)
+    while candidates:
+        full, is_dir = heapq.heappop(candidates)
+        if is_dir:
+            yield from _walk(store, f"{store.root}/{full[:-1]}", full, "", after, before, True)
+        else:
+            yield full
 
 
 def _remove_empty_folders(top: str) -> None:
