@@ -90,12 +90,22 @@ async def test_a_flat_sleeper_holds_back_no_due_bucketed_entry(backend: Backend)
     await store.schedule("new-due", now - 1)
     await store.schedule("new-asleep", now + 2 * HOUR_MS)
     for horizon in (None, 2000):
+        lists = backend.requests["list"]
         due, next_due, more = await store.due(now, limit=16, horizon_ms=horizon)
         assert [entry.run_id for entry in due] == ["flat-due", "new-due"]
         assert (next_due, more) == (now + HOUR_MS, False)
+        assert backend.requests["list"] == lists + 1  # the page held the buckets too
     await store.schedule("new-soon", now + 30)
     due, next_due, _ = await store.due(now, limit=16, horizon_ms=2000)
     assert next_due == now + 30
+    # A page full of flat sleepers: the buckets are listed on their own.
+    for i in range(20):
+        await backend.put(flat_schedule_key(now + HOUR_MS + i, f"flat-{i}", "t"), b"")
+    lists = backend.requests["list"]
+    due, next_due, more = await store.due(now, limit=16, horizon_ms=2000)
+    assert [entry.run_id for entry in due] == ["flat-due", "new-due"]
+    assert (next_due, more) == (now + 30, False)
+    assert backend.requests["list"] == lists + 2
 
 
 async def test_a_poll_reads_nothing_past_its_horizon_on_files(tmp_path: Path) -> None:

@@ -256,7 +256,8 @@ class RunStore:
     ) -> tuple[list[ScheduleEntry], int | None, bool]:
         """
         Schedule entries of ``queue`` due at ``now``, earliest first, reading at most
-        ``limit`` keys (twice that while entries of the flat layout sleep: see keys.py).
+        ``limit`` keys (twice that while a page of entries of the flat layout sleeps:
+        see keys.py).
 
         :param horizon_ms: read no entry due later than this past ``now`` (the time
             buckets of the future stay unread on the files backend); None: read on
@@ -273,11 +274,15 @@ class RunStore:
             return due, None, len(keys) == limit
         if not is_flat_schedule_key(first_later.key, queue):
             return due, first_later.due_ms, False
-        # A sleeper of the flat layout: the rest of that layout sleeps too; the buckets next.
-        keys = await self.backend.list_before(prefix + BUCKETS, before, limit=limit)
-        more, later = await self._due_of(keys, now)
+        # A sleeper of the flat layout: the rest of that layout sleeps too; the buckets next
+        # (already in this page if it holds all the index up to the bound).
+        if len(keys) < limit:
+            keys = [key for key in keys if not is_flat_schedule_key(key, queue)]
+        else:
+            keys = await self.backend.list_before(prefix + BUCKETS, before, limit=limit)
+        bucketed, later = await self._due_of(keys, now)
         next_due = first_later.due_ms if later is None else min(later.due_ms, first_later.due_ms)
-        return due + more, next_due, later is None and len(keys) == limit
+        return due + bucketed, next_due, later is None and len(keys) == limit
 
     async def _due_of(
         self, keys: list[str], now: int
