@@ -5,10 +5,10 @@ One idle schedule poll of the files backend against the number of sleeping runs.
 
 Writes schedule entries straight into a files backend's folder (the key layout of the
 code on the path: run it on two checkouts for a before/after), all due in the future,
-either spread over the next 30 days (from an hour on) or all at the same time two
-hours from now, then
-times ``RunStore.due`` called as the poller calls it (first page, nothing due). Prints
-the median wall time and CPU time of one poll per size, and the requests it made.
+either spread over the next 30 days (from an hour on) or all at the same time two hours
+from now, then times ``RunStore.due`` called as the poller calls it (first page, nothing
+due). Prints the median wall time and CPU time of one poll per size, and the requests
+it made.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ it reads the paused mark, the folders of the past and present (emptied ones are 
 it passes) and never a folder of the future, so an idle poll costs the same with 10 or
 300,000 runs sleeping (docs/decisions.md). Entries written before buckets existed, straight
 under the index as ``{due_ms:015d}-{run}~{tag}``, sort before ``at/`` and are still served:
-the poll reads them first, and once it meets one not yet due it lists ``at/`` on its own.
+the poll reads them first, and once it meets one not yet due it lists ``at/`` on its own
+(unless its page already reached it).
 
 A schedule key carries a tag after ``~``: ``t`` for the run's own next wake-up (written
 with create, so repeating it is harmless); every other entry (a start, a send, a hold-off,
