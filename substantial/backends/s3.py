@@ -28,11 +28,14 @@ from substantial.errors import BackendError, BackendRefused, BackendUnavailable
 
 __all__ = ["S3Backend"]
 
-#: Few retries inside botocore: the agent above backs off with jitter itself.
+#: Few retries inside botocore: the agent above backs off with jitter itself. At 20-70 ms
+#: a request, botocore's default pool of 10 connections caps one client at a few hundred
+#: requests a second, whatever the number of runs in flight: keep many requests in flight.
 _DEFAULT_CONFIG = Config(
     retries={"max_attempts": 2, "mode": "standard"},
     connect_timeout=5,
     read_timeout=20,
+    max_pool_connections=128,
 )
 
 _NO_CREDENTIALS = (
@@ -81,7 +84,7 @@ class S3Backend(Backend):
     :param region: the region name; default from the AWS configuration
     :param client_options: passed to ``aioboto3.Session().client("s3", ...)``; a
         ``config`` given here is merged over this backend's (2 attempts, 5 s connect and
-        20 s read timeouts)
+        20 s read timeouts, 128 connections in the pool)
     """
 
     name = "s3"
