@@ -120,7 +120,7 @@ class Poller:
             # The first page is small: an idle poll reads one page whatever sleeps.
             page = constants.POLL_FIRST_PAGE if after is None else max(2 * free, 32)
             entries, next_due, more = await self._store.due(
-                now, after=after, limit=page, queue=queue
+                now, after=after, limit=page, queue=queue, horizon_ms=self._horizon_ms()
             )
             for entry in sorted(entries, key=_by_priority):  # stable: then earliest due
                 name = ticker.TICKING + entry.run_id if entry.tick else entry.run_id
@@ -171,6 +171,16 @@ class Poller:
                 await self._store.release(lease)
             self._processor.active.discard(lease.run_id)
             self._parts.client.notifier.kick()
+
+    def _horizon_ms(self) -> int | None:
+        """
+        How far past now a poll reads the schedule: past the longest wait between idle
+        polls, so it sees every entry due before the next poll. A clock that jumps to the
+        next timer must see it however far: no bound.
+        """
+        if self._store.clock.jumps:
+            return None
+        return round(max(self._parts.settings.poll_max, constants.POLL_MAX_SECONDS) * 2000)
 
 
 def _by_priority(entry: ScheduleEntry) -> int:

@@ -16,6 +16,7 @@ from substantial._core.runids import check_run_id
 from substantial._core.status import FINAL_PB
 from substantial._store import leases, segments
 from substantial._store.keys import (
+    BUCKETS,
     DEFAULT_QUEUE,
     DEFAULT_ROUTE,
     SCHEDULE_PREFIX,
@@ -23,12 +24,14 @@ from substantial._store.keys import (
     ScheduleEntry,
     inbox_key,
     inbox_prefix,
+    is_flat_schedule_key,
     lease_key,
     log_prefix,
     meta_key,
     quarantine_key,
     quarantine_prefix,
     queue_paused_key,
+    schedule_bound,
     schedule_key,
     schedule_parts,
     schedule_prefix,
@@ -260,17 +263,42 @@ class RunStore:
         after: str | None = None,
         limit: int = 64,
         queue: str = DEFAULT_QUEUE,
+        horizon_ms: int | None = None,
     ) -> tuple[list[ScheduleEntry], int | None, bool]:
         """
         Schedule entries of ``queue`` due at ``now``, earliest first, reading at most
-        ``limit`` keys.
+        ``limit`` keys (twice that while a page of entries of the flat layout sleeps:
+        see keys.py).
 
+        :param horizon_ms: read no entry due later than this past ``now`` (the time
+            buckets of the future stay unread on the files backend); None: read on
         :return: the due entries; the due time of the first entry not yet due, if one
             was read; and whether more due entries may follow
         """
-        keys = await self.backend.list(schedule_prefix(queue), after=after, limit=limit)
+        prefix = schedule_prefix(queue)
+        before = None if horizon_ms is None else schedule_bound(queue, now + horizon_ms)
+        keys = await self.backend.list_before(prefix, before, after=after, limit=limit)
         if after is None and keys and keys[0] == queue_paused_key(queue):
             return [], None, False  # a paused queue: nothing of it is due
+        due, first_later = await self._due_of(keys, now)
+        if first_later is None:
+            return due, None, len(keys) == limit
+        if not is_flat_schedule_key(first_later.key, queue):
+            return due, first_later.due_ms, False
+        # A sleeper of the flat layout: the rest of that layout sleeps too; the buckets next
+        # (already in this page if it holds all the index up to the bound).
+        if len(keys) < limit:
+            keys = [key for key in keys if not is_flat_schedule_key(key, queue)]
+        else:
+            keys = await self.backend.list_before(prefix + BUCKETS, before, limit=limit)
+        bucketed, later = await self._due_of(keys, now)
+        next_due = first_later.due_ms if later is None else min(later.due_ms, first_later.due_ms)
+        return due + bucketed, next_due, later is None and len(keys) == limit
+
+    async def _due_of(
+        self, keys: list[str], now: int
+    ) -> tuple[list[ScheduleEntry], ScheduleEntry | None]:
+        """The entries of ``keys`` due at ``now`` (in order), and the first not due."""
         due: list[ScheduleEntry] = []
         for key in keys:
             entry = ScheduleEntry.parse(key)
@@ -279,9 +307,9 @@ class RunStore:
                     await self._drop_nameless(key)
                 continue
             if entry.due_ms > now:
-                return due, entry.due_ms, False
+                return due, entry
             due.append(entry)
-        return due, None, len(keys) == limit
+        return due, None
 
     async def _drop_nameless(self, key: str) -> None:
         """Delete a schedule key whose run id breaks the rule: it can wake no run."""

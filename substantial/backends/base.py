@@ -107,6 +107,19 @@ class Backend(abc.ABC):
         :raises BackendUnavailable: if the storage cannot be reached
         """
 
+    async def list_before(
+        self, prefix: str, before: str | None, *, after: str | None = None, limit: int = 1000
+    ) -> builtins.list[str]:
+        """
+        :meth:`list`, for an index whose keys sort by time, when the keys from ``before``
+        on are not wanted: every key before ``before`` is listed as by :meth:`list`, the
+        later ones may be left out (``None``: none are). Here, one :meth:`list` call: a
+        store that lists one page of a big index cheaply returns that page. The files
+        backend, which reads whole folders, stops at the first folder that lies wholly
+        from ``before`` on, and removes the empty folders it passes wholly before it.
+        """
+        return await self.list(prefix, after=after, limit=limit)
+
     async def get_many(self, keys: Sequence[str]) -> builtins.list[Entry | None]:
         """
         Read several keys concurrently; the result is in the order of ``keys``.

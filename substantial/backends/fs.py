@@ -49,6 +49,9 @@ _T = TypeVar("_T")
 #: folder: the run log (``runs/{run}/log/{seq:012d}``, see ``substantial._store.keys``),
 #: written once per step, create-if-absent, and read whole.
 APPEND_LOGS = ("runs/*/log/",)
+#: How often a write makes its folders again when they vanish under it (each time, a
+#: listing removed one as empty between the write making it and using it).
+_REMAKES = 8
 
 
 class FSBackend(Backend):
@@ -180,6 +183,19 @@ class FSBackend(Backend):
         self.requests["list"] += 1
         return await self._run("list", lambda: self._list(prefix, after, limit))
 
+    async def list_before(
+        self, prefix: str, before: str | None, *, after: str | None = None, limit: int = 1000
+    ) -> builtins.list[str]:
+        """
+        List keys under ``prefix`` before ``before``; see :meth:`Backend.list_before`.
+
+        Folders that lie wholly from ``before`` on are not opened, so listing a schedule
+        index up to now reads no folder of the future; empty folders wholly before it are
+        removed (a writer that loses its folder that way makes it again).
+        """
+        self.requests["list"] += 1
+        return await self._run("list", lambda: self._list(prefix, after, limit, before))
+
     async def prune(self, prefix: str) -> None:
         """Remove the folders under ``prefix`` (and its own) that hold no file."""
         folder = self._path(prefix.rstrip("/"))
@@ -216,11 +232,7 @@ class FSBackend(Backend):
                 return self._records.create(*record, data)
         temp = self._write_temp(data, durable)
         try:
-            try:
-                os.link(temp, path)
-            except FileNotFoundError:
-                self._make_parents(key)
-                os.link(temp, path)
+            self._with_parents(key, lambda: os.link(temp, path))
         except FileExistsError:
             if os.path.isdir(path):
                 raise self._conflict(key) from None
@@ -269,12 +281,14 @@ class FSBackend(Backend):
                 self._sync_dir(os.path.dirname(path))
         return True
 
-    def _list(self, prefix: str, after: str | None, limit: int) -> builtins.list[str]:
+    def _list(
+        self, prefix: str, after: str | None, limit: int, before: str | None = None
+    ) -> builtins.list[str]:
         head, slash, partial = prefix.rpartition("/")
         if limit <= 0 or "\0" in partial or (slash and key_problem(head) is not None):
             return []  # no legal key starts with this prefix
         folder = f"{self.root}/{head}" if slash else self.root
-        found = _walk(self, folder, head + slash, partial, after)
+        found = _walk(self, folder, head + slash, partial, after, before)
         if slash and self._families.folder(head):
             with suppress(LegacyLog):
                 found = self._records.keys(head, partial, after)
@@ -289,11 +303,7 @@ class FSBackend(Backend):
         """Atomically make ``path`` hold ``data``; the caller holds the key's lock."""
         temp = self._write_temp(data, durable)
         try:
-            try:
-                os.replace(temp, path)
-            except FileNotFoundError:
-                self._make_parents(key)
-                os.replace(temp, path)
+            self._with_parents(key, lambda: os.replace(temp, path))
         except (NotADirectoryError, IsADirectoryError) as exc:
             unlink_quietly(temp)
             raise self._conflict(key) from exc
@@ -302,6 +312,20 @@ class FSBackend(Backend):
             raise
         if durable:
             self._sync_dir(os.path.dirname(path))
+
+    def _with_parents(self, key: str, write: Callable[[], None]) -> None:
+        """
+        ``write`` the key's file, making its folders if they are missing, and again if a
+        listing removed one as empty meanwhile (:meth:`list_before`).
+        """
+        for attempt in range(_REMAKES + 1):
+            try:
+                return write()
+            except FileNotFoundError:
+                if attempt == _REMAKES:
+                    raise
+            with suppress(FileNotFoundError):  # a parent removed as it was made
+                self._make_parents(key)
 
     def _make_parents(self, key: str) -> None:
         os.makedirs(self.root, exist_ok=True)
@@ -333,11 +357,18 @@ class FSBackend(Backend):
 
 
 def _walk(
-    store: FSBackend, folder: str, base: str, partial: str, after: str | None
+    store: FSBackend,
+    folder: str,
+    base: str,
+    partial: str,
+    after: str | None,
+    before: str | None = None,
+    inner: bool = False,
 ) -> Iterator[str]:
     """
     Keys under ``folder`` (named ``base`` + entry) whose entry name starts with
-    ``partial``, greater than ``after``, in order.
+    ``partial``, greater than ``after`` and less than ``before``, in order. An
+    ``inner`` folder found empty and wholly before ``before`` is removed.
 
     A subfolder ``x`` sorts as ``x/``: every key under it starts with that, and no
     entry name contains ``/``, so comparing the entries' ``x/`` with file names orders
@@ -345,10 +376,11 @@ def _walk(
     """
     candidates: list[tuple[str, bool]] = []
     logs = bool(store._families)
+    empty = True
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                name = entry.name
+                name, empty = entry.name, False
                 if not name.startswith(partial) or (not base and name in RESERVED):
                     continue
                 # a record file stands for its folder
@@ -359,9 +391,14 @@ def _walk(
                 # Skip what lies wholly at or before `after`; enter a folder `after` is in.
                 if after is not None and full <= after and not (is_dir and after.startswith(full)):
                     continue
+                if before is not None and full >= before:  # and all keys under it
+                    continue
                 candidates.append((full, is_dir))
     except (FileNotFoundError, NotADirectoryError):
         return
+    if empty and inner and before is not None and not before.startswith(base):
+        with suppress(OSError):  # not empty any more, or gone
+            os.rmdir(folder)
     # A heap rather than a sort: a page of `limit` keys from a big folder is O(n).
     heapq.heapify(candidates)
     while candidates:
@@ -369,7 +406,7 @@ def _walk(
         if not is_dir:
             yield full
             continue
-        found = _walk(store, f"{store.root}/{full[:-1]}", full, "", after)
+        found = _walk(store, f"{store.root}/{full[:-1]}", full, "", after, before, True)
         if logs and store._families.folder(full[:-1]):
             with suppress(LegacyLog):
                 found = store._records.keys(full[:-1], "", after)
