@@ -12,9 +12,8 @@ written one file per key, before record files, stays so.
 from __future__ import annotations
 
 import builtins
-import heapq
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, suppress
 from typing import TypeVar
 
@@ -23,7 +22,6 @@ import anyio.to_thread
 from substantial.backends._files import (
     LOCKS,
     REFUSED,
-    RESERVED,
     TMP,
     UNAVAILABLE,
     content_version,
@@ -37,6 +35,7 @@ from substantial.backends._files import (
     write_temp,
 )
 from substantial.backends._fsrecords import LegacyLog, RecordKeys
+from substantial.backends._fswalk import WalkScope, walk
 from substantial.backends._records import Families
 from substantial.backends.base import Backend, Entry
 from substantial.errors import BackendRefused, BackendUnavailable
@@ -110,6 +109,7 @@ class FSBackend(Backend):
             make_parents=self._make_parents,
             sync_dir=self._sync_dir,
         )
+        self._scope = WalkScope(self.root, self._families, self._records)
 
     def __repr__(self) -> str:
         return f"FSBackend({self.root!r}, fsync={self.fsync})"
@@ -189,9 +189,8 @@ class FSBackend(Backend):
         """
         List keys under ``prefix`` before ``before``; see :meth:`Backend.list_before`.
 
-        Folders that lie wholly from ``before`` on are not opened, so listing a schedule
-        index up to now reads no folder of the future; empty folders wholly before it are
-        removed (a writer that loses its folder that way makes it again).
+        Folders wholly from ``before`` on are not opened (a poll reads no future folder);
+        empty ones wholly before it are removed (a writer remakes a folder it loses).
         """
         self.requests["list"] += 1
         return await self._run("list", lambda: self._list(prefix, after, limit, before))
@@ -288,7 +287,7 @@ class FSBackend(Backend):
         if limit <= 0 or "\0" in partial or (slash and key_problem(head) is not None):
             return []  # no legal key starts with this prefix
         folder = f"{self.root}/{head}" if slash else self.root
-        found = _walk(self, folder, head + slash, partial, after, before)
+        found = walk(self._scope, folder, head + slash, partial, after, before)
         if slash and self._families.folder(head):
             with suppress(LegacyLog):
                 found = self._records.keys(head, partial, after)
@@ -354,60 +353,3 @@ class FSBackend(Backend):
             f"key {key!r} cannot be stored by the files backend: a key and keys below it "
             "(like 'a/b' and 'a/b/c') cannot both exist"
         )
-
-
-def _walk(
-    store: FSBackend,
-    folder: str,
-    base: str,
-    partial: str,
-    after: str | None,
-    before: str | None = None,
-    inner: bool = False,
-) -> Iterator[str]:
-    """
-    Keys under ``folder`` (named ``base`` + entry) whose entry name starts with
-    ``partial``, greater than ``after`` and less than ``before``, in order. An
-    ``inner`` folder found empty and wholly before ``before`` is removed.
-
-    A subfolder ``x`` sorts as ``x/``: every key under it starts with that, and no
-    entry name contains ``/``, so comparing the entries' ``x/`` with file names orders
-    whole keys correctly (``x-1`` < ``x/a``, since ``-`` < ``/``).
-    """
-    candidates: list[tuple[str, bool]] = []
-    logs = bool(store._families)
-    empty = True
-    try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                name, empty = entry.name, False
-                if not name.startswith(partial) or (not base and name in RESERVED):
-                    continue
-                # a record file stands for its folder
-                is_dir = entry.is_dir(follow_symlinks=False) or (
-                    logs and store._families.folder(base + name)
-                )
-                full = base + name + "/" if is_dir else base + name
-                # Skip what lies wholly at or before `after`; enter a folder `after` is in.
-                if after is not None and full <= after and not (is_dir and after.startswith(full)):
-                    continue
-                if before is not None and full >= before:  # and all keys under it
-                    continue
-                candidates.append((full, is_dir))
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    if empty and inner and before is not None and not before.startswith(base):
-        with suppress(OSError):  # not empty any more, or gone
-            os.rmdir(folder)
-    # A heap rather than a sort: a page of `limit` keys from a big folder is O(n).
-    heapq.heapify(candidates)
-    while candidates:
-        full, is_dir = heapq.heappop(candidates)
-        if not is_dir:
-            yield full
-            continue
-        found = _walk(store, f"{store.root}/{full[:-1]}", full, "", after, before, True)
-        if logs and store._families.folder(full[:-1]):
-            with suppress(LegacyLog):
-                found = store._records.keys(full[:-1], "", after)
-        yield from found
