@@ -425,8 +425,8 @@ async def resume(ctx: Bench) -> list[Result]:
                         "repeats": len(wakes),
                         "floor_creates": creates,
                     },
-                    f"{ms(wake)} ms (read {ms(read)} + replay {ms(replayed)}), "
-                    f"= {creates:.3g} floor creates",
+                    f"{ms(wake)} ms (read {ms(read)} + replay {ms(replayed)})"
+                    + (f", = {creates:.3g} floor creates" if creates == creates else ""),
                     note,
                 )
             )
