@@ -14,7 +14,7 @@ from pathlib import Path
 
 import anyio
 
-from bench import measure, report
+from bench import fast, measure, report
 from bench.scale import SCALES, Scale
 from bench.targets import KINDS, Target, default_workdir, prepare
 
@@ -26,12 +26,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
     parser.add_argument("--markdown", type=Path, help="write the report here too")
-    parser.add_argument("--only", default="", help="comma-separated rows (floor,step,...)")
+    parser.add_argument("--only", default="", help="comma-separated: " + ",".join(ROWS))
     parser.add_argument("--dir", type=Path, help="folder for the files backend (default: temp)")
     return parser.parse_args(argv)
 
 
-ROWS = ("floor", "step", "latency", "throughput", "resume", "scale-out", "idle")
+ROWS = ("floor", "step", "latency", "throughput", "resume", "scale-out", "idle", "poll", "proxy")
 
 
 async def _run_target(
@@ -51,6 +51,9 @@ async def _run_target(
     if kind != "memory":
         plan.append(("scale-out", "scale-out", lambda: measure.scale_out(bench)))
     plan.append(("idle", "idle", lambda: measure.idle(bench)))
+    plan.append(("poll", "poll", lambda: fast.poll(bench)))
+    if kind == "s3":
+        plan.append(("proxy", "proxy", lambda: fast.proxy(bench)))
     for name, label, make in plan:
         if only and name not in only:
             continue
@@ -105,8 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         for target in targets:
             target.close()
     seconds = time.perf_counter() - started  # before the clean-up below
-    if not args.dir:
-        shutil.rmtree(workdir, ignore_errors=True)
     present = [target.kind for target in targets]
     text = report.render(results, present, env, skipped, command.strip(), seconds)
     print(text)
@@ -122,4 +123,6 @@ def main(argv: list[str] | None = None) -> int:
             "results": [asdict(result) for result in results],
         }
         args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    if not args.dir:  # after the report: deleting many files can take a while
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -52,6 +52,8 @@ class Bench:
     target: Target
     scale: Scale
     floors: dict[str, float] = field(default_factory=dict)
+    #: process CPU seconds per floor create, measured with the floor
+    floor_cpu: dict[str, float] = field(default_factory=dict)
     log: Callable[[str], None] = lambda _: None
 
 
@@ -116,23 +118,27 @@ async def floor(ctx: Bench) -> Result:
     warm = max(20, n // 20)
     spec, backend = await ctx.target.fresh()
     op, close, how = await _floor_op(ctx.target, spec, backend)
-    rates = []
+    rates, cpus = [], []
     try:
         for i in range(warm):
             await op(f"warm/{i}")
         for repeat in range(ctx.scale.repeats):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for i in range(n):
                 await op(f"r{repeat}/{i:08d}")
             rates.append(n / (time.perf_counter() - start))
+            cpus.append((time.process_time() - cpu) / n)
     finally:
         await close()
         await backend.aclose()
     value = _median(rates)
     ctx.floors[kind] = value
+    ctx.floor_cpu[kind] = _median(cpus)
     return Result(
-        "floor", kind, {"creates_per_s": value, "ops": n, "repeats": len(rates)},
-        f"{rate(value)} creates/s", how,
+        "floor", kind,
+        {"creates_per_s": value, "cpu_per_create_s": ctx.floor_cpu[kind], "ops": n,
+         "repeats": len(rates)},
+        f"{rate(value)} creates/s, {ms(ctx.floor_cpu[kind])} ms CPU each", how,
     )  # fmt: skip
 
 
@@ -178,9 +184,7 @@ async def _floor_op(
     import aioboto3
 
     assert target.s3 is not None
-    stack = aioboto3.Session().client(
-        "s3", endpoint_url=target.s3.endpoint_url, region_name="us-east-1"
-    )
+    stack = aioboto3.Session().client("s3", endpoint_url=spec.endpoint_url, region_name="us-east-1")
     client = await stack.__aenter__()
 
     async def put(key: str) -> Any:
@@ -195,58 +199,106 @@ async def _floor_op(
 # ---- step -------------------------------------------------------------------------------
 
 
-async def step(ctx: Bench) -> Result:
-    """Save-steps per second of one run of ``n`` sequential trivial steps."""
+async def step(ctx: Bench) -> list[Result]:
+    """
+    Save-steps per second of one run of ``n`` sequential trivial steps, and the process
+    CPU it took per step (the library's and the client library's, not the server's).
+    """
     kind = ctx.target.kind
     n = ctx.scale.step_n[kind]
     _, backend = await ctx.target.fresh()
-    rates, per_step, writes_per_step = [], [], []
+    rates, per_step, writes_per_step, cpus = [], [], [], []
     async with agent(backend) as conductor:
         await (await conductor.start(steps, 20)).result()  # warm-up
         for _ in range(ctx.scale.repeats):
             requests, writes = _requests(backend), _writes(backend)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             await (await conductor.start(steps, n)).result()
             rates.append(n / (time.perf_counter() - start))
+            cpus.append((time.process_time() - cpu) / n)
             per_step.append((_requests(backend) - requests) / n)
             writes_per_step.append((_writes(backend) - writes) / n)
     value = _median(rates)
     ratio = value / ctx.floors[kind] if kind in ctx.floors else float("nan")
     reqs = _median(per_step)
     note = f"{n:,} steps" + (" (scaled down for moto)" if kind == "s3" else "")
-    return Result(
-        "step", kind,
-        {"steps_per_s": value, "ratio_to_floor": ratio, "requests_per_step": reqs,
-         "writes_per_step": _median(writes_per_step), "steps": n, "repeats": len(rates)},
-        f"{rate(value)}/s, x{ratio:.2f} of floor, {reqs:.2f} req/step", note,
-    )  # fmt: skip
+    cpu = _median(cpus)
+    cpu_ratio = cpu / ctx.floor_cpu[kind] if ctx.floor_cpu.get(kind) else float("nan")
+    return [
+        Result(
+            "step", kind,
+            {"steps_per_s": value, "ratio_to_floor": ratio, "requests_per_step": reqs,
+             "writes_per_step": _median(writes_per_step), "steps": n, "repeats": len(rates)},
+            f"{rate(value)}/s, x{ratio:.2f} of floor, {reqs:.2f} req/step", note,
+        ),
+        Result(
+            "CPU/step", kind,
+            {"cpu_per_step_s": cpu, "ratio_to_floor_cpu": cpu_ratio, "steps": n},
+            f"{ms(cpu)} ms, x{cpu_ratio:.3g} of floor CPU/create",
+            f"time.process_time() / steps over the step row's runs ({n:,} steps each)",
+        ),
+    ]  # fmt: skip
 
 
 # ---- latency ----------------------------------------------------------------------------
 
 
-async def latency(ctx: Bench) -> Result:
-    """start -> result of a 10-step workflow, one run at a time, in-process agent."""
+async def latency(ctx: Bench) -> list[Result]:
+    """
+    start -> result of a 10-step workflow, one run at a time, in-process agent; with
+    the requests per run (split into the step commits and the fixed part, see
+    :func:`bench.fast.step_commits`) and, on files, the fsync calls per run.
+    """
+    from bench.fast import counting_syncs, step_commits
+
     kind = ctx.target.kind
     runs = ctx.scale.latency_runs[kind]
     _, backend = await ctx.target.fresh()
-    samples = []
+    samples, ids = [], []
     async with agent(backend) as conductor:
         for _ in range(max(3, runs // 20)):  # warm-up
             await (await conductor.start(steps, 10)).result()
         requests = _requests(backend)
-        for _ in range(runs):
-            start = time.perf_counter()
-            await (await conductor.start(steps, 10)).result()
-            samples.append(time.perf_counter() - start)
+        with counting_syncs() as syncs:
+            for _ in range(runs):
+                start = time.perf_counter()
+                handle = await conductor.start(steps, 10)
+                await handle.result()
+                samples.append(time.perf_counter() - start)
+                ids.append(handle.run_id)
         per_run = (_requests(backend) - requests) / runs
+        step_part = await step_commits(backend, ids) / runs
     p50, p99 = _percentile(samples, 50), _percentile(samples, 99)
     note = f"{runs} runs" + (" (scaled down for moto)" if kind == "s3" else "")
-    return Result(
-        "latency", kind,
-        {"p50_s": p50, "p99_s": p99, "runs": runs, "requests_per_run": per_run},
-        f"p50 {ms(p50)} ms, p99 {ms(p99)} ms, {per_run:.0f} req/run", note,
-    )  # fmt: skip
+    fixed = per_run - step_part
+    results = [
+        Result(
+            "latency", kind,
+            {"p50_s": p50, "p99_s": p99, "runs": runs, "requests_per_run": per_run},
+            f"p50 {ms(p50)} ms, p99 {ms(p99)} ms, {per_run:.0f} req/run", note,
+        ),
+        Result(
+            "requests/run", kind,
+            {"requests_per_run": per_run, "step_part": step_part, "fixed_part": fixed,
+             "ratio_to_floor": per_run / 10, "runs": runs},
+            f"{per_run:.1f} = {step_part:.1f} step + {fixed:.1f} fixed, x{per_run / 10:.2f} "
+            "of floor",
+            "10-step runs one at a time; step part = log segments at positions > 0; "
+            "floor = 10 creates, one per step",
+        ),
+    ]  # fmt: skip
+    if kind == "files":
+        per = syncs.calls / runs
+        results.append(
+            Result(
+                "fsync/run", kind, {"fsyncs_per_run": per, "ratio_to_floor": per / 10,
+                                    "runs": runs},
+                f"{per:.1f}, x{per / 10:.2f} of floor",
+                "os.fsync + os.fdatasync calls in the bench process during the latency "
+                "row's runs; floor = 10, one per step",
+            )
+        )  # fmt: skip
+    return results
 
 
 # ---- throughput -------------------------------------------------------------------------
@@ -276,12 +328,14 @@ async def throughput(ctx: Bench, runs: int, repeats: int) -> Result:
     value = _median(rates)
     note = "" if kind != "s3" else "scaled down for moto"
     label = runs if kind != "s3" else max(n for n, _ in ctx.scale.throughput["files"][:1])
-    shown = f"{rate(value)} runs/s, {rate(10 * value)} steps/s"
+    ratio = value / ctx.floors[kind] if kind in ctx.floors else float("nan")
+    shown = f"{rate(value)} runs/s, {rate(10 * value)} steps/s, x{ratio:.2g} of floor"
     if label != runs:
         shown += f" [{runs} runs]"
     return Result(
         f"throughput {label}", kind,
-        {"runs_per_s": value, "steps_per_s": 10 * value, "runs": runs, "repeats": repeats},
+        {"runs_per_s": value, "steps_per_s": 10 * value, "runs": runs, "repeats": repeats,
+         "ratio_to_floor": ratio},
         shown, note,
     )  # fmt: skip
 
@@ -355,6 +409,7 @@ async def resume(ctx: Bench) -> list[Result]:
                     replays.append(replayed)
             events = len(stored.events)
             wake, read, replayed = _median(wakes), _median(reads), _median(replays)
+            creates = wake * ctx.floors[kind] if kind in ctx.floors else float("nan")
             note = "send -> result; read = RunStore.read_log, replay = Execution.replay"
             if kind == "s3":
                 note += "; sizes scaled down for moto"
@@ -368,8 +423,10 @@ async def resume(ctx: Bench) -> list[Result]:
                         "read_log_s": read,
                         "replay_s": replayed,
                         "repeats": len(wakes),
+                        "floor_creates": creates,
                     },
-                    f"{ms(wake)} ms (read {ms(read)} + replay {ms(replayed)})",
+                    f"{ms(wake)} ms (read {ms(read)} + replay {ms(replayed)})"
+                    + (f", = {creates:.3g} floor creates" if creates == creates else ""),
                     note,
                 )
             )

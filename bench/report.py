@@ -81,13 +81,33 @@ ROW_HELP = {
     "resume": "fresh wake-up of a run with N events: send -> result (read + replay)",
     "scale-out": "runs/s with N agent processes on one backend",
     "idle": "backend requests/s of one idle agent; one schedule poll's time",
+    "CPU/step": "process CPU per step of the step row (time.process_time() / steps)",
+    "requests/run": "backend requests per 10-step run of the latency row: step commits "
+    "(log segments at positions > 0) + the fixed part (all the rest: start, claim, reads, "
+    "summary, schedule, lease, release, polls)",
+    "fsync/run": "os.fsync + os.fdatasync calls per 10-step run of the latency row (files)",
+    "poll": "one idle schedule poll (RunStore.due, the agent's first page) with the schedule "
+    "entries of N sleeping runs",
+    "s3+30ms": "S3 (moto) behind a loopback proxy adding 30 ms to every request: floor, "
+    "10-step start -> result, 50 runs of 10 steps at once",
 }
 
 
 def table(results: list[Result], kinds: list[str]) -> str:
     rows: dict[str, dict[str, Result]] = {}
+    order: list[str] = []
+    last: dict[str, str] = {}  # per backend, its previous row: a new row goes after it
     for result in results:
+        if result.row not in rows:
+            at = len(order)
+            if (after := last.get(result.backend)) in order:  # and after its family
+                at = order.index(after) + 1
+                while at < len(order) and order[at].split()[0] == after.split()[0]:
+                    at += 1
+            order.insert(at, result.row)
         rows.setdefault(result.row, {})[result.backend] = result
+        last[result.backend] = result.row
+    rows = {row: rows[row] for row in order}
     lines = [
         "| row | " + " | ".join(kinds) + " |",
         "| --- | " + " | ".join("---" for _ in kinds) + " |",
@@ -106,6 +126,14 @@ def notes(results: list[Result]) -> list[str]:
     return [f"- {where}: {'; '.join(texts)}" for where, texts in seen.items()]
 
 
+def goals(results: list[Result]) -> dict[str, str]:
+    """The goal of each row present that shows a figure of issue 13."""
+    from bench.fast import GOALS, goal_of
+
+    present = {goal_of(result.row) for result in results}
+    return {row: text for row, text in GOALS.items() if text in present}
+
+
 def render(
     results: list[Result],
     kinds: list[str],
@@ -119,5 +147,7 @@ def render(
     out += [f"- skipped {kind}: {reason}" for kind, reason in skipped.items()]
     out += ["", table(results, kinds), "", "Rows:"]
     out += [f"- {name}: {text}" for name, text in ROW_HELP.items()]
+    out += ["", "Goals (issue 13; the ratios are to the floor measured in the same run):"]
+    out += [f"- {row}: {text}" for row, text in goals(results).items()]
     out += ["", "Notes:", *notes(results)]
     return "\n".join(out) + "\n"

@@ -26,13 +26,20 @@ class Scale:
     idle_sleeping: dict[str, list[int]]
     idle_warmup: float
     idle_window: float
+    #: sleeping runs (schedule entries only) for the poll row, growing in one namespace
+    poll_sleeping: dict[str, list[int]]
+    #: S3 through the latency proxy: seconds added per request, and the rows' sizes
+    proxy_floor_ops: int
+    proxy_latency_runs: int
+    proxy_throughput_runs: int
+    proxy_delay: float = 0.030
 
 
 FULL = Scale(
     name="full",
     repeats=3,
     floor_ops=_per(20_000, 1_000, 5_000, 100),
-    step_n=_per(1_000, 1_000, 1_000, 200),
+    step_n=_per(2_000, 1_000, 2_000, 200),
     latency_runs=_per(200, 200, 200, 20),
     throughput={
         "memory": [(50, 3), (1_000, 1)],
@@ -52,6 +59,11 @@ FULL = Scale(
     idle_sleeping={k: [0, 10_000] for k in ("memory", "files", "redis")} | {"s3": [0, 1_000]},
     idle_warmup=1.5,
     idle_window=3.0,
+    poll_sleeping={k: [10_000, 100_000, 300_000] for k in ("memory", "files", "redis")}
+    | {"s3": [100, 1_000]},
+    proxy_floor_ops=20,
+    proxy_latency_runs=5,
+    proxy_throughput_runs=50,
 )
 
 QUICK = Scale(
@@ -68,6 +80,10 @@ QUICK = Scale(
     idle_sleeping={k: [0, 1_000] for k in ("memory", "files", "redis")} | {"s3": [0, 100]},
     idle_warmup=1.2,
     idle_window=1.0,
+    poll_sleeping={k: [1_000, 10_000] for k in ("memory", "files", "redis")} | {"s3": [100]},
+    proxy_floor_ops=10,
+    proxy_latency_runs=3,
+    proxy_throughput_runs=10,
 )
 
 TINY = Scale(
@@ -84,6 +100,10 @@ TINY = Scale(
     idle_sleeping={k: [0, 10] for k in ("memory", "files", "redis", "s3")},
     idle_warmup=0.1,
     idle_window=0.3,
+    poll_sleeping={k: [10, 100] for k in ("memory", "files", "redis")} | {"s3": [10]},
+    proxy_floor_ops=3,
+    proxy_latency_runs=1,
+    proxy_throughput_runs=3,
 )
 
 SCALES = {scale.name: scale for scale in (FULL, QUICK, TINY)}

@@ -37,8 +37,8 @@ async def main(folder: str) -> None:
         assert await handle.result(timeout=60) == 1_310_720
     blobs = sorted((Path(folder) / "blobs").iterdir())
     print(f"{len(blobs)} blob of {blobs[0].stat().st_size:,} bytes: {blobs[0].name[:16]}...")
-    log = sorted((Path(folder) / "runs" / handle.run_id / "log").iterdir())
-    print(f"log segments: {[p.stat().st_size for p in log]} bytes")
+    segments = await backend.get_many(await backend.list_all(f"runs/{handle.run_id}/log/"))
+    print(f"log segments: {[len(entry[0]) for entry in segments if entry]} bytes")
     outcome = await gc(backend, timedelta(0))
     print(f"gc deleted {len(outcome.runs)} run and {len(outcome.blobs)} blob")
     assert outcome.blobs

@@ -58,6 +58,8 @@ _ANNOTATED: dict[str, type] = {}
 _pending: list[_Source] = []  # functions noted, annotations not read yet
 _unresolved: list[_Source] = []  # annotations that did not resolve: retried on a miss
 _noted: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
+#: a weak reference to the function last found in ``_noted`` (a step called in a loop)
+_last: Callable[[], Any] = type(None)  # called, it gives None: no function yet
 _walked: weakref.WeakSet[type] = weakref.WeakSet()
 
 
@@ -75,12 +77,16 @@ def note_function(
     :param skip_first: leave out the first parameter (a workflow's ``Context``)
     :param return_only: read only the return annotation (a step's result)
     """
+    global _last
     target: Any = fn.func if isinstance(fn, functools.partial) else fn
+    if _last() is target:  # a step called in a loop: one identity check
+        return
     annotations = getattr(target, "__annotations__", None)
     if not annotations or (return_only and "return" not in annotations):
         return
     try:
         if target in _noted:
+            _last = weakref.ref(target)
             return
         _noted.add(target)
     except TypeError:  # not weak-referenceable: note it every time

@@ -34,6 +34,7 @@ __all__ = [
     "Unencodable",
     "by_name",
     "decode_float",
+    "decode_plain",
     "is_plain",
     "lookup",
     "make_dataclass",
@@ -50,6 +51,21 @@ ASCII_ENCODER = json.JSONEncoder(
     separators=(",", ":"), ensure_ascii=True, allow_nan=False, check_circular=False
 )
 PLAIN_DECODER = json.JSONDecoder()
+_SCAN = PLAIN_DECODER.scan_once  # type: ignore[attr-defined]
+
+
+def decode_plain(text: str) -> object:
+    """
+    ``PLAIN_DECODER.decode(text)``, without its two whitespace matches when no whitespace
+    surrounds the value (as the encoder writes it): a replay decodes every step result.
+    """
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        return PLAIN_DECODER.decode(text)  # raises the error decode() would
+    if end != len(text):
+        return PLAIN_DECODER.decode(text)
+    return value
 
 
 class Unencodable(Exception):

@@ -41,10 +41,10 @@ from substantial._json_tags import (
     ENCODABLE,
     ENCODER,
     HOW,
-    PLAIN_DECODER,
     SIMPLE,
     TAG,
     Unencodable,
+    decode_plain,
     is_plain,
     lookup,
     rebuild,
@@ -280,7 +280,7 @@ class JSONCodec:
             text = read().decode("utf-8")  # the bytes are freed here, before parsing
             if '"$t"' in text or "\\u" in text:
                 return self._tagged.decode(text)
-            return PLAIN_DECODER.decode(text)
+            return decode_plain(text)
         except CodecError:
             raise
         except (ValueError, RecursionError, TypeError) as exc:
@@ -344,11 +344,9 @@ def get_codec(name: str) -> Codec:
 
     :raises CodecError: naming the unknown codec and the registered ones
     """
-    try:
-        return _CODECS[name]
-    except KeyError:
-        known = ", ".join(sorted(_CODECS))
-        raise CodecError(f"unknown codec {name!r}; registered codecs: {known}") from None
+    if name not in _CODECS:
+        raise CodecError(f"unknown codec {name!r}; registered codecs: {', '.join(sorted(_CODECS))}")
+    return _CODECS[name]
 
 
 def encode_payload(
@@ -386,8 +384,10 @@ def decode_payload(payload: pb.Payload) -> object:
 
     :raises CodecError: if the codec or the key is unknown here, or the bytes are bad
     """
-    payload = open_payload(payload)  # checks it names a codec; undoes payload codecs
-    codec = get_codec(payload.codec)
+    codec = _CODECS.get(payload.codec)
+    if type(codec) is not JSONCodec or payload.blob or payload.encodings:  # else: plain JSON
+        payload = open_payload(payload)  # checks it names a codec; undoes payload codecs
+        codec = get_codec(payload.codec)
     if isinstance(codec, JSONCodec):  # never holds the bytes and the text at once
         return codec._decode_from(lambda: payload.data)
     try:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import anyio
 
+from substantial._agent.direct_steps import DirectSteps
+from substantial._agent.outcomes import Outcomes
 from substantial._agent.parts import AgentParts
-from substantial._agent.steps import StepOutcome
 from substantial._core.constants import RUNNING_AFTER_SECONDS
 from substantial._engine.commands import SaveCommand
 from substantial._engine.replay import Execution
@@ -77,53 +80,66 @@ async def _drive(
     execution: Execution, wakeup: Driven, parts: AgentParts, tickets: dict[int, Ticket]
 ) -> None:
     now_ms = parts.store.clock.now_ms
-    send, receive = anyio.create_memory_object_stream[StepOutcome](math.inf)
+    outcomes = Outcomes()
     running: set[int] = set()
-    inbox_due = anyio.current_time() + parts.settings.poll_max
+    time = _clock()
+    clock = time()
+    inbox_due = clock + parts.settings.poll_max
     # A step that takes a while shows in the run's status; quick ones cost no write.
-    running_mark: float | None = anyio.current_time() + RUNNING_AFTER_SECONDS
-    async with send, receive, anyio.create_task_group() as tg:
-        while execution.outcome is None:
-            now = now_ms()
-            execution.fire_due_timers(now)
-            for child in execution.children_to_start():
-                taken_by = await parts.endings.start_child(execution.run_id, child)
-                execution.child_started(child, now_ms(), taken_by)
-            await wakeup.commit()
-            if execution.outcome is not None:
-                break
-            if execution.children_to_start():
-                continue
-            for command in execution.runnable_steps(now):
-                if command.position not in running and await _admitted(
-                    command, tickets, parts, execution.run_id
-                ):
-                    running.add(command.position)
-                    tg.start_soon(parts.steps.execute, command, send.clone())
-            if not running:
-                break
-            wake = execution.next_wake_ms()
-            # a wake time not in the future is a due retry that is already running
-            timeout = math.inf if wake is None or wake <= now else (wake - now) / 1000
-            timeout = min(timeout, max(0.0, inbox_due - anyio.current_time()))
-            if running_mark is not None:
-                timeout = min(timeout, max(0.0, running_mark - anyio.current_time()))
-            with anyio.move_on_after(timeout):
-                outcome = await receive.receive()
-                while True:
+    running_mark: float | None = clock + RUNNING_AFTER_SECONDS
+    async with anyio.create_task_group() as tg:
+        steps = DirectSteps(parts.steps, outcomes, tg)
+        try:
+            while execution.outcome is None:
+                now = now_ms()
+                execution.fire_due_timers(now)
+                for child in execution.children_to_start():
+                    taken_by = await parts.endings.start_child(execution.run_id, child)
+                    execution.child_started(child, now_ms(), taken_by)
+                await wakeup.commit()
+                if execution.outcome is not None:
+                    break
+                if execution.children_to_start():
+                    continue
+                for command in execution.runnable_steps(now):
+                    if command.position not in running and await _admitted(
+                        command, tickets, parts, execution.run_id
+                    ):
+                        running.add(command.position)
+                        steps.start(command)
+                if not running:
+                    break
+                wake = execution.next_wake_ms()
+                # a wake time not in the future is a due retry that is already running
+                timeout = math.inf if wake is None or wake <= now else (wake - now) / 1000
+                clock = time()
+                timeout = min(timeout, inbox_due - clock)
+                if running_mark is not None:
+                    timeout = min(timeout, running_mark - clock)
+                await outcomes.wait(timeout)
+                steps.start_deferred()
+                while (outcome := outcomes.take()) is not None:
                     running.discard(outcome.command.position)
                     parts.steps.apply(execution, outcome)
-                    try:
-                        outcome = receive.receive_nowait()
-                    except anyio.WouldBlock:
-                        break
-            for position in set(tickets) - running:  # outside the timeout: never cut short
-                await _give_back(tickets, position, parts)
-            if running_mark is not None and running and anyio.current_time() >= running_mark:
-                running_mark = None
-                await wakeup.mark_running()
-            if anyio.current_time() >= inbox_due and execution.outcome is None:
-                await wakeup.check_inbox()
-                inbox_due = anyio.current_time() + parts.settings.poll_max
+                if tickets:
+                    for position in set(tickets) - running:  # never cut short by the timeout
+                        await _give_back(tickets, position, parts)
+                clock = time()
+                if running_mark is not None and running and clock >= running_mark:
+                    running_mark = None
+                    await wakeup.mark_running()
+                if clock >= inbox_due and execution.outcome is None:
+                    await wakeup.check_inbox()
+                    inbox_due = time() + parts.settings.poll_max
+        finally:
+            steps.close()
         tg.cancel_scope.cancel()
     await wakeup.commit()
+
+
+def _clock() -> Callable[[], float]:
+    """The event loop's clock (anyio's, without its look-up of the loop at each call)."""
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:  # trio
+        return anyio.current_time

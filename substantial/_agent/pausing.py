@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from substantial._agent.leases import LeaseHolder
 from substantial._agent.summary import RunSummary, SummaryChange
 from substantial._core.status import RunStatus
-from substantial._store.keys import Route, schedule_key
+from substantial._store.keys import Route, flat_schedule_key, schedule_key
 from substantial._store.runs import RunStore, StoredLog
 from substantial.errors import LeaseLost
 from substantial.protocol import substantial_pb2 as pb
@@ -73,5 +73,6 @@ async def leave_paused(
     if not summary.says(RunStatus.PAUSED):
         await summary.write(SummaryChange(RunStatus.PAUSED, seq))
     if meta is not None and meta.wake_at_ms:
-        await store.delete([schedule_key(meta.wake_at_ms, summary.run_id, "t", route)])
+        wake = (meta.wake_at_ms, summary.run_id, "t", route)
+        await store.delete([schedule_key(*wake), flat_schedule_key(*wake)])  # either layout
     await store.delete(consumed)

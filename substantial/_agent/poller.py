@@ -47,7 +47,8 @@ class Poller:
         #: queues polled since the agent started, and those found paused (or paused here)
         self._seen: set[str] = set()
         self._paused = parts.client.paused_queues
-        self._jumps = isinstance(self._store.clock, VirtualClock)
+        # any virtual clock: tests move it (jumps, advance_to) past the lease's expiry
+        self._virtual = isinstance(self._store.clock, VirtualClock)
 
     async def loop(self, work: TaskGroup) -> None:
         """Poll until cancelled, starting wake-ups in ``work``. Store trouble never ends it."""
@@ -142,7 +143,12 @@ class Poller:
             # The first page is small: an idle poll reads one page whatever sleeps.
             page = constants.POLL_FIRST_PAGE if after is None else max(2 * free, 32)
             entries, next_due, more = await self._store.due(
-                now, after=after, limit=page, queue=queue, paused=self._paused
+                now,
+                after=after,
+                limit=page,
+                queue=queue,
+                horizon_ms=self._horizon_ms(),
+                paused=self._paused,
             )
             self._seen.add(queue)
             for entry in sorted(entries, key=_by_priority):  # stable: then earliest due
@@ -218,7 +224,7 @@ class Poller:
         active = self._processor.active
         if (
             self._work is None
-            or self._jumps
+            or self._virtual
             or run_id in active
             or len(active) >= self._parts.settings.concurrency
             or route.queue not in self._seen
@@ -243,6 +249,16 @@ class Poller:
     def unreserve(self, run_id: str) -> None:
         """Give up the place kept for a run."""
         self._processor.active.discard(run_id)
+
+    def _horizon_ms(self) -> int | None:
+        """
+        How far past now a poll reads the schedule: past the longest wait between idle
+        polls, so it sees every entry due before the next poll. A clock that jumps to the
+        next timer must see it however far: no bound.
+        """
+        if self._store.clock.jumps:
+            return None
+        return round(max(self._parts.settings.poll_max, constants.POLL_MAX_SECONDS) * 2000)
 
 
 def _by_priority(entry: ScheduleEntry) -> int:

@@ -17,7 +17,6 @@ from substantial._agent.parts import AgentParts
 from substantial._agent.wakeup import WakeUp
 from substantial._client.client import NewRun
 from substantial._core import logs
-from substantial._core.clock import VirtualClock
 from substantial._store.runs import Lease, ScheduleEntry
 from substantial.errors import BackendRefused, BackendUnavailable, LeaseLost
 
@@ -35,7 +34,6 @@ class RunProcessor:
         #: runs this agent works on now
         self.active: set[str] = set()
         self._scopes: dict[str, anyio.CancelScope] = {}
-        self._jumps = isinstance(self._store.clock, VirtualClock)
 
     async def process(
         self, lease: Lease, entries: list[ScheduleEntry], new: NewRun | None = None
@@ -72,7 +70,7 @@ class RunProcessor:
             was_full = len(self.active) >= parts.settings.concurrency
             self.active.discard(run_id)
             parts.client.notifier.changed(run_id)
-            if was_full or not wakeup.ended or self._jumps:
+            if was_full or not wakeup.ended or self._store.clock.jumps:
                 # A place came free for a run left due, the wake-up wrote entries the
                 # poller does not know of, or an idle agent jumps its clock to the next
                 # timer: it looks now. (A run that ended with room to spare needs no poll.)

@@ -8,32 +8,20 @@ import functools
 import inspect
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 
 from substantial._agent import telemetry
+from substantial._agent.outcomes import Outcomes, StepOutcome
 from substantial._agent.step_threads import DaemonThreadPool
 from substantial._client.client import Client
 from substantial._engine.commands import SaveCommand, failure_from_exception
 from substantial._engine.replay import Execution
 from substantial.codec import encode_payload
 from substantial.errors import CodecError
-from substantial.protocol import substantial_pb2 as pb
 
-__all__ = ["StepOutcome", "StepRunner"]
-
-
-@dataclass
-class StepOutcome:
-    """What one attempt of a step came to: a result, or a failure and maybe a retry time."""
-
-    command: SaveCommand
-    result: pb.Payload | None
-    failure: pb.Failure | None
-    retry_at_ms: int | None
+__all__ = ["StepOutcome", "StepRunner", "call", "in_thread", "step_threads"]
 
 
 class StepRunner:
@@ -48,31 +36,39 @@ class StepRunner:
         self._client = client
         self._now = client.store.clock.now_ms
 
-    async def execute(
-        self, command: SaveCommand, send: MemoryObjectSendStream[StepOutcome]
-    ) -> None:
-        """Run one attempt of ``command`` and send its outcome (then close ``send``)."""
+    async def execute(self, command: SaveCommand, outcomes: Outcomes) -> None:
+        """Run one attempt of ``command`` in this task and put its outcome."""
         attempt = command.attempts + 1
-        async with send:
-            try:
-                deadline = anyio.fail_after(command.timeout) if command.timeout else nullcontext()
-                with telemetry.step_span(command, attempt), deadline:
-                    value = await call(command.fn)
-                where = f"the result of step {command.position} ({command.name})"
-                payload = encode_payload(value, where=where, limit=self._client.max_payload)
-            except CodecError as exc:
-                failure = failure_from_exception(exc, non_retryable=True)
-                await send.send(StepOutcome(command, None, failure, None))
-            except Exception as exc:
-                retry_at = None
-                policy = command.retry
-                if policy is not None and policy.retries(exc, attempt):
-                    retry_at = self._now() + round(policy.delay_after(attempt) * 1000)
-                    telemetry.step_retried()
-                failure = failure_from_exception(exc, non_retryable=retry_at is None)
-                await send.send(StepOutcome(command, None, failure, retry_at))
-            else:
-                await send.send(StepOutcome(command, payload, None, None))
+        try:
+            deadline = anyio.fail_after(command.timeout) if command.timeout else nullcontext()
+            with telemetry.step_span(command, attempt), deadline:
+                value = await call(command.fn)
+        except Exception as exc:
+            outcomes.put(self.failed(command, attempt, exc))
+        else:
+            outcomes.put(self.succeeded(command, attempt, value))
+
+    def succeeded(self, command: SaveCommand, attempt: int, value: Any) -> StepOutcome:
+        """The outcome of an attempt that returned ``value``: its encoding, or a failure."""
+        try:
+            where = f"the result of step {command.position} ({command.name})"
+            payload = encode_payload(value, where=where, limit=self._client.max_payload)
+        except Exception as exc:
+            return self.failed(command, attempt, exc)
+        return StepOutcome(command, payload, None, None)
+
+    def failed(self, command: SaveCommand, attempt: int, exc: Exception) -> StepOutcome:
+        """The outcome of an attempt that raised ``exc``: a retry time if the policy says so."""
+        if isinstance(exc, CodecError):
+            failure = failure_from_exception(exc, non_retryable=True)
+            return StepOutcome(command, None, failure, None)
+        retry_at = None
+        policy = command.retry
+        if policy is not None and policy.retries(exc, attempt):
+            retry_at = self._now() + round(policy.delay_after(attempt) * 1000)
+            telemetry.step_retried()
+        failure = failure_from_exception(exc, non_retryable=retry_at is None)
+        return StepOutcome(command, None, failure, retry_at)
 
     def apply(self, execution: Execution, outcome: StepOutcome) -> None:
         """Hand an outcome to the run's execution, which records it as events."""
@@ -101,6 +97,14 @@ async def call(fn: Callable[[], Any]) -> Any:
 _step_threads: DaemonThreadPool | None = None
 
 
+def step_threads() -> DaemonThreadPool:
+    """The pool of worker threads sync step functions run in (made on first use)."""
+    global _step_threads
+    if _step_threads is None:
+        _step_threads = DaemonThreadPool(max_workers=40)
+    return _step_threads
+
+
 async def in_thread(fn: Callable[[], Any]) -> Any:
     """
     Run a sync step function in a worker thread, so blocking code does not stall the
@@ -109,16 +113,14 @@ async def in_thread(fn: Callable[[], Any]) -> Any:
     limit): about half the CPU of ``anyio.to_thread.run_sync`` per call. Context
     variables are copied in, as anyio does.
     """
-    global _step_threads
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # another event loop (trio)
         return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
-    if _step_threads is None:
-        _step_threads = DaemonThreadPool(max_workers=40)
-    call = _step_threads.submit(contextvars.copy_context().run, fn)
+    pool = step_threads()
+    call = pool.submit(contextvars.copy_context().run, fn)
     try:
         return await asyncio.wrap_future(call, loop=loop)
     except asyncio.CancelledError:
-        _step_threads.abandon(call)  # a hung call must not keep a thread of the pool
+        pool.abandon(call)  # a hung call must not keep a thread of the pool
         raise

@@ -20,7 +20,7 @@ from substantial._cli.common import (
 from substantial._cli.keys import cli_codecs
 from substantial._conductor import Conductor
 from substantial._core import constants
-from substantial._store.keys import SCHEDULE_PREFIX
+from substantial._store.keys import BUCKETS, SCHEDULE_PREFIX
 from substantial.backends import Backend
 from substantial.errors import BackendError
 
@@ -168,7 +168,7 @@ async def check_reachable(backend: Backend) -> None:
     check = getattr(backend, "check", None)
     if check is not None:
         await check()
-    await backend.list(SCHEDULE_PREFIX, limit=1)
+    await backend.list_before(SCHEDULE_PREFIX, SCHEDULE_PREFIX + BUCKETS, limit=1)
 
 
 async def check_writable(backend: Backend) -> None:

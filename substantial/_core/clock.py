@@ -18,6 +18,11 @@ class Clock:
     def now_ms(self) -> int:
         return now_ms()
 
+    @property
+    def jumps(self) -> bool:
+        """Whether :meth:`skip_to` jumps (the agent then wants to know its next timer)."""
+        return False
+
     def skip_to(self, when_ms: int) -> bool:
         """
         Called by an idle agent whose next timer is due at ``when_ms``. A clock that can
@@ -49,6 +54,10 @@ class VirtualClock(Clock):
     def advance_to(self, when_ms: int) -> None:
         """Jump ahead to ``when_ms`` (a time already passed changes nothing)."""
         self._skipped += max(0, when_ms - self.now_ms())
+
+    @property
+    def jumps(self) -> bool:
+        return self.auto_advance
 
     def skip_to(self, when_ms: int) -> bool:
         if not self.auto_advance:

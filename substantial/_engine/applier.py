@@ -69,37 +69,42 @@ class EventApplier(ExecutionState):
 
         :raises NonDeterminismError: if the code and the log disagree
         """
-        self._stored = list(events)
+        self._stored = stored = list(events)
         self._cursor = 0
-        while self._cursor < len(self._stored):
-            event = self._stored[self._cursor]
+        while self._cursor < len(stored):
+            event = stored[self._cursor]
             self._cursor += 1
-            kind = event.WhichOneof("kind") or "?"
-            if kind == "started" and self._cursor == len(self._stored):
+            kind = event.WhichOneof("kind")
+            if kind == "started" and self._cursor == len(stored):
                 # Only a start is written by no agent: no wake-up ran the code after it.
                 self.replaying = False
-            if self._ended() and self.outcome is None:
+            main = self._main
+            if (self._fatal is not None or (main is not None and main.done())) and (
+                self.outcome is None
+            ):  # the workflow ended (_ended()), and the log goes on
                 ended = self._terminal_event().WhichOneof("kind")
                 if kind != ended:
                     code = "nothing more: the workflow had already " + (ended or "ended")
-                    raise NonDeterminismError(self.run_id, None, _LOGGED.get(kind, kind), code)
-            self._apply(event)
+                    logged = _LOGGED.get(kind or "?", kind or "?")
+                    raise NonDeterminismError(self.run_id, None, logged, code)
+            self._apply(event, kind)
 
     def _record(self, event: pb.Event) -> None:
         event.at_ms = max(self._clock_ms, self.now_ms)
         self.new_events.append(event)
-        self._apply(event)
+        self._apply(event, event.WhichOneof("kind"))
 
-    def _apply(self, event: pb.Event) -> None:
-        self.now_ms = max(self.now_ms, event.at_ms)
-        entry = self._history.add(event)
-        kind = event.WhichOneof("kind")
-        if kind == "started":
+    def _apply(self, event: pb.Event, kind: str | None) -> None:
+        at_ms = event.at_ms
+        if at_ms > self.now_ms:
+            self.now_ms = at_ms
+        self._history.add(event)
+        if kind == "step_completed":
+            self._on_step_completed(event.step_completed)
+        elif kind == "started":
             self._on_started(event.started)
-        elif kind == "step_completed":
-            self._on_step_completed(event.step_completed, entry)
         elif kind == "step_attempt_failed":
-            self._on_step_attempt_failed(event.step_attempt_failed, entry)
+            self._on_step_attempt_failed(event.step_attempt_failed)
         elif kind == "timer_started":
             timed = self._expect(event.timer_started.position, TimedCommand, kind)
             timed.fire_at_ms = event.timer_started.fire_at_ms
@@ -110,7 +115,8 @@ class EventApplier(ExecutionState):
             if received.id in self.event_ids:
                 return
             self.event_ids.add(received.id)
-            self._deliver(received.name, decode_payload(received.value), entry)
+            value = decode_payload(received.value)
+            self._deliver(received.name, value, self._history.last())
         elif kind == "cancel_requested":
             self.event_ids.add(event.cancel_requested.id)
             if not self._cancel_requested and self._main is not None:
@@ -130,7 +136,10 @@ class EventApplier(ExecutionState):
             raise NonDeterminismError(
                 self.run_id, None, f"an event this version cannot read ({kind})", "a known event"
             )
-        self._settle()
+        if self._live:
+            self._settle()
+        else:
+            self._loop.run_ready()  # what _settle does in replay mode, less a call
 
     def _on_started(self, started: pb.Started) -> None:
         if self._main is not None:
@@ -148,23 +157,27 @@ class EventApplier(ExecutionState):
         coroutine = self.workflow.fn(self.context, *args, **kwargs)
         self._main = self._loop.create_task(coroutine)
 
-    def _on_step_completed(self, step: pb.StepCompleted, entry: Entry) -> None:
-        command = self._step_command(step.position, step.key, "step_completed", step.name)
-        self._history.tag_step(entry, step.key, command.position)
-        if step.WhichOneof("outcome") == "failure":
+    def _on_step_completed(self, step: pb.StepCompleted) -> None:
+        key = step.key
+        command = self._step_command(step.position, key, "step_completed", step.name)
+        if key:
+            self._history.tag_step(self._history.last(), key, command.position)
+        if step.HasField("failure"):
             self._pending.pop(command.position, None)
             if not command.future.done():
                 command.future.set_exception(error_from_failure(step.failure))
         else:
             if command.compensate_with is not None:
                 self._compensations.append(command)
-            self._resolve(command, decode_payload(step.result))
+            value = decode_payload(step.result)
+            del self._pending[command.position]  # _resolve, less a call
+            command.future.set_result(value)  # found not done, above
 
-    def _on_step_attempt_failed(self, attempt: pb.StepAttemptFailed, entry: Entry) -> None:
+    def _on_step_attempt_failed(self, attempt: pb.StepAttemptFailed) -> None:
         command = self._step_command(
             attempt.position, attempt.key, "step_attempt_failed", attempt.name
         )
-        self._history.tag_step(entry, attempt.key, command.position)
+        self._history.tag_step(self._history.last(), attempt.key, command.position)
         command.attempts = attempt.attempt
         command.retry_at_ms = attempt.retry_at_ms
 
@@ -228,6 +241,13 @@ class EventApplier(ExecutionState):
     def _step_command(self, position: int, key: str, logged: str, name: str) -> SaveCommand:
         """The save a step record belongs to: by key for keyed steps, else by position."""
         if not key:
+            command = self._pending.get(position)
+            if (
+                type(command) is SaveCommand
+                and not command.future.done()
+                and same_step(name, command.name)
+            ):
+                return command  # the usual case, checked as _expect would
             return self._expect(position, SaveCommand, logged, name)
         keyed = [
             command
@@ -283,7 +303,7 @@ class EventApplier(ExecutionState):
             self._call_user(callback, value)
         queue = self._queues[name]
         queue.append((value, entry))
-        for command in sorted(self._pending.values(), key=lambda c: c.position):
+        for command in list(self._pending.values()):  # in position order: see _settle
             if command.future.done():
                 continue
             if isinstance(command, ReceiveCommand) and command.name == name and queue:
@@ -317,7 +337,9 @@ class EventApplier(ExecutionState):
         if self._ended():
             self._record(self._terminal_event())
             return
-        for command in sorted(self._pending.values(), key=lambda c: c.position):
+        # Pending commands are in position order without a sort: each is added as issued,
+        # with the next position (Primitives._register).
+        for command in list(self._pending.values()):
             if (
                 isinstance(command, TimedCommand)
                 and command.seconds is not None

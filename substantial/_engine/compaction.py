@@ -20,6 +20,7 @@ applies it; the tagging rules live here, next to the rules that use them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from substantial._core import constants
 from substantial.errors import CompactionError
@@ -103,7 +104,10 @@ class History:
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
-        self.entries: list[Entry] = []
+        #: the applied events: an event becomes an Entry once tagged (:meth:`last`) or
+        #: read (:attr:`entries`), not at :meth:`add`, once per event a replay applies
+        self._items: list[Entry | pb.Event] = []
+        self._made = 0  # the items before this index are all entries
         self.compact_requested = False
         self.compactions = 0
         self._order = 0
@@ -112,11 +116,29 @@ class History:
         self._keyed = False  # whether a checked entry was keyed
         self._handler_keys: dict[str, str] = {}
 
-    def add(self, event: pb.Event) -> Entry:
+    @property
+    def entries(self) -> list[Entry]:
+        """The applied events, as compacted at the last :meth:`compact`."""
+        items, made = self._items, self._made
+        first = self._order - (len(items) - made)  # the order of items[made]
+        for index in range(made, len(items)):
+            item = items[index]
+            if not isinstance(item, Entry):
+                items[index] = Entry(item, first + index - made)
+        self._made = len(items)
+        return cast(list[Entry], items)
+
+    def add(self, event: pb.Event) -> None:
         """Append an applied event, untagged so far."""
-        entry = Entry(event, self._order)
+        self._items.append(event)
         self._order += 1
-        self.entries.append(entry)
+
+    def last(self) -> Entry:
+        """The entry of the event added last (to tag it)."""
+        item = self._items[-1]
+        if isinstance(item, Entry):
+            return item
+        entry = self._items[-1] = Entry(item, self._order - 1)
         return entry
 
     def tag_step(self, entry: Entry, key: str, position: int) -> None:
@@ -160,8 +182,8 @@ class History:
         self._checked = len(self.entries)
         if len(self.entries) < self._compacted_size + constants.COMPACT_MIN_RECORDS:
             return  # a later call compacts; any call is as good a point as another
-        self.entries = compacted(self.entries)
-        self._compacted_size = self._checked = len(self.entries)
+        self._items = list[Entry | pb.Event](compacted(self.entries))
+        self._compacted_size = self._checked = self._made = len(self._items)
         self.compact_requested = True
 
     def take_compacted(self) -> list[pb.Event]:

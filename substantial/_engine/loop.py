@@ -28,7 +28,7 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
         *args: Any,
         context: contextvars.Context | None = None,
     ) -> asyncio.Handle:
-        handle = asyncio.Handle(callback, args, self, context)
+        handle = _Handle(callback, args, self, context)
         self._ready.append(handle)
         return handle
 
@@ -55,8 +55,8 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
     def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
         return asyncio.Task(coro, loop=self, **kwargs)
 
-    def get_debug(self) -> bool:
-        return False
+    # bool() is False: a C call, not a Python one, for each future and task made
+    get_debug = staticmethod(bool)
 
     def is_running(self) -> bool:
         return True
@@ -71,16 +71,46 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
 
     def run_ready(self) -> None:
         """Run callbacks until every workflow task is blocked on something."""
+        ready = self._ready
+        if not ready:
+            return
         outer = asyncio.events._get_running_loop()
         asyncio.events._set_running_loop(self)
         try:
-            ready = self._ready
             while ready:
                 handle = ready.popleft()
-                if not handle.cancelled():
-                    handle._run()
+                if handle._cancelled:
+                    continue
+                try:  # Handle._run, less a call
+                    handle._context.run(handle._callback, *handle._args)  # type: ignore[attr-defined]
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException:  # what call_exception_handler would be given
+                    pass
         finally:
             asyncio.events._set_running_loop(outer)
+
+
+class _Handle(asyncio.Handle):
+    """A ready callback, made without ``Handle.__init__``'s debug look-up (one per event
+    a replay applies)."""
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        loop: asyncio.AbstractEventLoop,
+        context: contextvars.Context | None,
+    ) -> None:
+        self._context = contextvars.copy_context() if context is None else context
+        self._loop = loop
+        self._callback = callback
+        self._args = args
+        self._cancelled = False
+        self._repr = None
+        self._source_traceback = None
 
 
 def _refuse(name: str) -> Callable[..., Any]:

@@ -58,7 +58,7 @@ class Primitives(EventApplier):
         self.versions: dict[str, bool] = {}
 
     def _command_future(self) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = self._loop.create_future()
+        future: asyncio.Future[Any] = asyncio.Future(loop=self._loop)
         if self._closing:
             future.set_exception(Suspend())
         return future
@@ -82,8 +82,10 @@ class Primitives(EventApplier):
         key: str | None = None,
         limit: str | None = None,
     ) -> asyncio.Future[Any]:
+        position = self._next_position  # _position(), less a call: one per step
+        self._next_position = position + 1
         command = SaveCommand(
-            self._position(),
+            position,
             self._command_future(),
             fn=fn,
             name=callable_name(fn),

@@ -9,8 +9,10 @@ The key layout: every key substantial stores, built and parsed here and nowhere 
     runs/{run}/inbox/{ms:015d}-{id}     InboxEntry: sent, not yet merged into the log
     runs/{run}/quarantine/{ms}-{id}     an inbox entry set aside: unreadable, or undecodable
     runs/{run}/forks/{fork}             ForkRecord: a fork of this run (its log is the truth)
-    schedule/{due_ms:015d}-{run}~{tag}  ScheduleEntry: look at this run at that time
-    queues/{queue}/schedule/{due}-...   the same, for a run of a queue other than "default"
+    schedule/at/{bucket}/{due_ms:015d}-{run}~{tag}
+                                        ScheduleEntry: look at this run at that time; the
+                                        bucket is four folders of the due time (below)
+    queues/{queue}/schedule/at/...      the same, for a run of a queue other than "default"
     schedule/!paused                    the queue is paused (Conductor.pause_queue); in
                                         each queue's index, before every entry
     leases/{run}                        Lease: who works on the run, until when
@@ -29,6 +31,18 @@ queue ``default`` keeps the ``schedule/`` prefix, so entries written before queu
 are still served (docs/decisions.md). A tag may end in ``.`` and eight hex digits of the
 run's workflow name (:class:`Route`): an agent skips entries of workflows it does not
 know, without reading anything; an entry without them is for any agent of the queue.
+
+A schedule key's bucket is ``{due // 10**10:05d}/{due // 10**8 % 100:02d}/{due // 10**6 %
+100:02d}/{due // 10**4 % 100:02d}``: folders of about 116 days, 28 hours, 17 minutes and 10
+seconds, so keys sort by due time and a time range is a few folders. A poll lists the
+index only up to a bound a little past now (:func:`schedule_bound`,
+:meth:`Backend.list_before`): on the files backend, where one listing reads whole folders,
+it reads the paused mark, the folders of the past and present (emptied ones are removed as
+it passes) and never a folder of the future, so an idle poll costs the same with 10 or
+300,000 runs sleeping (docs/decisions.md). Entries written before buckets existed, straight
+under the index as ``{due_ms:015d}-{run}~{tag}``, sort before ``at/`` and are still served:
+the poll reads them first, and once it meets one not yet due it lists ``at/`` on its own
+(unless its page already reached it).
 
 A schedule key carries a tag after ``~``: ``t`` for the run's own next wake-up (written
 with create, so repeating it is harmless); every other entry (a start, a send, a hold-off,
@@ -49,6 +63,7 @@ __all__ = [
     "ATTRS_PREFIX",
     "BLOBS_PREFIX",
     "BLOB_MARKS_PREFIX",
+    "BUCKETS",
     "DEFAULT_QUEUE",
     "DEFAULT_ROUTE",
     "QUEUES_PREFIX",
@@ -66,10 +81,12 @@ __all__ = [
     "blob_ref_prefix",
     "check_name",
     "cron_key",
+    "flat_schedule_key",
     "fork_key",
     "forks_prefix",
     "inbox_key",
     "inbox_prefix",
+    "is_flat_schedule_key",
     "lease_key",
     "log_prefix",
     "meta_key",
@@ -81,6 +98,7 @@ __all__ = [
     "run_blobs_prefix",
     "run_id_of",
     "run_prefix",
+    "schedule_bound",
     "schedule_key",
     "schedule_parts",
     "schedule_prefix",
@@ -245,8 +263,40 @@ def lease_key(run_id: str) -> str:
     return f"leases/{run_id}"
 
 
+#: Where the time buckets of a schedule index start, below its prefix: after the entries
+#: of the flat layout (digits) and the paused mark (``!``).
+BUCKETS = "at/"
+_BUCKET_CHARS = len("00000/00/00/00/")
+
+
+def _bucket(due_ms: int) -> str:
+    """The folders of a due time: about 116 days, 28 hours, 17 minutes, 10 seconds."""
+    return (
+        f"{due_ms // 10**10:05d}/{due_ms // 10**8 % 100:02d}/"
+        f"{due_ms // 10**6 % 100:02d}/{due_ms // 10**4 % 100:02d}/"
+    )
+
+
 def schedule_key(due_ms: int, run_id: str, tag: str, route: Route = DEFAULT_ROUTE) -> str:
+    due = max(due_ms, 0)
+    name = f"{due:015d}-{run_id}~{tag}{route.suffix}"
+    return f"{schedule_prefix(route.queue)}{BUCKETS}{_bucket(due)}{name}"
+
+
+def flat_schedule_key(due_ms: int, run_id: str, tag: str, route: Route = DEFAULT_ROUTE) -> str:
+    """The key the same entry had before buckets: agents of that version still write it."""
     return f"{schedule_prefix(route.queue)}{max(due_ms, 0):015d}-{run_id}~{tag}{route.suffix}"
+
+
+def schedule_bound(queue: str, until_ms: int) -> str:
+    """A key after every entry of ``queue`` due at ``until_ms`` or before, and before the rest."""
+    until = max(until_ms, 0)
+    return f"{schedule_prefix(queue)}{BUCKETS}{_bucket(until)}{until:015d}."
+
+
+def is_flat_schedule_key(key: str, queue: str = DEFAULT_QUEUE) -> bool:
+    """Whether a key of ``queue``'s index is of the flat layout (written before buckets)."""
+    return not key.startswith(schedule_prefix(queue) + BUCKETS)
 
 
 @dataclass(frozen=True)
@@ -286,14 +336,26 @@ def _queue_of(key: str) -> str:
 
 
 def schedule_parts(key: str) -> tuple[str, str, str] | None:
-    """A schedule key's due time, run id and tag, if it has the shape of one."""
+    """
+    A schedule key's due time, run id and tag, if it has the shape of one (in a time
+    bucket that matches its due time, or in the flat layout of before buckets).
+    """
     if key.startswith(QUEUES_PREFIX):
         _, _, rest = key[len(QUEUES_PREFIX) :].partition("/")
         if not rest.startswith(SCHEDULE_PREFIX):
             return None
         body = rest[len(SCHEDULE_PREFIX) :]
-    else:
+    elif key.startswith(SCHEDULE_PREFIX):
         body = key[len(SCHEDULE_PREFIX) :]
+    else:
+        return None
+    if body.startswith(BUCKETS):
+        bucket, body = (
+            body[len(BUCKETS) : len(BUCKETS) + _BUCKET_CHARS],
+            body[len(BUCKETS) + _BUCKET_CHARS :],
+        )
+        if not body[:15].isdigit() or bucket != _bucket(int(body[:15])):
+            return None
     due, dash, rest = body[:15], body[15:16], body[16:]
     run_id, tilde, tag = rest.rpartition("~")
     if not (due.isdigit() and dash == "-" and tilde):

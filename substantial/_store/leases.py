@@ -1,6 +1,9 @@
 """
 Leases: which agent works on a run, until when. A lease is a hint that keeps agents out
 of each other's way; the log's create-if-absent segments keep the log safe without it.
+So leases are written with ``durable=False``: one undone by a power loss (every agent of
+that machine died with it) only lets another agent in sooner, or holds one off until it
+expires.
 """
 
 from __future__ import annotations
@@ -47,24 +50,23 @@ async def acquire(
     now = clock.now_ms()
     expires = now + ttl_ms
     data = _lease_bytes(owner, expires)
-    version = await backend.create(key, data)
+    version = await backend.create(key, data, durable=False)
     if version is None:
         current = await backend.get(key)
         if current is None:
-            version = await backend.create(key, data)
+            version = await backend.create(key, data, durable=False)
         else:
             if _lease_holds(current[0], run_id, owner, now, ttl_ms):
                 return None
-            version = await backend.replace(key, data, current[1])
+            version = await backend.replace(key, data, current[1], durable=False)
     return None if version is None else Lease(run_id, owner, version, expires)
 
 
 async def renew(backend: Backend, clock: Clock, lease: Lease, ttl_ms: int) -> Lease | None:
     """:return: the renewed lease, or None if it was lost"""
     expires = clock.now_ms() + ttl_ms
-    version = await backend.replace(
-        lease_key(lease.run_id), _lease_bytes(lease.owner, expires), lease.version
-    )
+    data = _lease_bytes(lease.owner, expires)
+    version = await backend.replace(lease_key(lease.run_id), data, lease.version, durable=False)
     return None if version is None else Lease(lease.run_id, lease.owner, version, expires)
 
 
@@ -75,7 +77,7 @@ async def release(backend: Backend, lease: Lease) -> None:
     lease still in the holder's name is the holder's to give up, whatever its version.
     """
     key = lease_key(lease.run_id)
-    if await backend.delete(key, lease.version):
+    if await backend.delete(key, lease.version, durable=False):
         return
     current = await backend.get(key)
     if current is None:
@@ -85,7 +87,7 @@ async def release(backend: Backend, lease: Lease) -> None:
     except DecodeError:
         return
     if held.owner == lease.owner:
-        await backend.delete(key, current[1])
+        await backend.delete(key, current[1], durable=False)
 
 
 async def lease_holder(backend: Backend, run_id: str) -> pb.Lease | None:

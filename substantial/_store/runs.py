@@ -13,8 +13,10 @@ from collections.abc import Sequence
 
 from substantial._core.clock import Clock, VirtualClock, now_ms
 from substantial._core.runids import check_run_id
+from substantial._core.status import FINAL_PB
 from substantial._store import leases, segments
 from substantial._store.keys import (
+    BUCKETS,
     DEFAULT_QUEUE,
     DEFAULT_ROUTE,
     SCHEDULE_PREFIX,
@@ -22,12 +24,14 @@ from substantial._store.keys import (
     ScheduleEntry,
     inbox_key,
     inbox_prefix,
+    is_flat_schedule_key,
     lease_key,
     log_prefix,
     meta_key,
     quarantine_key,
     quarantine_prefix,
     queue_paused_key,
+    schedule_bound,
     schedule_key,
     schedule_parts,
     schedule_prefix,
@@ -189,22 +193,30 @@ class RunStore:
             read none, e.g. a run it just created). The first attempt is then one
             conditional write (``replace`` of that version, or ``create``) instead of a
             read and a write; if the summary changed since, it falls back to reading it.
+
+        Only a summary of a finished run is written durably (``durable``: an ``fsync`` on
+        files): the log restores any other one lost to a power loss (the run's schedule
+        entry wakes an agent that rewrites it), but ``Handle.result`` waits for the
+        summary to say the run ended before it reads the end from the log.
         """
         key = meta_key(meta.run_id)
         data = await seal(self.backend, meta.run_id, meta, self.payloads)
+        durable = meta.status in FINAL_PB
         if current is not None:
             stored, version = current
             if stored is not None and stored.log_seq > meta.log_seq:
                 return None
             if version is None:
-                if (written := await self.backend.create(key, data)) is not None:
+                if (written := await self.backend.create(key, data, durable=durable)) is not None:
                     return written
-            elif (written := await self.backend.replace(key, data, version)) is not None:
+            elif (
+                written := await self.backend.replace(key, data, version, durable=durable)
+            ) is not None:
                 return written
         for _ in range(10):
             entry = await self.backend.get(key)
             if entry is None:
-                if (written := await self.backend.create(key, data)) is not None:
+                if (written := await self.backend.create(key, data, durable=durable)) is not None:
                     return written
                 continue
             try:
@@ -214,7 +226,9 @@ class RunStore:
             else:
                 if stored.log_seq > meta.log_seq:
                     return None
-            if (written := await self.backend.replace(key, data, entry[1])) is not None:
+            if (
+                written := await self.backend.replace(key, data, entry[1], durable=durable)
+            ) is not None:
                 return written
         return None  # ten writers in a row got there first: a hint, the next one wins
 
@@ -250,25 +264,49 @@ class RunStore:
         after: str | None = None,
         limit: int = 64,
         queue: str = DEFAULT_QUEUE,
+        horizon_ms: int | None = None,
         paused: set[str] | None = None,
     ) -> tuple[list[ScheduleEntry], int | None, bool]:
         """
         Schedule entries of ``queue`` due at ``now``, earliest first, reading at most
-        ``limit`` keys.
+        ``limit`` keys (twice that while a page of entries of the flat layout sleeps:
+        see keys.py).
 
+        :param horizon_ms: read no entry due later than this past ``now`` (the time
+            buckets of the future stay unread on the files backend); None: read on
         :param paused: queues seen paused: ``queue`` is added to it or taken out of it, as
             this read (the first page: no ``after``) found it
-
         :return: the due entries; the due time of the first entry not yet due, if one
             was read; and whether more due entries may follow
         """
-        keys = await self.backend.list(schedule_prefix(queue), after=after, limit=limit)
+        prefix = schedule_prefix(queue)
+        before = None if horizon_ms is None else schedule_bound(queue, now + horizon_ms)
+        keys = await self.backend.list_before(prefix, before, after=after, limit=limit)
         if after is None and keys and keys[0] == queue_paused_key(queue):
             if paused is not None:
                 paused.add(queue)
             return [], None, False  # a paused queue: nothing of it is due
         if after is None and paused is not None:
             paused.discard(queue)
+        due, first_later = await self._due_of(keys, now)
+        if first_later is None:
+            return due, None, len(keys) == limit
+        if not is_flat_schedule_key(first_later.key, queue):
+            return due, first_later.due_ms, False
+        # A sleeper of the flat layout: the rest of that layout sleeps too; the buckets next
+        # (already in this page if it holds all the index up to the bound).
+        if len(keys) < limit:
+            keys = [key for key in keys if not is_flat_schedule_key(key, queue)]
+        else:
+            keys = await self.backend.list_before(prefix + BUCKETS, before, limit=limit)
+        bucketed, later = await self._due_of(keys, now)
+        next_due = first_later.due_ms if later is None else min(later.due_ms, first_later.due_ms)
+        return due + bucketed, next_due, later is None and len(keys) == limit
+
+    async def _due_of(
+        self, keys: list[str], now: int
+    ) -> tuple[list[ScheduleEntry], ScheduleEntry | None]:
+        """The entries of ``keys`` due at ``now`` (in order), and the first not due."""
         due: list[ScheduleEntry] = []
         for key in keys:
             entry = ScheduleEntry.parse(key)
@@ -277,9 +315,9 @@ class RunStore:
                     await self._drop_nameless(key)
                 continue
             if entry.due_ms > now:
-                return due, entry.due_ms, False
+                return due, entry
             due.append(entry)
-        return due, None, len(keys) == limit
+        return due, None
 
     async def _drop_nameless(self, key: str) -> None:
         """Delete a schedule key whose run id breaks the rule: it can wake no run."""
@@ -290,8 +328,12 @@ class RunStore:
             log.warning("could not delete schedule key %r: %s", key, exc)
 
     async def delete(self, keys: Sequence[str]) -> None:
-        """Delete ``keys`` concurrently (absent ones are no error)."""
-        await segments.delete_keys(self.backend, keys)
+        """
+        Delete consumed schedule entries or merged inbox entries, concurrently (absent
+        ones are no error), not durably: one that comes back after a power loss wakes
+        its run once more, or is merged again, which the event's id makes a no-op.
+        """
+        await segments.delete_keys(self.backend, keys, durable=False)
 
     # ---- leases (substantial._store.leases) ----
 

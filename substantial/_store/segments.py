@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import anyio
 
@@ -184,8 +185,8 @@ async def write_compacted(
     await delete_keys(backend, [key for key in keys if key < segment_key(run_id, seq)])
 
 
-async def delete_keys(backend: Backend, keys: Sequence[str]) -> None:
+async def delete_keys(backend: Backend, keys: Sequence[str], *, durable: bool = True) -> None:
     """Delete ``keys`` concurrently (absent ones are no error)."""
     async with anyio.create_task_group() as tg:
         for key in keys:
-            tg.start_soon(backend.delete, key)
+            tg.start_soon(partial(backend.delete, key, durable=durable))

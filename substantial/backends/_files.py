@@ -6,9 +6,12 @@ The files backend's ground rules: which keys can name a file, which errno values
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
-from contextlib import suppress
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 
 __all__ = [
     "LOCKS",
@@ -20,15 +23,22 @@ __all__ = [
     "content_version",
     "fsync_dir",
     "key_problem",
+    "locked",
     "read_file",
+    "remove_empty_folders",
     "root_problem",
     "unlink_quietly",
+    "write_temp",
 ]
 
 TMP = ".tmp"
 LOCKS = ".locks"
 RESERVED = frozenset({TMP, LOCKS})
 MAX_NAME_BYTES = 255
+
+#: Keys hash onto this many lock files. Mutual exclusion per key is all a lock must give;
+#: a fixed set keeps the lock files from growing with every key ever written.
+LOCK_STRIPES = 4096
 
 #: errno values that mean "the storage is not usable right now", as opposed to a bug.
 UNAVAILABLE = frozenset(
@@ -64,6 +74,16 @@ def content_version(data: bytes) -> str:
 
 def key_problem(key: str) -> str | None:
     """Why ``key`` cannot name a file under the root, or ``None`` if it can."""
+    if (  # the common case at a glance: short ASCII, no empty, dot or reserved part
+        key.isascii()
+        and len(key) <= MAX_NAME_BYTES
+        and key[:1] not in ("", "/", ".")
+        and key[-1] != "/"
+        and "//" not in key
+        and "/." not in key
+        and "\0" not in key
+    ):
+        return None
     if not key:
         return "it is empty"
     if "\0" in key:
@@ -116,3 +136,51 @@ def root_problem(root: str) -> str:
     if os.path.lexists(root):
         return f"{root} is not a folder"
     return f"the folder {root} does not exist and cannot be made"
+
+
+def write_temp(tmp: str, data: bytes, fsync: bool) -> str:
+    """Write ``data`` to a new file in the folder ``tmp`` (made if need be); its path."""
+    temp = f"{tmp}/{secrets.token_hex(16)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        fd = os.open(temp, flags, 0o666)
+    except FileNotFoundError:
+        os.makedirs(tmp, exist_ok=True)
+        fd = os.open(temp, flags, 0o666)
+    try:
+        with open(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            if fsync:
+                os.fsync(fd)
+    except BaseException:
+        unlink_quietly(temp)
+        raise
+    return temp
+
+
+@contextmanager
+def locked(locks: str, key: str) -> Iterator[None]:
+    """Hold the ``flock`` of ``key``'s lock stripe in the folder ``locks``."""
+    stripe = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest())
+    lock = f"{locks}/{stripe % LOCK_STRIPES:03x}"
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+    try:
+        fd = os.open(lock, flags, 0o666)
+    except FileNotFoundError:
+        os.makedirs(locks, exist_ok=True)
+        fd = os.open(lock, flags, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd is closed, or the process dies
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_empty_folders(top: str) -> None:
+    """Remove ``top`` and the folders below it that hold no file, deepest first."""
+    for folder, _, _ in sorted(os.walk(top), key=lambda found: -len(found[0])):
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty (a file, or a writer got there first), or gone
+            continue

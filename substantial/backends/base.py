@@ -5,6 +5,11 @@ Everything above this module (runs, leases, the schedule, the agent) is written 
 against :class:`Backend`. Keys are ``/``-separated strings of printable ASCII; values are
 arbitrary bytes. A *version* is an opaque string that changes whenever a key's content
 changes, and is what ``replace`` and ``delete`` compare against.
+
+A write with ``durable=False`` is a hint the log can restore (a run's summary, a lease, a
+consumed schedule entry's deletion): a backend may skip flushing it to disk, so a power
+loss right after it may undo it. It is as atomic as any write, and every process sees it
+at once. Only the files backend makes use of it (no ``fsync``).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def put(self, key: str, data: bytes) -> str:
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> str:
         """
         Write a key unconditionally.
 
@@ -60,7 +65,7 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def create(self, key: str, data: bytes) -> str | None:
+    async def create(self, key: str, data: bytes, *, durable: bool = True) -> str | None:
         """
         Write a key only if it does not exist. Of many concurrent creates of one key,
         exactly one succeeds.
@@ -70,7 +75,9 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def replace(self, key: str, data: bytes, version: str) -> str | None:
+    async def replace(
+        self, key: str, data: bytes, version: str, *, durable: bool = True
+    ) -> str | None:
         """
         Overwrite a key only if its version is still ``version``.
 
@@ -79,7 +86,7 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def delete(self, key: str, version: str | None = None) -> bool:
+    async def delete(self, key: str, version: str | None = None, *, durable: bool = True) -> bool:
         """
         Delete a key; with ``version``, only if it is unchanged since that version.
 
@@ -99,6 +106,19 @@ class Backend(abc.ABC):
         :return: full keys, ascending
         :raises BackendUnavailable: if the storage cannot be reached
         """
+
+    async def list_before(
+        self, prefix: str, before: str | None, *, after: str | None = None, limit: int = 1000
+    ) -> builtins.list[str]:
+        """
+        :meth:`list`, for an index whose keys sort by time, when the keys from ``before``
+        on are not wanted: every key before ``before`` is listed as by :meth:`list`, the
+        later ones may be left out (``None``: none are). Here, one :meth:`list` call: a
+        store that lists one page of a big index cheaply returns that page. The files
+        backend, which reads whole folders, stops at the first folder that lies wholly
+        from ``before`` on, and removes the empty folders it passes wholly before it.
+        """
+        return await self.list(prefix, after=after, limit=limit)
 
     async def get_many(self, keys: Sequence[str]) -> builtins.list[Entry | None]:
         """

@@ -1,20 +1,20 @@
 """
-A backend on a local (or shared POSIX) file system: one file per key.
+A backend on a local (or shared POSIX) file system: one file per key, except the keys
+of append logs (a run's log segments), which are records of one file per log.
 
 Layout under ``root``: key ``a/b/c`` is the file ``root/a/b/c``; ``root/.tmp/`` holds
 files being written and ``root/.locks/`` the lock files, so neither name can start a key.
+Key ``runs/r/log/000000000007`` is record 7 of the record file ``root/runs/r/log``
+(:mod:`substantial.backends._records`), unless ``root/runs/r/log`` is a folder: a log
+written one file per key, before record files, stays so.
 """
 
 from __future__ import annotations
 
 import builtins
-import fcntl
-import hashlib
-import heapq
 import os
-import secrets
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, suppress
 from typing import TypeVar
 
 import anyio.to_thread
@@ -22,16 +22,21 @@ import anyio.to_thread
 from substantial.backends._files import (
     LOCKS,
     REFUSED,
-    RESERVED,
     TMP,
     UNAVAILABLE,
     content_version,
     fsync_dir,
     key_problem,
+    locked,
     read_file,
+    remove_empty_folders,
     root_problem,
     unlink_quietly,
+    write_temp,
 )
+from substantial.backends._fsrecords import LegacyLog, RecordKeys
+from substantial.backends._fswalk import WalkScope, walk
+from substantial.backends._records import Families
 from substantial.backends.base import Backend, Entry
 from substantial.errors import BackendRefused, BackendUnavailable
 
@@ -39,9 +44,13 @@ __all__ = ["FSBackend"]
 
 _T = TypeVar("_T")
 
-#: Keys hash onto this many lock files. Mutual exclusion per key is all a lock must give;
-#: a fixed set keeps the lock files from growing with every key ever written.
-_LOCK_STRIPES = 4096
+#: The key families the files backend keeps as records of one append-only file per
+#: folder: the run log (``runs/{run}/log/{seq:012d}``, see ``substantial._store.keys``),
+#: written once per step, create-if-absent, and read whole.
+APPEND_LOGS = ("runs/*/log/",)
+#: How often a write makes its folders again when they vanish under it (each time, a
+#: listing removed one as empty between the write making it and using it).
+_REMAKES = 8
 
 
 class FSBackend(Backend):
@@ -58,21 +67,49 @@ class FSBackend(Backend):
     ``a/b/c`` raises :class:`ValueError` (and the other way round). Empty directories left
     by deletes are kept.
 
+    Keys of the ``append_logs`` families (``runs/*/log/``: ``*`` is one key component)
+    whose name is 12 digits are records of one file per folder instead: a ``create``
+    appends one frame under the folder's lock and costs one ``fdatasync``; ``put``,
+    ``replace`` and ``delete`` append too (a rewrite drops dead frames now and then).
+    The record file takes the folder's name, so such a folder holds record keys only
+    (``runs/r/log/x`` raises :class:`ValueError`).
+
+    A write with ``durable=False`` (a hint the log can rebuild) is not flushed to disk.
+
     :param root: the folder holding the keys; created on first write
     :param fsync: flush files and directories to disk before a write returns. With
         ``fsync=False`` writes are faster but a power loss or kernel crash can lose or
         tear writes that were already reported done, which breaks the log's guarantees:
         use it only for tests and throwaway data
+    :param append_logs: the key families kept as record files (every process sharing
+        ``root`` must use the same)
     """
 
     name = "files"
 
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        fsync: bool = True,
+        append_logs: Sequence[str] = APPEND_LOGS,
+    ) -> None:
         super().__init__()
         self.root = os.path.abspath(os.fspath(root))
         self.fsync = fsync
         self._tmp = os.path.join(self.root, TMP)
         self._locks = os.path.join(self.root, LOCKS)
+        self._families = Families(append_logs)
+        self._records = RecordKeys(
+            self.root,
+            self._tmp,
+            self._families,
+            fsync=fsync,
+            locked=self._locked,
+            make_parents=self._make_parents,
+            sync_dir=self._sync_dir,
+        )
+        self._scope = WalkScope(self.root, self._families, self._records)
 
     def __repr__(self) -> str:
         return f"FSBackend({self.root!r}, fsync={self.fsync})"
@@ -85,17 +122,15 @@ class FSBackend(Backend):
 
         :raises ValueError: if ``key`` is illegal or clashes with a stored key
         """
-        path = self._path(key)
-        self.requests["get"] += 1
-        return await self._run("get", lambda: self._get(path))
+        return (await self.get_many([key]))[0]
 
     async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
         """Read several keys in one worker-thread call; see :meth:`Backend.get_many`."""
         paths = [self._path(key) for key in keys]
         self.requests["get"] += len(paths)
-        return await self._run("get", lambda: [self._get(path) for path in paths])
+        return await self._run("get", lambda: self._records.get_keys(keys, paths))
 
-    async def put(self, key: str, data: bytes) -> str:
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> str:
         """
         Write a key unconditionally; see :meth:`Backend.put`.
 
@@ -103,19 +138,22 @@ class FSBackend(Backend):
         """
         path = self._path(key)
         self.requests["put"] += 1
-        return await self._run("put", lambda: self._put(key, path, data))
+        return await self._run("put", lambda: self._put(key, path, data, durable))
 
-    async def create(self, key: str, data: bytes) -> str | None:
+    async def create(self, key: str, data: bytes, *, durable: bool = True) -> str | None:
         """
-        Write a key only if absent; see :meth:`Backend.create`.
+        Write a key only if absent; see :meth:`Backend.create`. A record key's create is
+        always durable: it is a log's fencing point.
 
         :raises ValueError: if ``key`` is illegal or clashes with a stored key
         """
         path = self._path(key)
         self.requests["create"] += 1
-        return await self._run("create", lambda: self._create(key, path, data))
+        return await self._run("create", lambda: self._create(key, path, data, durable))
 
-    async def replace(self, key: str, data: bytes, version: str) -> str | None:
+    async def replace(
+        self, key: str, data: bytes, version: str, *, durable: bool = True
+    ) -> str | None:
         """
         Overwrite a key at ``version``; see :meth:`Backend.replace`.
 
@@ -123,9 +161,9 @@ class FSBackend(Backend):
         """
         path = self._path(key)
         self.requests["replace"] += 1
-        return await self._run("replace", lambda: self._replace(key, path, data, version))
+        return await self._run("replace", lambda: self._replace(key, path, data, version, durable))
 
-    async def delete(self, key: str, version: str | None = None) -> bool:
+    async def delete(self, key: str, version: str | None = None, *, durable: bool = True) -> bool:
         """
         Delete a key; see :meth:`Backend.delete`.
 
@@ -133,7 +171,7 @@ class FSBackend(Backend):
         """
         path = self._path(key)
         self.requests["delete"] += 1
-        return await self._run("delete", lambda: self._delete(key, path, version))
+        return await self._run("delete", lambda: self._delete(key, path, version, durable))
 
     async def list(self, prefix: str, *, after: str | None = None, limit: int = 1000) -> list[str]:
         """
@@ -145,15 +183,29 @@ class FSBackend(Backend):
         self.requests["list"] += 1
         return await self._run("list", lambda: self._list(prefix, after, limit))
 
+    async def list_before(
+        self, prefix: str, before: str | None, *, after: str | None = None, limit: int = 1000
+    ) -> builtins.list[str]:
+        """
+        List keys under ``prefix`` before ``before``; see :meth:`Backend.list_before`.
+
+        Folders wholly from ``before`` on are not opened (a poll reads no future folder);
+        empty ones wholly before it are removed (a writer remakes a folder it loses).
+        """
+        self.requests["list"] += 1
+        return await self._run("list", lambda: self._list(prefix, after, limit, before))
+
     async def prune(self, prefix: str) -> None:
         """Remove the folders under ``prefix`` (and its own) that hold no file."""
         folder = self._path(prefix.rstrip("/"))
-        await self._run("prune", lambda: _remove_empty_folders(folder))
+        await self._run("prune", lambda: remove_empty_folders(folder))
 
     # -- helpers run on the event loop -------------------------------------------------
 
     def _path(self, key: str) -> str:
         problem = key_problem(key)
+        if problem is None and self._families.folder(key):
+            problem = "it names a log folder, kept by the files backend as one file"
         if problem is not None:
             raise ValueError(f"illegal key {key!r}: {problem}")
         return f"{self.root}/{key}"
@@ -173,18 +225,13 @@ class FSBackend(Backend):
 
     # -- helpers run in a worker thread ------------------------------------------------
 
-    def _get(self, path: str) -> Entry | None:
-        data = read_file(path)
-        return None if data is None else (data, content_version(data))
-
-    def _create(self, key: str, path: str, data: bytes) -> str | None:
-        temp = self._write_temp(data)
+    def _create(self, key: str, path: str, data: bytes, durable: bool) -> str | None:
+        if (record := self._families.locate(key)) is not None:
+            with suppress(LegacyLog):
+                return self._records.create(*record, data)
+        temp = self._write_temp(data, durable)
         try:
-            try:
-                os.link(temp, path)
-            except FileNotFoundError:
-                self._make_parents(key)
-                os.link(temp, path)
+            self._with_parents(key, lambda: os.link(temp, path))
         except FileExistsError:
             if os.path.isdir(path):
                 raise self._conflict(key) from None
@@ -193,23 +240,33 @@ class FSBackend(Backend):
             raise self._conflict(key) from exc
         finally:
             unlink_quietly(temp)
-        self._sync_dir(os.path.dirname(path))
+        if durable:
+            self._sync_dir(os.path.dirname(path))
         return content_version(data)
 
-    def _put(self, key: str, path: str, data: bytes) -> str:
+    def _put(self, key: str, path: str, data: bytes, durable: bool) -> str:
+        if (record := self._families.locate(key)) is not None:
+            with suppress(LegacyLog):
+                return self._records.put(*record, data, durable)
         with self._locked(key):
-            self._install(key, path, data)
+            self._install(key, path, data, durable)
         return content_version(data)
 
-    def _replace(self, key: str, path: str, data: bytes, version: str) -> str | None:
+    def _replace(self, key: str, path: str, data: bytes, version: str, durable: bool) -> str | None:
+        if (record := self._families.locate(key)) is not None:
+            with suppress(LegacyLog):
+                return self._records.replace(*record, data, version, durable)
         with self._locked(key):
             current = read_file(path)
             if current is None or content_version(current) != version:
                 return None
-            self._install(key, path, data)
+            self._install(key, path, data, durable)
         return content_version(data)
 
-    def _delete(self, key: str, path: str, version: str | None) -> bool:
+    def _delete(self, key: str, path: str, version: str | None, durable: bool) -> bool:
+        if (record := self._families.locate(key)) is not None:
+            with suppress(LegacyLog):
+                return self._records.delete(*record, version, durable)
         with self._locked(key):
             if version is not None:
                 current = read_file(path)
@@ -219,93 +276,55 @@ class FSBackend(Backend):
                 os.unlink(path)
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 return False
-            self._sync_dir(os.path.dirname(path))
+            if durable:
+                self._sync_dir(os.path.dirname(path))
         return True
 
-    def _list(self, prefix: str, after: str | None, limit: int) -> builtins.list[str]:
+    def _list(
+        self, prefix: str, after: str | None, limit: int, before: str | None = None
+    ) -> builtins.list[str]:
         head, slash, partial = prefix.rpartition("/")
         if limit <= 0 or "\0" in partial or (slash and key_problem(head) is not None):
             return []  # no legal key starts with this prefix
         folder = f"{self.root}/{head}" if slash else self.root
+        found = walk(self._scope, folder, head + slash, partial, after, before)
+        if slash and self._families.folder(head):
+            with suppress(LegacyLog):
+                found = self._records.keys(head, partial, after)
         keys: list[str] = []
-        for key in self._walk(folder, head + slash, partial, after):
+        for key in found:
             keys.append(key)
             if len(keys) == limit:
                 break
         return keys
 
-    def _walk(self, folder: str, base: str, partial: str, after: str | None) -> Iterator[str]:
-        """
-        Keys under ``folder`` (named ``base`` + entry) whose entry name starts with
-        ``partial``, greater than ``after``, in order.
-
-        A subfolder ``x`` sorts as ``x/``: every key under it starts with that, and no
-        entry name contains ``/``, so comparing the entries' ``x/`` with file names orders
-        whole keys correctly (``x-1`` < ``x/a``, since ``-`` < ``/``).
-        """
-        candidates: list[tuple[str, bool]] = []
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    name = entry.name
-                    if not name.startswith(partial) or (not base and name in RESERVED):
-                        continue
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                    full = base + name + "/" if is_dir else base + name
-                    # Skip what lies wholly at or before `after`; enter a folder `after` is in.
-                    if (
-                        after is not None
-                        and full <= after
-                        and not (is_dir and after.startswith(full))
-                    ):
-                        continue
-                    candidates.append((full, is_dir))
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        # A heap rather than a sort: a page of `limit` keys from a big folder is O(n).
-        heapq.heapify(candidates)
-        while candidates:
-            full, is_dir = heapq.heappop(candidates)
-            if is_dir:
-                yield from self._walk(f"{self.root}/{full[:-1]}", full, "", after)
-            else:
-                yield full
-
-    def _write_temp(self, data: bytes) -> str:
-        temp = f"{self._tmp}/{secrets.token_hex(16)}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        try:
-            fd = os.open(temp, flags, 0o666)
-        except FileNotFoundError:
-            os.makedirs(self._tmp, exist_ok=True)
-            fd = os.open(temp, flags, 0o666)
-        try:
-            with open(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                if self.fsync:
-                    os.fsync(fd)
-        except BaseException:
-            unlink_quietly(temp)
-            raise
-        return temp
-
-    def _install(self, key: str, path: str, data: bytes) -> None:
+    def _install(self, key: str, path: str, data: bytes, durable: bool) -> None:
         """Atomically make ``path`` hold ``data``; the caller holds the key's lock."""
-        temp = self._write_temp(data)
+        temp = self._write_temp(data, durable)
         try:
-            try:
-                os.replace(temp, path)
-            except FileNotFoundError:
-                self._make_parents(key)
-                os.replace(temp, path)
+            self._with_parents(key, lambda: os.replace(temp, path))
         except (NotADirectoryError, IsADirectoryError) as exc:
             unlink_quietly(temp)
             raise self._conflict(key) from exc
         except BaseException:
             unlink_quietly(temp)
             raise
-        self._sync_dir(os.path.dirname(path))
+        if durable:
+            self._sync_dir(os.path.dirname(path))
+
+    def _with_parents(self, key: str, write: Callable[[], None]) -> None:
+        """
+        ``write`` the key's file, making its folders if they are missing, and again if a
+        listing removed one as empty meanwhile (:meth:`list_before`).
+        """
+        for attempt in range(_REMAKES + 1):
+            try:
+                return write()
+            except FileNotFoundError:
+                if attempt == _REMAKES:
+                    raise
+            with suppress(FileNotFoundError):  # a parent removed as it was made
+                self._make_parents(key)
 
     def _make_parents(self, key: str) -> None:
         os.makedirs(self.root, exist_ok=True)
@@ -319,21 +338,11 @@ class FSBackend(Backend):
             # The new folder exists durably only once its parent's entry is flushed.
             self._sync_dir(parent)
 
-    @contextmanager
-    def _locked(self, key: str) -> Iterator[None]:
-        stripe = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest())
-        lock = f"{self._locks}/{stripe % _LOCK_STRIPES:03x}"
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-        try:
-            fd = os.open(lock, flags, 0o666)
-        except FileNotFoundError:
-            os.makedirs(self._locks, exist_ok=True)
-            fd = os.open(lock, flags, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd is closed
-            yield
-        finally:
-            os.close(fd)
+    def _write_temp(self, data: bytes, durable: bool) -> str:
+        return write_temp(self._tmp, data, self.fsync and durable)
+
+    def _locked(self, key: str) -> AbstractContextManager[None]:
+        return locked(self._locks, key)
 
     def _sync_dir(self, path: str) -> None:
         if self.fsync:
@@ -344,12 +353,3 @@ class FSBackend(Backend):
             f"key {key!r} cannot be stored by the files backend: a key and keys below it "
             "(like 'a/b' and 'a/b/c') cannot both exist"
         )
-
-
-def _remove_empty_folders(top: str) -> None:
-    """Remove ``top`` and the folders below it that hold no file, deepest first."""
-    for folder, _, _ in sorted(os.walk(top), key=lambda found: -len(found[0])):
-        try:
-            os.rmdir(folder)
-        except OSError:  # not empty (a file, or a writer got there first), or gone
-            continue

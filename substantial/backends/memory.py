@@ -54,13 +54,13 @@ class MemoryBackend(Backend):
         await anyio.lowlevel.checkpoint()
         return [self._data.get(key) for key in keys]
 
-    async def put(self, key: str, data: bytes) -> str:
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> str:
         """Write a key unconditionally; see :meth:`Backend.put`."""
         self.requests["put"] += 1
         await anyio.lowlevel.checkpoint()
         return self._store(key, data)
 
-    async def create(self, key: str, data: bytes) -> str | None:
+    async def create(self, key: str, data: bytes, *, durable: bool = True) -> str | None:
         """Write a key only if it is absent; see :meth:`Backend.create`."""
         self.requests["create"] += 1
         await anyio.lowlevel.checkpoint()
@@ -68,7 +68,9 @@ class MemoryBackend(Backend):
             return None
         return self._store(key, data)
 
-    async def replace(self, key: str, data: bytes, version: str) -> str | None:
+    async def replace(
+        self, key: str, data: bytes, version: str, *, durable: bool = True
+    ) -> str | None:
         """Overwrite a key only if its version is ``version``; see :meth:`Backend.replace`."""
         self.requests["replace"] += 1
         await anyio.lowlevel.checkpoint()
@@ -77,7 +79,7 @@ class MemoryBackend(Backend):
             return None
         return self._store(key, data)
 
-    async def delete(self, key: str, version: str | None = None) -> bool:
+    async def delete(self, key: str, version: str | None = None, *, durable: bool = True) -> bool:
         """Delete a key, optionally only at ``version``; see :meth:`Backend.delete`."""
         self.requests["delete"] += 1
         await anyio.lowlevel.checkpoint()

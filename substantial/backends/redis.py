@@ -7,7 +7,8 @@ Layout, for a backend with ``prefix="substantial"``::
     substantial:keys       sorted set of every full key above, all with score 0
 
 Listing is ``ZRANGEBYLEX`` on the index (never ``KEYS`` or ``SCAN``). Every write that
-touches a value and the index is one Lua script, so the two never disagree. A version is
+touches a value and the index is one Lua script, so the two never disagree. Commands
+issued in the same event-loop tick share one pipeline (see ``_redis_batch``). A version is
 the SHA-1 hex digest of the content (``redis.sha1hex`` in Lua, :func:`hashlib.sha1` here),
 so any client can compute it without reading extra metadata.
 
@@ -18,14 +19,13 @@ single Redis (or a primary with replicas), not Redis Cluster.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
 from redis.exceptions import (
     BusyLoadingError,
     NoPermissionError,
@@ -37,6 +37,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from substantial.backends._redis_batch import Batcher, Closed
 from substantial.backends.base import Backend, Entry
 from substantial.errors import BackendError, BackendRefused, BackendUnavailable
 
@@ -51,8 +52,6 @@ def _refusal(exc: ResponseError) -> bool:
     text = str(exc)
     return any(text.startswith(p) or f" {p}" in text or f"-{p}" in text for p in _REFUSALS)
 
-
-T = TypeVar("T")
 
 # KEYS[1] = value key (also its index member), KEYS[2] = index; ARGV[1] = data.
 _CREATE = """
@@ -166,10 +165,16 @@ class RedisBackend(Backend):
         self._value_prefix = f"{prefix}:k:".encode()
         self._index = f"{prefix}:keys".encode()
         self._closed = False
-        self._create = self._client.register_script(_CREATE)
-        self._put = self._client.register_script(_PUT)
-        self._replace = self._client.register_script(_REPLACE)
-        self._delete = self._client.register_script(_DELETE)
+        sources = (_CREATE, _PUT, _REPLACE, _DELETE)
+        self._create, self._put, self._replace, self._delete = map(
+            _version, map(str.encode, sources)
+        )
+        self._batch = Batcher(
+            self._client,
+            {_version(source.encode()): source for source in sources},
+            wait_replicas=wait_replicas,
+            wait_timeout=wait_timeout,
+        )
 
     def __repr__(self) -> str:
         return f"RedisBackend(prefix={self.prefix!r})"
@@ -194,26 +199,23 @@ class RedisBackend(Backend):
         except RedisError as exc:
             raise BackendError(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
 
-    async def _write(self, op: str, script: AsyncScript, keys: list[bytes], args: list[Any]) -> Any:
+    async def _write(self, op: str, script: str, keys: list[bytes], args: list[Any]) -> Any:
         """
-        Run a write script, and with ``wait_replicas`` a ``WAIT`` on the same connection
-        (one pipeline, one round trip plus the replicas' acknowledgement).
+        Run a write script (``EVALSHA``), batched with the commands of the same tick; with
+        ``wait_replicas`` the batch ends with one ``WAIT`` (the replicas' acknowledgement).
         """
         async with self._request(op):
-            if not self.wait_replicas:
-                return await script(keys=keys, args=args)
-            async with self._client.pipeline(transaction=False) as pipe:
-                await script(keys=keys, args=args, client=pipe)
-                pipe.wait(self.wait_replicas, round(self.wait_timeout * 1000))
-                result, acknowledged = await pipe.execute()
-        if acknowledged < self.wait_replicas:
+            result, acknowledged = await self._batch.call(
+                "EVALSHA", script, len(keys), *keys, *args, write=True
+            )
+        if acknowledged is not None and acknowledged < self.wait_replicas:
             raise BackendUnavailable(
                 self.name, op, f"{acknowledged} of {self.wait_replicas} replicas acknowledged "
                 f"the write within {self.wait_timeout:g}s; a failover could lose it",
             )  # fmt: skip
         return result
 
-    async def _read(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _read(self, op: str, *command: Any) -> Any:
         """
         Run a read-only command, once more if its connection turns out to be dead.
 
@@ -223,13 +225,15 @@ class RedisBackend(Backend):
         """
         try:
             async with self._request(op):
-                return await call()
+                return (await self._batch.call(*command))[0]
         except BackendUnavailable as exc:
             cause = exc.__cause__
-            if not isinstance(cause, RedisConnectionError) or isinstance(cause, BusyLoadingError):
+            if not isinstance(cause, RedisConnectionError) or isinstance(
+                cause, BusyLoadingError | Closed
+            ):
                 raise
         async with self._request(op):
-            return await call()
+            return (await self._batch.call(*command))[0]
 
     async def get(self, key: str) -> Entry | None:
         """
@@ -238,9 +242,7 @@ class RedisBackend(Backend):
         :return: ``(data, version)``, or ``None`` if the key does not exist
         :raises BackendUnavailable: if Redis cannot be reached
         """
-        data = cast(
-            "bytes | None", await self._read("get", lambda: self._client.get(self._key(key)))
-        )
+        data = cast("bytes | None", await self._read("get", "GET", self._key(key)))
         return None if data is None else (data, _version(data))
 
     async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
@@ -253,12 +255,10 @@ class RedisBackend(Backend):
         if not keys:
             return []
         names = [self._key(key) for key in keys]
-        values = cast(
-            "list[bytes | None]", await self._read("get_many", lambda: self._client.mget(names))
-        )
+        values = cast("list[bytes | None]", await self._read("get_many", "MGET", *names))
         return [None if data is None else (data, _version(data)) for data in values]
 
-    async def put(self, key: str, data: bytes) -> str:
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> str:
         """
         Write a key unconditionally (``SET`` + ``ZADD`` in one script).
 
@@ -268,7 +268,7 @@ class RedisBackend(Backend):
         await self._write("put", self._put, [self._key(key), self._index], [data])
         return _version(data)
 
-    async def create(self, key: str, data: bytes) -> str | None:
+    async def create(self, key: str, data: bytes, *, durable: bool = True) -> str | None:
         """
         Write a key only if it is absent (``SET NX`` + ``ZADD`` in one script).
 
@@ -279,7 +279,9 @@ class RedisBackend(Backend):
         created = await self._write("create", self._create, [self._key(key), self._index], [data])
         return _version(data) if created else None
 
-    async def replace(self, key: str, data: bytes, version: str) -> str | None:
+    async def replace(
+        self, key: str, data: bytes, version: str, *, durable: bool = True
+    ) -> str | None:
         """
         Overwrite a key only if its content still hashes to ``version``.
 
@@ -291,7 +293,7 @@ class RedisBackend(Backend):
         replaced = await self._write("replace", self._replace, keys, [data, version])
         return _version(data) if replaced else None
 
-    async def delete(self, key: str, version: str | None = None) -> bool:
+    async def delete(self, key: str, version: str | None = None, *, durable: bool = True) -> bool:
         """
         Delete a key and its index entry; with ``version``, only if it is unchanged.
 
@@ -318,13 +320,8 @@ class RedisBackend(Backend):
         start = b"[" + low
         if after is not None and self._key(after) >= low:
             start = b"(" + self._key(after)
-        members = cast(
-            "list[bytes]",
-            await self._read(
-                "list",
-                lambda: self._client.zrangebylex(self._index, start, high, start=0, num=limit),
-            ),
-        )
+        command = ("ZRANGEBYLEX", self._index, start, high, "LIMIT", 0, limit)
+        members = cast("list[bytes]", await self._read("list", *command))
         cut = len(self._value_prefix)
         return [member[cut:].decode() for member in members]
 
@@ -333,4 +330,5 @@ class RedisBackend(Backend):
         if self._closed:
             return
         self._closed = True
+        await self._batch.aclose()
         await self._client.aclose()

@@ -28,11 +28,14 @@ from substantial.errors import BackendError, BackendRefused, BackendUnavailable
 
 __all__ = ["S3Backend"]
 
-#: Few retries inside botocore: the agent above backs off with jitter itself.
+#: Few retries inside botocore: the agent above backs off with jitter itself. At 20-70 ms
+#: a request, botocore's default pool of 10 connections caps one client at a few hundred
+#: requests a second, whatever the number of runs in flight: keep many requests in flight.
 _DEFAULT_CONFIG = Config(
     retries={"max_attempts": 2, "mode": "standard"},
     connect_timeout=5,
     read_timeout=20,
+    max_pool_connections=128,
 )
 
 _NO_CREDENTIALS = (
@@ -81,7 +84,7 @@ class S3Backend(Backend):
     :param region: the region name; default from the AWS configuration
     :param client_options: passed to ``aioboto3.Session().client("s3", ...)``; a
         ``config`` given here is merged over this backend's (2 attempts, 5 s connect and
-        20 s read timeouts)
+        20 s read timeouts, 128 connections in the pool)
     """
 
     name = "s3"
@@ -216,7 +219,7 @@ class S3Backend(Backend):
             raise self._unexpected("get", exc) from exc
         return data, str(response["ETag"])
 
-    async def put(self, key: str, data: bytes) -> str:
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> str:
         """
         Write a key unconditionally with one ``PutObject``.
 
@@ -233,7 +236,7 @@ class S3Backend(Backend):
             raise self._unexpected("put", exc) from exc
         return str(response["ETag"])
 
-    async def create(self, key: str, data: bytes) -> str | None:
+    async def create(self, key: str, data: bytes, *, durable: bool = True) -> str | None:
         """
         Write a key only if absent: ``PutObject`` with ``If-None-Match: *``.
 
@@ -254,7 +257,9 @@ class S3Backend(Backend):
             raise self._unexpected("create", exc) from exc
         return str(response["ETag"])
 
-    async def replace(self, key: str, data: bytes, version: str) -> str | None:
+    async def replace(
+        self, key: str, data: bytes, version: str, *, durable: bool = True
+    ) -> str | None:
         """
         Overwrite a key only if its ETag is still ``version``: ``PutObject`` with
         ``If-Match``.
@@ -275,7 +280,7 @@ class S3Backend(Backend):
             raise self._unexpected("replace", exc) from exc
         return str(response["ETag"])
 
-    async def delete(self, key: str, version: str | None = None) -> bool:
+    async def delete(self, key: str, version: str | None = None, *, durable: bool = True) -> bool:
         """
         Delete a key; with ``version``, only if its ETag is unchanged (``DeleteObject``
         with ``If-Match``).

@@ -227,8 +227,8 @@ async def test_listing_one_folder_reads_only_that_folder(
     store = FSBackend(root, fsync=False)
     for i in range(5):
         await store.create(f"schedule/{i:015d}-r{i}", b"")
-        await store.create(f"runs/r{i}/log/000000000000", b"")
-    await store.create("runs/r1/log/000000000001", b"")
+        await store.create(f"runs/r{i}/inbox/000000000000", b"")
+    await store.create("runs/r1/inbox/000000000001", b"")
     scanned: list[str] = []
     real_scandir = os.scandir
 
@@ -238,11 +238,11 @@ async def test_listing_one_folder_reads_only_that_folder(
 
     monkeypatch.setattr(os, "scandir", recording_scandir)
     assert len(await store.list("schedule/00000000000000")) == 5
-    assert await store.list("runs/r1/log/") == [
-        "runs/r1/log/000000000000",
-        "runs/r1/log/000000000001",
+    assert await store.list("runs/r1/inbox/") == [
+        "runs/r1/inbox/000000000000",
+        "runs/r1/inbox/000000000001",
     ]
-    assert scanned == ["schedule", "runs/r1/log"]
+    assert scanned == ["schedule", "runs/r1/inbox"]
 
 
 async def test_without_fsync_it_still_works(root: Path) -> None:

@@ -1,0 +1,253 @@
+"""
+Record files: the files backend keeps the keys of an *append log family* (by default a
+run's log segments, ``runs/{run}/log/{seq:012d}``) as frames of one append-only file per
+folder, named as the folder (``runs/{run}/log``), so that writing one costs one
+``fdatasync`` instead of a temporary file, an ``fsync``, a link and a folder ``fsync``.
+
+A record file is a header (magic and a random file id) and then frames::
+
+    length:u32  crc32:u32  seq:u64  kind:u8  data[length]      (little-endian)
+
+``kind`` is :data:`SET` (the record ``seq`` now holds ``data``) or :data:`DROP` (record
+``seq`` was deleted). The crc covers ``seq``, ``kind`` and ``data``. Readers take the
+frames that are complete and whose crc matches, up to the first that is not: a writer
+that died mid-append leaves a torn tail, which readers ignore and the next writer (under
+the lock) cuts off before it appends. So a frame is all there or not there.
+
+Writers hold the folder's lock (the files backend's ``flock`` stripes; released by the
+kernel when a process dies) while they check and append, which is what makes ``create``
+of a record create-if-absent across processes. A file is only ever appended to, or
+replaced whole (``rename``) by a rewrite that drops dead frames; a rewrite gets a new
+file id, so a reader's cached parse of the file (keyed by file id) stays valid for the
+prefix it covers.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import struct
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+__all__ = [
+    "DROP",
+    "SEQ_DIGITS",
+    "SET",
+    "Families",
+    "Records",
+    "RecordsCache",
+    "append_frame",
+    "frame",
+    "header",
+    "record_name",
+    "write_records",
+]
+
+MAGIC = b"SUBREC01"
+HEADER = struct.Struct("<8s16s")
+FRAME = struct.Struct("<IIQB")
+SET, DROP = 0, 1
+SEQ_DIGITS = 12
+_MAX_SEQ = 10**SEQ_DIGITS
+_T = TypeVar("_T")
+
+
+def header(file_id: bytes) -> bytes:
+    return HEADER.pack(MAGIC, file_id)
+
+
+def frame(seq: int, kind: int, data: bytes) -> bytes:
+    tail = FRAME.pack(0, 0, seq, kind)[8:] + data
+    return struct.pack("<II", len(data), zlib.crc32(tail)) + tail
+
+
+@dataclass
+class Records:
+    """A record file as parsed: its live records and where its complete frames end."""
+
+    file_id: bytes
+    end: int = HEADER.size
+    data: dict[int, bytes] = field(default_factory=dict)
+    #: bytes of the live records' data
+    size: int = 0
+    _order: list[int] | None = None
+
+    def extend(self, buf: bytes | memoryview) -> None:
+        """Apply the complete, intact frames at the start of ``buf`` (read at ``end``)."""
+        view = memoryview(buf)
+        at, size = 0, len(view)
+        unpack, crc32, data, size_of = FRAME.unpack_from, zlib.crc32, self.data, FRAME.size
+        live = self.size
+        while at + size_of <= size:
+            length, crc, seq, kind = unpack(view, at)
+            stop = at + size_of + length
+            if stop > size or crc32(view[at + 8 : stop]) != crc or kind > DROP:
+                break
+            old = data.pop(seq, None)
+            if old is not None:
+                live -= len(old)
+            if kind == SET:
+                data[seq] = bytes(view[at + size_of : stop])
+                live += length
+            at = stop
+        if at:
+            self.end += at
+            self.size = live
+            self._order = None
+
+    def seqs(self) -> list[int]:
+        """The live record numbers, ascending (kept until the next change)."""
+        if self._order is None:
+            self._order = sorted(self.data)
+        return self._order
+
+
+class RecordsCache:
+    """
+    Parsed record files of this process, by path, least recently used first out once
+    they hold more than ``limit`` bytes. An entry is valid for a file with the same file
+    id and at least its length: such a file only grew since.
+    """
+
+    def __init__(self, limit: int = 64 << 20, files: int = 1024) -> None:
+        self._lock = threading.Lock()
+        self._files: OrderedDict[str, Records] = OrderedDict()
+        self._limit, self._most = limit, files
+        self._total = 0  # the ends of the files held
+
+    def use(self, path: str, fd: int, call: Callable[[Records | None], _T]) -> _T:
+        """Bring the parse of the open file ``fd`` up to date and ``call`` it, locked."""
+        with self._lock:
+            records = self._files.get(path)
+            head = os.pread(fd, HEADER.size, 0)
+            if len(head) < HEADER.size or head[:8] != MAGIC:
+                self._drop(path)
+                return call(None)
+            size = os.fstat(fd).st_size
+            if records is None or records.file_id != head[8:] or size < records.end:
+                self._drop(path)
+                records = Records(head[8:])
+                self._total += records.end
+                self._files[path] = records
+            if size > records.end:
+                before = records.end
+                records.extend(_pread_all(fd, size - records.end, records.end))
+                self._total += records.end - before
+            self._files.move_to_end(path)
+            while (self._total > self._limit or len(self._files) > self._most) and len(
+                self._files
+            ) > 1:
+                self._drop(next(iter(self._files)))
+            return call(records)
+
+    def forget(self, path: str) -> None:
+        with self._lock:
+            self._drop(path)
+
+    def _drop(self, path: str) -> None:
+        records = self._files.pop(path, None)
+        if records is not None:
+            self._total -= records.end
+
+
+def _pread_all(fd: int, size: int, offset: int) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+class Families:
+    """
+    Which keys live in record files. A family is a pattern like ``runs/*/log/``: ``*``
+    stands for one key component. A key is a record when it is a family folder followed
+    by ``SEQ_DIGITS`` digits; the folder's record file has the folder's own name (so no
+    key can have it, and a writer of an older version cannot put files below it).
+    """
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self._patterns = [pattern.rstrip("/").split("/") for pattern in patterns]
+        self._last = {pattern[-1] for pattern in self._patterns}
+        self._known: dict[str, bool] = {}  # folder() of recent heads
+
+    def __bool__(self) -> bool:
+        return bool(self._patterns)
+
+    def folder(self, head: str) -> bool:
+        """Whether ``head`` (``runs/r/log``) names a family's folder: a record file."""
+        if head.rpartition("/")[2] not in self._last:
+            return False
+        known = self._known.get(head)
+        if known is None:
+            parts = head.split("/")
+            known = any(_matches(parts, pattern) for pattern in self._patterns)
+            if len(self._known) >= 4096:
+                self._known.clear()
+            self._known[head] = known
+        return known
+
+    def locate(self, key: str) -> tuple[str, int] | None:
+        """The record file (relative path) and number of ``key``, if it is a record."""
+        head, _, name = key.rpartition("/")
+        if len(name) != SEQ_DIGITS or not name.isdigit() or not self.folder(head):
+            return None
+        return head, int(name)
+
+
+def _matches(parts: list[str], pattern: list[str]) -> bool:
+    return len(parts) == len(pattern) and all(
+        want in ("*", part) for part, want in zip(parts, pattern, strict=True)
+    )
+
+
+def record_name(seq: int) -> str:
+    return f"{seq:0{SEQ_DIGITS}d}"
+
+
+def append_frame(fd: int, end: int | None, seq: int, kind: int, data: bytes) -> None:
+    """
+    Append one frame to the open record file ``fd`` after its complete frames, which end
+    at ``end`` (a torn tail after them is cut first); ``None``: start the file. The caller
+    holds the file's lock.
+    """
+    body = frame(seq, kind, data)
+    if end is None:
+        body = header(secrets.token_bytes(16)) + body
+        end = 0
+    if os.fstat(fd).st_size != end:
+        os.ftruncate(fd, end)  # a torn tail: its writer died, since we hold the lock
+    try:
+        _write_all(fd, body, end)
+    except BaseException:
+        os.ftruncate(fd, end)
+        raise
+
+
+def write_records(path: str, records: dict[int, bytes], fsync: bool) -> None:
+    """Write a new record file (new file id) holding ``records`` at ``path``, exclusively."""
+    body = [header(secrets.token_bytes(16))]
+    body.extend(frame(seq, SET, data) for seq, data in sorted(records.items()))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        _write_all(fd, b"".join(body), 0)
+        if fsync:
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written

@@ -1,0 +1,425 @@
+"""
+The files backend's record files (append logs): the storage contract on record keys,
+keys written before record files existed, torn tails, and real processes killed while
+appending or racing for the same record.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from substantial import Conductor, Context, RunStatus, workflow
+from substantial.backends import FSBackend
+from substantial.backends._records import FRAME, frame
+from tests.harness import wait_until
+
+pytestmark = pytest.mark.anyio
+
+REPO = Path(__file__).resolve().parents[2]
+LOG = "runs/r1/log/"
+
+
+def seg(seq: int, run: str = "r1") -> str:
+    return f"runs/{run}/log/{seq:012d}"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+async def test_records_live_in_one_file_per_log(root: Path) -> None:
+    store = FSBackend(root)
+    for seq in range(3):
+        assert await store.create(seg(seq), b"s%d" % seq) is not None
+    assert await store.create(seg(1), b"again") is None
+    assert sorted(os.listdir(root / "runs" / "r1")) == ["log"]
+    assert await store.list_all("runs/") == [seg(0), seg(1), seg(2)]
+    assert await store.list("runs/r1/log/00000000000", after=seg(0)) == [seg(1), seg(2)]
+    assert await store.list("runs/r1/l", limit=2) == [seg(0), seg(1)]
+    assert await store.get_many([seg(2), seg(5), seg(0)]) == [
+        (b"s2", (await store.get(seg(2)) or (b"", ""))[1]),
+        None,
+        (b"s0", (await store.get(seg(0)) or (b"", ""))[1]),
+    ]
+    with pytest.raises(ValueError, match="log folder"):
+        await store.put("runs/r1/log", b"x")
+
+
+async def test_deletes_and_prune_leave_nothing(root: Path) -> None:
+    store = FSBackend(root)
+    await store.put("runs/r1/meta", b"m")
+    for seq in range(400):
+        await store.create(seg(seq), os.urandom(300))
+    for seq in range(399):  # a compaction: the file is rewritten without dead frames
+        assert await store.delete(seg(seq))
+    assert (root / "runs/r1/log").stat().st_size < 64 * 1024 * 3
+    assert await store.list_all(LOG) == [seg(399)]
+    assert await store.create(seg(5), b"stale") is not None  # a number freed by a delete
+    assert await store.list_all(LOG) == [seg(5), seg(399)]
+    for key in await store.list_all("runs/r1/"):
+        assert await store.delete(key)
+    await store.prune("runs/r1/")
+    assert not (root / "runs" / "r1").exists()
+
+
+async def test_keys_written_one_file_each_still_work(root: Path) -> None:
+    """A log begun before record files: read, listed, fenced, extended, deleted."""
+    old = FSBackend(root, append_logs=())
+    for seq in range(3):
+        await old.create(seg(seq), b"old%d" % seq)
+    store = FSBackend(root)
+    assert (await store.get(seg(1)) or (b"",))[0] == b"old1"
+    assert await store.create(seg(2), b"new") is None
+    assert await store.create(seg(3), b"new3") is not None
+    assert await store.list_all(LOG) == [seg(0), seg(1), seg(2), seg(3)]
+    assert [entry and entry[0] for entry in await store.get_many(await store.list_all(LOG))] == [
+        b"old0",
+        b"old1",
+        b"old2",
+        b"new3",
+    ]
+    version = (await store.get(seg(0)) or (b"", ""))[1]
+    assert await store.replace(seg(0), b"r0", version) is not None
+    assert await store.delete(seg(1))
+    assert await store.get(seg(1)) is None
+    assert await store.list_all(LOG) == [seg(0), seg(2), seg(3)]
+    assert (await store.get(seg(0)) or (b"",))[0] == b"r0"
+    assert (root / "runs/r1/log").is_dir()  # that log stays one file per key
+
+
+async def test_an_older_writer_cannot_bypass_a_record_file(root: Path) -> None:
+    await FSBackend(root).create(seg(0), b"new")
+    old = FSBackend(root, append_logs=())  # as a process of the version before
+    with pytest.raises(ValueError, match="cannot be stored"):
+        await old.create(seg(1), b"stale")
+    assert await FSBackend(root).list_all(LOG) == [seg(0)]
+
+
+async def test_a_torn_tail_is_invisible_and_cut_by_the_next_writer(root: Path) -> None:
+    store = FSBackend(root)
+    await store.create(seg(0), b"zero")
+    path = root / "runs/r1/log"
+    whole = frame(1, 0, b"one" * 100)
+    for torn in (whole[:5], whole[: FRAME.size + 10], whole[:-1] + b"X", b"\0" * 64):
+        reader = FSBackend(root)  # a fresh process's view
+        with path.open("ab") as file:
+            file.write(torn)
+        assert await reader.list_all(LOG) == [seg(0)]
+        assert await reader.get(seg(1)) is None
+        assert await store.create(seg(1), b"one") is not None
+        assert await reader.list_all(LOG) == [seg(0), seg(1)]
+        assert await store.delete(seg(1))
+    assert (await FSBackend(root).get(seg(0)) or (b"",))[0] == b"zero"
+
+
+# -- the contract on record keys, against a model -------------------------------------------
+
+MODEL_KEYS = [f"log/{seq:012d}" for seq in range(4)] + ["log-1", "logs/000000000001", "meta"]
+_spaces = itertools.count()
+version_st = st.integers(min_value=0, max_value=8)
+operation_st = st.one_of(
+    st.tuples(st.just("get"), st.sampled_from(MODEL_KEYS)),
+    st.tuples(st.just("put"), st.sampled_from(MODEL_KEYS), st.binary(max_size=8)),
+    st.tuples(st.just("create"), st.sampled_from(MODEL_KEYS), st.binary(max_size=8)),
+    st.tuples(st.just("replace"), st.sampled_from(MODEL_KEYS), st.binary(max_size=8), version_st),
+    st.tuples(st.just("delete"), st.sampled_from(MODEL_KEYS), st.none() | version_st),
+    st.tuples(
+        st.just("list"), st.sampled_from(["", "l", "log/", "log/0000", "m"]), st.integers(1, 4)
+    ),
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    legacy=st.sets(st.sampled_from(MODEL_KEYS[:4])),
+    operations=st.lists(operation_st, max_size=30),
+)
+async def test_record_keys_match_a_dict_model(
+    root: Path, legacy: set[str], operations: list[tuple[Any, ...]]
+) -> None:
+    space = f"runs/m{next(_spaces)}/"
+    model: dict[str, tuple[bytes, str]] = {}
+    old = FSBackend(root, append_logs=())
+    for key in sorted(legacy):
+        model[key] = (b"old", await old.create(space + key, b"old") or "")
+    store = FSBackend(root)
+    seen = [version for _, version in model.values()]
+
+    def pick(key: str, choice: int) -> str:
+        if choice == 0 and key in model:
+            return model[key][1]
+        return seen[choice % len(seen)] if choice > 1 and seen else "not-a-version"
+
+    for op, key, *args in operations:
+        if op == "get":
+            assert await store.get(space + key) == model.get(key)
+        elif op == "put":
+            model[key] = (args[0], await store.put(space + key, args[0]))
+            seen.append(model[key][1])
+        elif op == "create":
+            version = await store.create(space + key, args[0])
+            assert (version is None) is (key in model)
+            if version is not None:
+                model[key] = (args[0], version)
+                seen.append(version)
+        elif op == "replace":
+            expected = pick(key, args[1])
+            version = await store.replace(space + key, args[0], expected)
+            assert (version is not None) is (key in model and model[key][1] == expected)
+            if version is not None:
+                model[key] = (args[0], version)
+        elif op == "delete":
+            expected_version = None if args[0] is None else pick(key, args[0])
+            should = key in model and expected_version in (None, model[key][1])
+            assert await store.delete(space + key, expected_version) is should
+            if should:
+                del model[key]
+        else:
+            want = sorted(k for k in model if k.startswith(key))[: args[0]]
+            assert await store.list(space + key, limit=args[0]) == [space + k for k in want]
+    assert await store.list_all(space) == [space + k for k in sorted(model)]
+    assert await FSBackend(root).get_many([space + k for k in MODEL_KEYS]) == [
+        model.get(k) for k in MODEL_KEYS
+    ]
+
+
+# -- real processes, real kills ------------------------------------------------------------
+
+# Appends the next record of each of RUNS logs in turn, forever, racing other appenders
+# of the same logs; prints each record it won once create returned. Records are big, so a
+# kill often lands inside a write.
+APPENDER = """
+import hashlib, json, os, sys
+import anyio
+from substantial.backends.fs import FSBackend
+
+async def main(root, tag, runs):
+    store = FSBackend(root)
+    seqs = {run: 0 for run in range(runs)}
+    while True:
+        for run in range(runs):
+            key = f"runs/k{run}/log/{seqs[run]:012d}"
+            body = f"{tag}:{key}:".encode() * 4000
+            data = hashlib.sha256(body).hexdigest().encode() + body
+            if await store.create(key, data) is not None:
+                os.write(1, (json.dumps([tag, key]) + "\\n").encode())  # one write: whole
+            seqs[run] += 1
+
+anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))
+"""
+
+
+def check_record(key: str, data: bytes) -> str:
+    """The writer of a record, after checking it is whole and is the record ``key``."""
+    digest, body = data[:64], data[64:]
+    import hashlib
+
+    assert hashlib.sha256(body).hexdigest().encode() == digest, f"torn record {key}"
+    tag, written_key, _ = body.split(b":", 2)
+    assert written_key.decode() == key
+    return tag.decode()
+
+
+def kill_appenders(root: Path, processes: int, runs: int, seed: int) -> dict[str, str]:
+    """Start appenders, kill them all at a random moment; the records each reported."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    rng = random.Random(seed)
+    read_end, write_end = os.pipe()  # one pipe for all: short lines are written whole
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", APPENDER, str(root), f"p{seed}-{i}", str(runs)],
+            stdout=write_end,
+            env=env,
+        )
+        for i in range(processes)
+    ]
+    os.close(write_end)
+    won: dict[str, str] = {}
+    with open(read_end) as lines:
+        try:
+            # Let them write a random number of records, then kill them: a record is
+            # big, so the kill lands inside a write as likely as not.
+            target = rng.randint(1, 40)
+            while len(won) < target:
+                tag, key = json.loads(lines.readline())
+                assert key not in won, f"{key} won twice"
+                won[key] = tag
+            for proc in procs:
+                os.kill(proc.pid, signal.SIGKILL)
+            for proc in procs:
+                proc.wait()
+            for line in lines:  # reported before the kill
+                tag, key = json.loads(line)
+                assert key not in won, f"{key} won twice"
+                won[key] = tag
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+    return won
+
+
+async def test_appenders_killed_mid_write_lose_and_double_nothing(root: Path) -> None:
+    runs = 2
+    reported: dict[str, str] = {}
+    for seed in range(8):
+        won = await anyio.to_thread.run_sync(kill_appenders, root, 2, runs, seed)
+        reported.update(won)
+        store = FSBackend(root)  # a fresh process's view after the kills
+        for run in range(runs):
+            keys = await store.list_all(f"runs/k{run}/log/")
+            seqs = [int(key.rsplit("/", 1)[1]) for key in keys]
+            assert seqs == list(range(len(seqs))), "a gap or a double in the log"
+            entries = await store.get_many(keys)
+            for key, entry in zip(keys, entries, strict=True):
+                assert entry is not None
+                writer = check_record(key, entry[0])
+                if key in reported:
+                    assert reported[key] == writer
+            # the next writer appends after the records, whatever tail the kill left
+            next_key = f"runs/k{run}/log/{len(seqs):012d}"
+            assert await store.create(keys[-1], b"x") is None
+            data = b"after:" + next_key.encode()
+            assert await store.create(next_key, data) is not None
+            assert (await store.get(next_key) or (b"",))[0] == data
+            assert await store.delete(next_key)
+    missing = [key for key in reported if await FSBackend(root).get(key) is None]
+    assert not missing, f"records reported written are gone: {missing[:3]}"
+
+
+# Each racer says "ready", waits for a line on stdin so all start together, then creates
+# records 0..n-1 of one log; it prints the numbers it won.
+RACER = """
+import json, sys
+import anyio
+from substantial.backends.fs import FSBackend
+
+async def main(root, tag, n):
+    store = FSBackend(root)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    won = []
+    for seq in range(n):
+        if await store.create(f"runs/race/log/{seq:012d}", tag.encode()) is not None:
+            won.append(seq)
+    print(json.dumps(won), flush=True)
+
+anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))
+"""
+
+
+def race_records(root: Path, processes: int, n: int) -> dict[str, list[int]]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    tags = [f"p{i}" for i in range(processes)]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(root), tag, str(n)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for tag in tags
+    ]
+    try:
+        for racer in racers:
+            assert racer.stdout is not None
+            assert racer.stdout.readline() == "ready\n"
+        for racer in racers:
+            assert racer.stdin is not None
+            racer.stdin.write("go\n")
+            racer.stdin.flush()
+        outputs = [racer.communicate()[0] for racer in racers]
+    finally:
+        for racer in racers:
+            racer.kill()
+            racer.wait()
+    return {tag: json.loads(out) for tag, out in zip(tags, outputs, strict=True)}
+
+
+async def test_processes_racing_for_the_same_records_win_each_once(root: Path) -> None:
+    won = await anyio.to_thread.run_sync(race_records, root, 4, 300)
+    winners = sorted((seq, tag) for tag, seqs in won.items() for seq in seqs)
+    assert [seq for seq, _ in winners] == list(range(300))  # each won, and won once
+    keys = [f"runs/race/log/{seq:012d}" for seq in range(300)]
+    entries = await FSBackend(root).get_many(keys)
+    assert [entry and entry[0] for entry in entries] == [tag.encode() for _, tag in winners]
+
+
+async def test_a_run_begun_before_record_files_finishes_after_the_upgrade(root: Path) -> None:
+    @workflow(name="records.upgrade")
+    async def steps_then_wait(c: Context) -> int:
+        total = 0
+        for i in range(3):
+            total += await c.save(lambda i=i: i)
+        return total + await c.receive("go")
+
+    async with Conductor(FSBackend(root, append_logs=())) as before:  # the version before
+        before.register(steps_then_wait)
+        handle = await before.start(steps_then_wait, run_id="old-run")
+
+        async def waiting() -> bool:
+            return await handle.status() == RunStatus.WAITING
+
+        await wait_until(waiting, what="the run to wait for its event")
+    assert (root / "runs/old-run/log").is_dir()
+    async with Conductor(FSBackend(root)) as after:
+        after.register(steps_then_wait)
+        await after.handle("old-run").send("go", 10)
+        assert await after.handle("old-run").result(timeout=30) == 13
+        fresh = await after.start(steps_then_wait, run_id="new-run")
+        await fresh.send("go", 1)
+        assert await fresh.result(timeout=30) == 4
+    assert (root / "runs/old-run/log").is_dir()
+    assert (root / "runs/new-run/log").is_file()
+
+
+# Takes the log's lock as a writer does, writes part of the next frame, and dies by
+# SIGKILL while holding the lock, as a writer killed inside its append would.
+DIES_MID_APPEND = """
+import os, signal, sys
+from substantial.backends.fs import FSBackend
+from substantial.backends._records import frame
+
+store = FSBackend(sys.argv[1])
+with store._locked("runs/r1/log"):
+    whole = frame(int(sys.argv[2]), 0, b"half" * 1000)
+    with open(os.path.join(sys.argv[1], "runs/r1/log"), "ab") as log:
+        log.write(whole[: len(whole) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+async def test_a_writer_killed_inside_its_append_leaves_nothing_visible(root: Path) -> None:
+    store = FSBackend(root)
+    await store.create(seg(0), b"zero")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for seq in (1, 2):
+        died = await anyio.run_process(
+            [sys.executable, "-c", DIES_MID_APPEND, str(root), str(seq)], env=env, check=False
+        )
+        assert died.returncode == -signal.SIGKILL
+        fresh = FSBackend(root)  # another process's view: the half frame is not there
+        assert await fresh.list_all(LOG) == [seg(i) for i in range(seq)]
+        assert await fresh.get(seg(seq)) is None
+        # the lock died with its holder; the next writer cuts the tail and appends
+        assert await fresh.create(seg(seq), b"whole") is not None
+        assert (await FSBackend(root).get(seg(seq)) or (b"",))[0] == b"whole"
+    assert await FSBackend(root).list_all(LOG) == [seg(0), seg(1), seg(2)]
