@@ -62,16 +62,20 @@ class Endings:
         last = events[-1]
         kind = last.WhichOneof("kind")
         now = self._store.clock.now_ms()
+        posted = False
         if kind == "continued_as" and _names_run(run_id, last.continued_as.run_id):
             await self._start_continuation(run_id, started, last.continued_as)
         elif kind != "continued_as" and _names_run(run_id, started.parent_run_id):
             await self._tell_parent(run_id, started, last, now)
+            posted = True
         for child_id in open_children(events):
             if not _names_run(run_id, child_id):
                 continue
             cancel = pb.InboxEntry(id=f"parent-ended-{run_id}", sent_at_ms=now, cancel=True)
             await self._store.post(child_id, cancel)
-        self._client.notifier.kick()
+            posted = True
+        if posted:  # a local agent takes the parent or children at once (a start kicks itself)
+            self._client.notifier.kick()
 
     async def _start_continuation(
         self, run_id: str, started: pb.Started, link: pb.ContinuedAs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import KeysView
@@ -17,8 +18,10 @@ from substantial._agent.health import describe
 from substantial._agent.parts import AgentParts
 from substantial._agent.processor import RunProcessor
 from substantial._agent.queues import ServedQueues
+from substantial._client.client import NewRun
 from substantial._core import constants
-from substantial._store.runs import Lease, ScheduleEntry
+from substantial._core.clock import VirtualClock
+from substantial._store.runs import Lease, Route, ScheduleEntry
 from substantial.errors import BackendRefused, BackendUnavailable
 
 __all__ = ["Poller"]
@@ -30,6 +33,8 @@ class Poller:
     """
     Polls the schedule with a back-off while idle (a local start or send wakes it at
     once), claims due runs up to the agent's free capacity and starts a wake-up of each.
+    While it polls, it is also the :class:`~substantial._client.client.LocalAgent` that
+    takes runs started in this process straight from their start.
     """
 
     def __init__(self, parts: AgentParts, processor: RunProcessor, queues: ServedQueues) -> None:
@@ -38,10 +43,28 @@ class Poller:
         self._processor = processor
         self.queues = queues
         self._turn = 0
+        self._work: TaskGroup | None = None
+        #: queues polled since the agent started, and those found paused (or paused here)
+        self._seen: set[str] = set()
+        self._paused = parts.client.paused_queues
+        # any virtual clock: tests move it (jumps, advance_to) past the lease's expiry
+        self._virtual = isinstance(self._store.clock, VirtualClock)
 
     async def loop(self, work: TaskGroup) -> None:
         """Poll until cancelled, starting wake-ups in ``work``. Store trouble never ends it."""
+        self._work = work
+        self._seen.clear()  # a pause made while the agent was stopped: seen at its polls
+        self._parts.client.local_agent = self
+        try:
+            await self._loop()
+        finally:
+            self._parts.client.local_agent = None
+            self._work = None
+
+    async def _loop(self) -> None:
         parts = self._parts
+        assert self._work is not None
+        work = self._work
         delay = constants.POLL_MIN_SECONDS
         task = _asyncio_task()
         while True:
@@ -120,8 +143,14 @@ class Poller:
             # The first page is small: an idle poll reads one page whatever sleeps.
             page = constants.POLL_FIRST_PAGE if after is None else max(2 * free, 32)
             entries, next_due, more = await self._store.due(
-                now, after=after, limit=page, queue=queue, horizon_ms=self._horizon_ms()
+                now,
+                after=after,
+                limit=page,
+                queue=queue,
+                horizon_ms=self._horizon_ms(),
+                paused=self._paused,
             )
+            self._seen.add(queue)
             for entry in sorted(entries, key=_by_priority):  # stable: then earliest due
                 name = ticker.TICKING + entry.run_id if entry.tick else entry.run_id
                 if name in skip or not self.queues.knows(entry.route):
@@ -171,6 +200,55 @@ class Poller:
                 await self._store.release(lease)
             self._processor.active.discard(lease.run_id)
             self._parts.client.notifier.kick()
+
+    # ---- runs started in this process (the client's LocalAgent) ----
+
+    @property
+    def owner(self) -> str:
+        """The name this agent takes leases in."""
+        return self._parts.settings.name
+
+    @property
+    def lease_ms(self) -> int:
+        """How long this agent's leases last (ms)."""
+        return round(self._parts.settings.lease_seconds * 1000)
+
+    def reserve(self, run_id: str, route: Route) -> bool:
+        """
+        Keep a place for a run being started here, if this agent would claim it at its
+        next poll: it is serving, has room, serves the run's queue and workflow, and saw
+        the queue not paused at its last poll (as other agents see a pause). Not on a
+        clock that idle agents jump ahead (tests): others would jump to the entry's due
+        time, the lease's expiry, and take the run over.
+        """
+        active = self._processor.active
+        if (
+            self._work is None
+            or self._virtual
+            or run_id in active
+            or len(active) >= self._parts.settings.concurrency
+            or route.queue not in self._seen
+            or route.queue in self._paused
+            or route.queue not in self.queues.names
+            or not route.mark
+            or not self.queues.knows(route)
+            or run_id in self._parts.holdoffs.current(anyio.current_time())
+        ):
+            return False
+        active.add(run_id)
+        return True
+
+    def hand(self, lease: Lease, entry: ScheduleEntry, new: NewRun | None) -> bool:
+        """Start the wake-up of a run reserved, leased at its start; False if stopped."""
+        if self._work is None:
+            return False
+        wake = functools.partial(self._processor.process, lease, [entry], new)
+        self._work.start_soon(wake, name=f"run {lease.run_id}")
+        return True
+
+    def unreserve(self, run_id: str) -> None:
+        """Give up the place kept for a run."""
+        self._processor.active.discard(run_id)
 
     def _horizon_ms(self) -> int | None:
         """

@@ -15,6 +15,7 @@ from substantial._agent.health import describe, mark_held
 from substantial._agent.leases import LeaseHolder, keep_renewed
 from substantial._agent.parts import AgentParts
 from substantial._agent.wakeup import WakeUp
+from substantial._client.client import NewRun
 from substantial._core import logs
 from substantial._store.runs import Lease, ScheduleEntry
 from substantial.errors import BackendRefused, BackendUnavailable, LeaseLost
@@ -34,18 +35,23 @@ class RunProcessor:
         self.active: set[str] = set()
         self._scopes: dict[str, anyio.CancelScope] = {}
 
-    async def process(self, lease: Lease, entries: list[ScheduleEntry]) -> None:
+    async def process(
+        self, lease: Lease, entries: list[ScheduleEntry], new: NewRun | None = None
+    ) -> None:
         """
         One wake-up of the run ``lease`` is for (``run_id`` in ``active`` already),
         answering schedule ``entries``. Raises nothing: failures become hold-offs.
+
+        :param new: the run as the start that just created it wrote it (nothing to read)
         """
         parts, run_id = self._parts, lease.run_id
         logs.run_id_var.set(run_id)  # this task's log lines name the run (substantial._core.logs)
         holder = LeaseHolder(lease)
+        wakeup = WakeUp(parts, holder, entries, new)
         try:
             with anyio.CancelScope(shield=True) as scope, telemetry.run_span(run_id):
                 self._scopes[run_id] = scope
-                await self._wake_under_lease(holder, entries)
+                await self._wake_under_lease(holder, wakeup)
         except LeaseLost as exc:
             log.warning("agent %s dropped run %s: %s", parts.settings.name, run_id, exc)
         except (BackendUnavailable, BackendRefused) as exc:
@@ -60,17 +66,44 @@ class RunProcessor:
         finally:
             self._scopes.pop(run_id, None)
             with anyio.CancelScope(shield=True):
-                if not holder.lost:
-                    try:
-                        await self._store.release(holder.lease)
-                    except BackendUnavailable as exc:  # it expires; this agent retakes it
-                        log.info("agent %s: lease of run %s not released: %s",
-                                 parts.settings.name, run_id, describe(exc))  # fmt: skip
+                await self._let_go(holder, wakeup.leftover)
+            was_full = len(self.active) >= parts.settings.concurrency
             self.active.discard(run_id)
             parts.client.notifier.changed(run_id)
-            parts.client.notifier.kick()
+            if was_full or not wakeup.ended or self._store.clock.jumps:
+                # A place came free for a run left due, the wake-up wrote entries the
+                # poller does not know of, or an idle agent jumps its clock to the next
+                # timer: it looks now. (A run that ended with room to spare needs no poll.)
+                parts.client.notifier.kick()
 
-    async def _wake_under_lease(self, holder: LeaseHolder, entries: list[ScheduleEntry]) -> None:
+    async def _let_go(self, holder: LeaseHolder, leftover: list[str]) -> None:
+        """
+        Release the lease (unless lost) and delete the schedule entries the wake-up
+        answered, at once: both are hints. Either left behind costs an agent a look at
+        the run later (an entry) or a wait for the lease to expire, never a wrong step.
+        """
+        name, run_id = self._parts.settings.name, holder.lease.run_id
+
+        async def release() -> None:
+            try:
+                await self._store.release(holder.lease)
+            except Exception as exc:  # it expires; this agent retakes it
+                log.info("agent %s: lease of run %s not released: %s", name, run_id, describe(exc))
+
+        async def delete() -> None:
+            try:
+                await self._store.delete(leftover)
+            except Exception as exc:  # they wake the run once more, to find nothing to do
+                log.info("agent %s: entries of run %s not deleted: %s", name, run_id, describe(exc))
+
+        async with anyio.create_task_group() as tg:
+            if not holder.lost:
+                tg.start_soon(release)
+            if leftover:
+                tg.start_soon(delete)
+
+    async def _wake_under_lease(self, holder: LeaseHolder, wakeup: WakeUp) -> None:
+        """The wake-up, with the lease renewed meanwhile."""
         parts, run_id = self._parts, holder.lease.run_id
         error: Exception | None = None
         async with anyio.create_task_group() as tg:
@@ -79,7 +112,7 @@ class RunProcessor:
             )
             tg.start_soon(renew, holder, tg.cancel_scope)
             try:
-                await WakeUp(parts, holder, entries).run()
+                await wakeup.run()
             except Exception as exc:  # raised below, not wrapped in an ExceptionGroup
                 error = exc
             finally:

@@ -17,6 +17,7 @@ from substantial._agent.gate import Gate, wait_in_line
 from substantial._agent.leases import LeaseHolder
 from substantial._agent.parts import AgentParts
 from substantial._agent.summary import RunSummary, SummaryChange
+from substantial._client.client import NewRun
 from substantial._core import constants, logs
 from substantial._core.status import END_STATUS, TERMINAL_KINDS, RunStatus
 from substantial._engine.replay import Execution
@@ -47,17 +48,21 @@ class WakeUp:
     """
 
     def __init__(
-        self, parts: AgentParts, holder: LeaseHolder, entries: list[ScheduleEntry]
+        self,
+        parts: AgentParts,
+        holder: LeaseHolder,
+        entries: list[ScheduleEntry],
+        new: NewRun | None = None,
     ) -> None:
         self._parts = parts
+        self._new = new  # the run as its start here wrote it: nothing to read
         self._store = parts.store
         self._holder = holder
         self.run_id = holder.lease.run_id
         self._entries = entries
         #: the run's queue and workflow, for its schedule entries (from its log once read)
         self.route = entries[0].route if entries else Route()
-        #: the schedule entries this wake-up answers, deleted once it is done
-        self._consumed = [entry.key for entry in entries]
+        self._consumed = [entry.key for entry in entries]  # the entries it answers
         self._intake = Intake(self._store, self.run_id)
         self._stored = StoredLog([], -1, [], -1)
         self._summary = RunSummary(self._store, self.run_id, None, None, agent=parts.settings.name)
@@ -70,6 +75,9 @@ class WakeUp:
         self._compacted_at = -1
         #: events this wake-up committed
         self.committed: list[pb.Event] = []
+        self.ended = False  # the run ended in this wake-up, with nothing left to wake it
+        #: schedule entries answered, for the caller to delete as it releases the lease
+        self.leftover: list[str] = []
 
     @property
     def execution(self) -> Execution:
@@ -119,9 +127,14 @@ class WakeUp:
         """Read the log, the inbox and the summary; whether there is a run to go on with."""
         store, run_id = self._store, self.run_id
         try:
-            stored, _, (meta, version) = await gather(
-                store.read_log(run_id), self._intake.read(), hints.read_summary(store, run_id)
-            )
+            if self._new is not None:
+                # Just written here under the lease its start took: nothing to read. An event
+                # sent meanwhile waits: its own schedule entry wakes the run again.
+                stored, meta, version = self._new.stored, self._new.meta, self._new.version
+            else:
+                stored, _, (meta, version) = await gather(
+                    store.read_log(run_id), self._intake.read(), hints.read_summary(store, run_id)
+                )
         except CorruptLog as exc:
             # The log itself cannot be read: park the run with the reason (a failure is
             # final, and only the log can say the run failed); it is retried later.
@@ -131,7 +144,7 @@ class WakeUp:
             await self._park(StoredLog([], seq, [], -1), exc)
             return False
         if not stored.events:
-            await self._orphan()
+            await _orphan(self._parts, run_id, self._entries)
             return False
         await self._intake.set_aside()
         started = stored.events[0].started
@@ -150,7 +163,7 @@ class WakeUp:
         if events[-1].WhichOneof("kind") in TERMINAL_KINDS:
             await self._finish(events[-1])
             return None
-        request = self._terminate_request()
+        request = _terminate_request(self._intake)
         if request is not None:
             await self._terminate(request)
             return None
@@ -240,7 +253,7 @@ class WakeUp:
         # promises a timer entry, so it must already exist when anyone reads it.
         if wake is not None:
             await store.schedule(run_id, wake, route=self.route)
-        if execution.outcome is None and (self._intake.more or self._terminate_request()):
+        if execution.outcome is None and (self._intake.more or _terminate_request(self._intake)):
             # events left unmerged
             await store.schedule(run_id, store.clock.now_ms(), "more", self.route)
         published = encode_payload(execution.custom_status) if execution.has_custom_status else None
@@ -250,9 +263,10 @@ class WakeUp:
         )  # fmt: skip
         if execution.outcome is not None:
             # The summary holds the outcome: local result() waiters need not wait for the
-            # clean-up below (deleting consumed entries, releasing the lease).
-            self._parts.client.notifier.changed(run_id)
-        await store.delete(self._consumed)
+            # clean-up below (deleting entries, the lease), nor read the end it committed.
+            self._parts.client.notifier.changed(run_id, execution.outcome)
+            self.ended = True
+        self.leftover = self._consumed  # deleted as the lease is released (both hints)
 
     async def _snapshot(self, execution: Execution) -> None:
         """Write the whole log as one snapshot each time ``snapshot_every`` segments pass."""
@@ -295,10 +309,6 @@ class WakeUp:
             )
         return paused
 
-    def _terminate_request(self) -> pb.TerminateRequest | None:
-        entries = (entry for _, entry in self._intake.entries if entry.HasField("terminate"))
-        return next((entry.terminate for entry in entries), None)
-
     async def _terminate(self, request: pb.TerminateRequest) -> None:
         """End the run as terminated: one fenced segment, then what any end sets off."""
         stored = self._stored
@@ -330,14 +340,20 @@ class WakeUp:
         await self._store.schedule(self.run_id, due, "p", self.route)
         await self._store.delete(self._consumed)
 
-    async def _orphan(self) -> None:
-        """Schedule entries of a run with no log: a start in progress, or one that died."""
-        grace_ms = round(constants.START_GRACE_SECONDS * 1000)
-        now = self._store.clock.now_ms()
-        stale = [entry.key for entry in self._entries if entry.due_ms + grace_ms < now]
-        await self._store.delete(stale)
-        if len(stale) < len(self._entries):
-            self._parts.holdoffs.hold(self.run_id, constants.POLL_MIN_SECONDS * 5)
+
+def _terminate_request(intake: Intake) -> pb.TerminateRequest | None:
+    entries = (entry for _, entry in intake.entries if entry.HasField("terminate"))
+    return next((entry.terminate for entry in entries), None)
+
+
+async def _orphan(parts: AgentParts, run_id: str, entries: list[ScheduleEntry]) -> None:
+    """Schedule entries of a run with no log: a start in progress, or one that died."""
+    grace_ms = round(constants.START_GRACE_SECONDS * 1000)
+    now = parts.store.clock.now_ms()
+    stale = [entry.key for entry in entries if entry.due_ms + grace_ms < now]
+    await parts.store.delete(stale)
+    if len(stale) < len(entries):
+        parts.holdoffs.hold(run_id, constants.POLL_MIN_SECONDS * 5)
 
 
 async def gather(*awaitables: Any) -> tuple[Any, ...]:

@@ -9,22 +9,62 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from typing import Any, TypeVar
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import anyio
 
 from substantial._client.handle import Handle
 from substantial._core.notify import Notifier
 from substantial._engine.workflow import Workflow
 from substantial._store.keys import DEFAULT_QUEUE, Route, check_name
-from substantial._store.runs import RunStore, check_run_id
+from substantial._store.runs import Lease, RunStore, ScheduleEntry, StoredLog, check_run_id
 from substantial.codec import encode_payload
 from substantial.errors import CodecError, NotAWorkflow, UnknownWorkflow
 from substantial.protocol import substantial_pb2 as pb
 
-__all__ = ["Client"]
+__all__ = ["Client", "LocalAgent", "NewRun"]
 
 log = logging.getLogger("substantial.client")
 
 R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A run as the start that created it wrote it: what its first wake-up would read."""
+
+    #: its log: segment 0, the start
+    stored: StoredLog
+    #: its summary and that summary's version (None, None: not written)
+    meta: pb.RunMeta | None
+    version: str | None
+
+
+class LocalAgent(Protocol):
+    """
+    The agent of this process, as a start sees it: it may take a run the start writes
+    at once, under a lease the start takes in its name, so that no poll, claim or read
+    of the run stands between the start and its first step.
+    """
+
+    @property
+    def owner(self) -> str:
+        """The name leases are taken in."""
+
+    @property
+    def lease_ms(self) -> int:
+        """How long the lease a start takes lasts (ms)."""
+
+    def reserve(self, run_id: str, route: Route) -> bool:
+        """Whether the agent will take this run: if so, it keeps a place for it."""
+
+    def hand(self, lease: Lease, entry: ScheduleEntry, new: NewRun | None) -> bool:
+        """Start the run's wake-up (``new``: the run as just written); False if it cannot."""
+
+    def unreserve(self, run_id: str) -> None:
+        """Give up the place :meth:`reserve` kept."""
 
 
 class Client:
@@ -44,6 +84,10 @@ class Client:
         self.notifier = Notifier()
         #: Runs this client is writing right now: a local agent leaves them alone.
         self.starting: set[str] = set()
+        #: The agent of this process while it serves, which takes the runs started here.
+        self.local_agent: LocalAgent | None = None
+        #: Queues this process saw paused (its agent's last polls, its own pauses).
+        self.paused_queues: set[str] = set()
 
     def register(self, *workflows: Workflow[Any], replace: bool = False) -> None:
         """
@@ -118,12 +162,13 @@ class Client:
         if not (isinstance(priority, int) and 0 <= priority <= 9):
             raise ValueError(f"priority must be an int from 0 to 9, got {priority!r}")
         started.priority = priority
-        created = await self.create_run(started)
+        created, taken = await self._create(started)
         return Handle(
             self.store,
             run_id,
             self.notifier,
             created=changed if created else None,
+            taken=taken,
             max_payload=self.max_payload,
         )
 
@@ -133,19 +178,40 @@ class Client:
 
         :return: whether this call created it
         """
+        created, _ = await self._create(started)
+        return created
+
+    async def _create(self, started: pb.Started) -> tuple[bool, bool]:
+        """:meth:`create_run`; and whether this process's agent took the run at once."""
         run_id = started.run_id
         at = self.store.clock.now_ms()
         started.seed = os.urandom(16)
         registered = self.registry.get(started.workflow)
         if not started.queue and registered is not None and registered.queue != DEFAULT_QUEUE:
             started.queue = registered.queue
+        route = Route.of(started.queue, started.workflow, started.priority)
+        agent = self.local_agent
+        if agent is not None and not agent.reserve(run_id, route):
+            agent = None
         self.starting.add(run_id)  # the local agent leaves it alone until it is written
+        lease: Lease | None = None
+        taken = False
         try:
             # Schedule first: a start that dies after writing segment 0 still gets run.
-            await self.store.schedule(
-                run_id, at, "s", Route.of(started.queue, started.workflow, started.priority)
-            )
-            created = await self.store.append(run_id, 0, [pb.Event(at_ms=at, started=started)])
+            # A run the local agent takes is due when the lease taken for it expires:
+            # no other agent looks at it before, and any does if this process dies.
+            # The lease goes with it: one left by a start that died before the entry is
+            # written only expires.
+            if agent is None:
+                entry = await self.store.schedule(run_id, at, "s", route)
+            else:
+                entry, lease = await _both(
+                    self.store.schedule(run_id, at + agent.lease_ms, "s", route),
+                    self.store.acquire(run_id, agent.owner, agent.lease_ms),
+                )
+            event = pb.Event(at_ms=at, started=started)
+            created = await self.store.append(run_id, 0, [event])
+            meta, version = None, None
             if created:
                 meta = pb.RunMeta(
                     run_id=run_id, workflow=started.workflow, args=started.args, created_ms=at,
@@ -153,11 +219,20 @@ class Client:
                     parent_run_id=started.parent_run_id, chain_root=started.chain_root,
                     queue=started.queue, priority=started.priority,
                 )  # fmt: skip
-                await self.store.write_meta(meta, current=(None, None))
+                version = await self.store.write_meta(meta, current=(None, None))
+            if agent is not None and lease is not None:
+                new = NewRun(StoredLog([event], 0, [1], sealed=False), meta, version)
+                taken = agent.hand(lease, entry, new if created else None)
         finally:
             self.starting.discard(run_id)
-        self.notifier.kick()
-        return created
+            if agent is not None and not taken:
+                agent.unreserve(run_id)
+        if lease is not None and not taken:  # the agent stopped meanwhile: any agent's now
+            await self.store.release(lease)
+            await self.store.schedule(run_id, self.store.clock.now_ms(), "s", route)
+        if not taken:
+            self.notifier.kick()
+        return created, taken
 
     def handle(self, run_id: str) -> Handle[Any]:
         """A handle to an existing run, from any process."""
@@ -165,6 +240,32 @@ class Client:
 
 
 W = TypeVar("W", bound="Workflow[Any] | str")
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Await both at once; an error of either is raised as itself (the first's first)."""
+    results: list[Any] = [None, None]
+
+    async def one(index: int, awaitable: Awaitable[Any]) -> None:
+        try:
+            results[index] = await awaitable
+        except Exception as exc:  # raised below, not in an ExceptionGroup
+            results[index] = _Failed(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, 0, first)
+        tg.start_soon(one, 1, second)
+    for result in results:
+        if isinstance(result, _Failed):
+            raise result.error
+    return results[0], results[1]
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: Exception
 
 
 def _require_workflow(wf: W, where: str) -> W:

@@ -126,6 +126,7 @@ class FlowControl:
         :raises InvalidName: if ``name`` breaks the naming rule
         """
         await self.backend.put(queue_paused_key(check_name(name, "queue")), b"paused")
+        self._client.paused_queues.add(name)  # this process's agent knows at once
 
     async def resume_queue(self, name: str) -> None:
         """

@@ -18,7 +18,7 @@ from substantial._core.constants import (
     RESULT_POLL_MAX_SECONDS,
     RESULT_POLL_MIN_SECONDS,
 )
-from substantial._core.notify import Notifier
+from substantial._core.notify import Notifier, Watch
 from substantial._core.status import STATUS_FROM_PB, RunStatus
 from substantial._store import forks, hints
 from substantial._store.runs import Route, RunStore, check_run_id
@@ -72,17 +72,20 @@ class Handle(Generic[R]):
         run_id: str,
         notifier: Notifier | None = None,
         *,
-        created: anyio.Event | None = None,
+        created: Watch | None = None,
+        taken: bool = False,
         max_payload: int = MAX_PAYLOAD_BYTES,
     ) -> None:
         self._store = store
         self._max_payload = max_payload
         self._notifier = notifier or Notifier()
         self.run_id = check_run_id(run_id)
-        # Set by a local start() that created the run: the notifier's event for the run,
-        # watched from before it was written. Until it fires the run is known to be
-        # pending, so result() waits on it before its first read.
+        # Set by a local start() that created the run: the notifier's watch of the run,
+        # from before it was written. Until it fires the run is known to be pending, so
+        # result() waits on it before its first read; ``taken``: this process's agent
+        # took the run at its start, and tells its end, so result() waits longer.
         self._created = created
+        self._first_wait = RESULT_POLL_MAX_SECONDS if taken else RESULT_POLL_MIN_SECONDS
 
     def __repr__(self) -> str:
         return f"<Handle run_id={self.run_id!r}>"
@@ -245,45 +248,36 @@ class Handle(Generic[R]):
     async def _wait_for_result(self) -> R:
         delay = RESULT_POLL_MIN_SECONDS
         run_id = self.run_id
-        created, self._created = self._created, None
-        if created is not None and not created.is_set():
-            with anyio.move_on_after(delay):
-                await created.wait()
+        watch, self._created = self._created, None
+        if watch is not None and not watch.is_set():
+            with anyio.move_on_after(self._first_wait):
+                await watch.wait()
         repaired: set[str] = set()
         outage = False
         while True:
-            changed = self._notifier.watch(run_id)
-            try:
-                finished, end = await self._read_end(run_id)
-            except BackendUnavailable as exc:  # waited out, like the agents do
-                if not outage:
-                    log.warning("waiting for run %s: %s; retrying", run_id, exc)
-                outage = True
-                await anyio.sleep(delay)
-                delay = min(delay * 2, RESULT_POLL_MAX_SECONDS)
-                continue
-            outage = False
-            kind = end.WhichOneof("kind") if end is not None else None
-            if kind == "completed":
-                assert end is not None
-                result: R = decode_payload(end.completed.result)  # type: ignore[assignment]
-                return result
-            if kind == "failed":
-                assert end is not None
-                failure = end.failed.failure
-                raise RunFailed(run_id, failure.type, failure.message, failure.traceback)
-            if kind == "cancelled":
-                raise RunCancelled(run_id)
-            if kind == "reverted":
-                raise RunReverted(run_id)
-            if kind == "terminated":
-                assert end is not None
-                raise RunTerminated(run_id, end.terminated.reason)
-            if kind == "continued_as":
-                assert end is not None
+            # The end this process's agent committed to the log, if a watch told it.
+            end = watch.end if watch is not None else None
+            watch = self._notifier.watch(run_id)
+            if end is None:
+                try:
+                    finished, end = await self._read_end(run_id)
+                except BackendUnavailable as exc:  # waited out, like the agents do
+                    if not outage:
+                        log.warning("waiting for run %s: %s; retrying", run_id, exc)
+                    outage = True
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, RESULT_POLL_MAX_SECONDS)
+                    continue
+                outage = False
+            else:
+                finished = True
+            if end is not None and end.WhichOneof("kind") == "continued_as":
                 run_id = end.continued_as.run_id
                 delay = RESULT_POLL_MIN_SECONDS
+                watch = None
                 continue
+            if end is not None:
+                return _outcome(run_id, end)  # type: ignore[no-any-return]
             if finished and run_id not in repaired:
                 # It says the run ended and the log does not: an agent rewrites it.
                 repaired.add(run_id)
@@ -291,7 +285,7 @@ class Handle(Generic[R]):
                 await self._store.schedule(run_id, self._store.clock.now_ms(), "fix", route)
                 self._notifier.kick()
             with anyio.move_on_after(delay):
-                await changed.wait()
+                await watch.wait()
             delay = min(delay * 2, RESULT_POLL_MAX_SECONDS)
 
     async def _read_end(self, run_id: str) -> tuple[bool, pb.Event | None]:
@@ -345,6 +339,23 @@ class Handle(Generic[R]):
         if not stored.events:
             raise RunNotFound(run_id)
         return hints.summary_from_log(run_id, stored)
+
+
+def _outcome(run_id: str, end: pb.Event) -> Any:
+    """The result a run's terminal event (not a continuation) gives, or the error it raises."""
+    kind = end.WhichOneof("kind")
+    if kind == "completed":
+        return decode_payload(end.completed.result)
+    if kind == "failed":
+        failure = end.failed.failure
+        raise RunFailed(run_id, failure.type, failure.message, failure.traceback)
+    if kind == "cancelled":
+        raise RunCancelled(run_id)
+    if kind == "reverted":
+        raise RunReverted(run_id)
+    if kind == "terminated":
+        raise RunTerminated(run_id, end.terminated.reason)
+    raise AssertionError(f"run {run_id}: {kind!r} is no end")
 
 
 _last_id_ns = 0

@@ -236,9 +236,9 @@ class RunStore:
 
     async def schedule(
         self, run_id: str, due_ms: int, tag: str = "t", route: Route = DEFAULT_ROUTE
-    ) -> None:
+    ) -> ScheduleEntry:
         """
-        Ask for an agent to look at ``run_id`` at ``due_ms``.
+        Ask for an agent to look at ``run_id`` at ``due_ms``; the entry written.
 
         :param route: the run's queue and workflow: which agents the entry is for
 
@@ -255,6 +255,7 @@ class RunStore:
             await self.backend.create(key, data)
         else:
             await self.backend.put(key, data)
+        return ScheduleEntry.parse(key) or ScheduleEntry(key, run_id, due_ms, route)
 
     async def due(
         self,
@@ -264,6 +265,7 @@ class RunStore:
         limit: int = 64,
         queue: str = DEFAULT_QUEUE,
         horizon_ms: int | None = None,
+        paused: set[str] | None = None,
     ) -> tuple[list[ScheduleEntry], int | None, bool]:
         """
         Schedule entries of ``queue`` due at ``now``, earliest first, reading at most
@@ -272,6 +274,8 @@ class RunStore:
 
         :param horizon_ms: read no entry due later than this past ``now`` (the time
             buckets of the future stay unread on the files backend); None: read on
+        :param paused: queues seen paused: ``queue`` is added to it or taken out of it, as
+            this read (the first page: no ``after``) found it
         :return: the due entries; the due time of the first entry not yet due, if one
             was read; and whether more due entries may follow
         """
@@ -279,7 +283,11 @@ class RunStore:
         before = None if horizon_ms is None else schedule_bound(queue, now + horizon_ms)
         keys = await self.backend.list_before(prefix, before, after=after, limit=limit)
         if after is None and keys and keys[0] == queue_paused_key(queue):
+            if paused is not None:
+                paused.add(queue)
             return [], None, False  # a paused queue: nothing of it is due
+        if after is None and paused is not None:
+            paused.discard(queue)
         due, first_later = await self._due_of(keys, now)
         if first_later is None:
             return due, None, len(keys) == limit
