@@ -9,7 +9,6 @@ ratios to the floor) live in :mod:`bench.measure`.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ from bench.measure import (
     _setup_backend,
     agent,
     ms,
+    poll_kwargs,
     rate,
 )
 from bench.workloads import steps
@@ -141,11 +141,7 @@ async def _write_sleepers(backend: Backend, first: int, last: int, width: int = 
 
 async def _time_polls(store: RunStore, repeats: int) -> tuple[float, int]:
     """Median time of one idle poll (the first page the agent reads), and its requests."""
-    from substantial._core import constants
-
-    kwargs: dict[str, Any] = {"limit": getattr(constants, "POLL_FIRST_PAGE", 16)}
-    if "horizon_ms" in inspect.signature(store.due).parameters:  # as the agent reads it
-        kwargs["horizon_ms"] = round(constants.POLL_MAX_SECONDS * 2000)
+    kwargs = poll_kwargs(store)
     await store.due(now_ms(), **kwargs)  # warm-up (caches, first listing)
     before = _requests(store.backend)
     times = []

@@ -8,6 +8,7 @@ requests through ``Backend.requests`` (what the library really asked of the stor
 
 from __future__ import annotations
 
+import inspect
 import os
 import statistics
 import sys
@@ -438,6 +439,16 @@ async def resume(ctx: Bench) -> list[Result]:
 # ---- idle -------------------------------------------------------------------------------
 
 
+def poll_kwargs(store: RunStore, limit: int | None = None) -> dict[str, Any]:
+    """The arguments of ``RunStore.due`` for an agent's first page, as the agent reads it."""
+    from substantial._core import constants
+
+    kwargs: dict[str, Any] = {"limit": limit or getattr(constants, "POLL_FIRST_PAGE", 16)}
+    if "horizon_ms" in inspect.signature(store.due).parameters:  # not on older libraries
+        kwargs["horizon_ms"] = round(constants.POLL_MAX_SECONDS * 2000)
+    return kwargs
+
+
 async def idle(ctx: Bench) -> list[Result]:
     """Backend requests per second of one idle agent, with 0 and many sleeping runs."""
     kind = ctx.target.kind
@@ -462,7 +473,7 @@ async def idle(ctx: Bench) -> list[Result]:
             polls = []
             for _ in range(10):  # what one poll costs, timed directly
                 begin = time.perf_counter()
-                await conductor.store.due(now_ms(), limit=128)
+                await conductor.store.due(now_ms(), **poll_kwargs(conductor.store, 128))
                 polls.append(time.perf_counter() - begin)
         out[count] = (per_s, _median(polls))
 
