@@ -18,7 +18,8 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
-from substantial import Conductor, Context, workflow
+from bench.workloads import ten
+from substantial import Conductor
 from substantial.backends import FSBackend
 
 _counts: Counter[str] = Counter()
@@ -49,14 +50,6 @@ def _counting(call: Callable[[int], None], name: str) -> Callable[[int], None]:
 
 os.fsync = _counting(os.fsync, "fsync")
 os.fdatasync = _counting(os.fdatasync, "fdatasync")
-
-
-@workflow(name="ten")
-async def ten(c: Context) -> int:
-    total = 0
-    for i in range(10):
-        total += await c.save(lambda i=i: i)
-    return total
 
 
 async def main(runs: int) -> None:

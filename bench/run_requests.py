@@ -24,21 +24,14 @@ from collections.abc import Callable
 from typing import Any
 
 import substantial
-from substantial import Conductor, Context, workflow
+from bench.workloads import ten
+from substantial import Conductor
 from substantial.backends import Backend, FSBackend, MemoryBackend, from_url
 
 _PER_KEY = ("files", "memory")
 OPS = ("get", "get_many", "put", "create", "replace", "delete", "list")
 PACKAGE = os.path.dirname(os.path.abspath(substantial.__file__)) + os.sep
 BACKENDS = os.path.join(PACKAGE, "backends") + os.sep
-
-
-@workflow(name="ten")
-async def ten(c: Context) -> int:
-    total = 0
-    for i in range(10):
-        total += await c.save(lambda i=i: i)
-    return total
 
 
 class Recorder:

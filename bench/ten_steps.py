@@ -1,7 +1,7 @@
 """start -> result of a 10-step workflow, in-process agent, one run after another (issue #2
 figure), on FSBackend or, with ``memory``, on MemoryBackend.
 
-.venv/bin/python bench/ten_steps.py [RUNS] [files|memory]
+.venv/bin/python -m bench.ten_steps [RUNS] [files|memory]
 """
 
 import asyncio
@@ -10,16 +10,9 @@ import sys
 import tempfile
 import time
 
-from substantial import Conductor, Context, workflow
+from bench.workloads import ten
+from substantial import Conductor
 from substantial.backends import Backend, FSBackend, MemoryBackend
-
-
-@workflow(name="ten")
-async def ten(c: Context) -> int:
-    total = 0
-    for i in range(10):
-        total += await c.save(lambda i=i: i)
-    return total
 
 
 async def main(n: int, kind: str) -> None:

@@ -43,6 +43,15 @@ async def sleeper(c: Context) -> None:
     await c.sleep(timedelta(days=1))
 
 
+@workflow(name="ten")
+async def ten(c: Context) -> int:
+    """Ten steps, each returning its position: 45 in all (the request and fsync counts)."""
+    total = 0
+    for i in range(10):
+        total += await c.save(lambda i=i: i)
+    return total
+
+
 WORKFLOWS = (steps, steps_then_receive, sleeper)
 
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import pytest
 
 from substantial.backends import FSBackend
 from substantial.errors import BackendUnavailable
+from tests.racers import race_processes
 
 # Marked here, not only by the conftest hook: anyio's plugin must see the marker at
 # collection, or it re-parametrizes the test over every event loop and drops its own
@@ -54,33 +52,8 @@ anyio.run(main, sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
 
 def race(root: Path, mode: str, processes: int, n: int) -> dict[str, list[str]]:
     """Run ``processes`` racers on ``root`` at once; what each one won, by tag."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    tags = [f"p{i}" for i in range(processes)]
-    racers = [
-        subprocess.Popen(
-            [sys.executable, "-c", RACER, str(root), mode, tag, str(n)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for tag in tags
-    ]
-    try:
-        for racer in racers:
-            assert racer.stdout is not None
-            assert racer.stdout.readline() == "ready\n"
-        for racer in racers:
-            assert racer.stdin is not None
-            racer.stdin.write("go\n")
-            racer.stdin.flush()
-        outputs = [racer.communicate()[0] for racer in racers]
-    finally:
-        for racer in racers:
-            racer.kill()
-            racer.wait()
-    assert [racer.returncode for racer in racers] == [0] * processes
-    return {tag: json.loads(out) for tag, out in zip(tags, outputs, strict=True)}
+    argvs = {f"p{i}": [str(root), mode, f"p{i}", str(n)] for i in range(processes)}
+    return race_processes(RACER, argvs)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from substantial import Conductor, Context, RunStatus, workflow
 from substantial.backends import FSBackend
 from substantial.backends._records import FRAME, frame
 from tests.harness import wait_until
+from tests.racers import race_processes
 
 pytestmark = pytest.mark.anyio
 
@@ -326,32 +327,8 @@ anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))
 
 
 def race_records(root: Path, processes: int, n: int) -> dict[str, list[int]]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    tags = [f"p{i}" for i in range(processes)]
-    racers = [
-        subprocess.Popen(
-            [sys.executable, "-c", RACER, str(root), tag, str(n)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for tag in tags
-    ]
-    try:
-        for racer in racers:
-            assert racer.stdout is not None
-            assert racer.stdout.readline() == "ready\n"
-        for racer in racers:
-            assert racer.stdin is not None
-            racer.stdin.write("go\n")
-            racer.stdin.flush()
-        outputs = [racer.communicate()[0] for racer in racers]
-    finally:
-        for racer in racers:
-            racer.kill()
-            racer.wait()
-    return {tag: json.loads(out) for tag, out in zip(tags, outputs, strict=True)}
+    argvs = {f"p{i}": [str(root), f"p{i}", str(n)] for i in range(processes)}
+    return race_processes(RACER, argvs)
 
 
 async def test_processes_racing_for_the_same_records_win_each_once(root: Path) -> None:
