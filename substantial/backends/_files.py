@@ -138,15 +138,19 @@ def root_problem(root: str) -> str:
     return f"the folder {root} does not exist and cannot be made"
 
 
+def _open_in(folder: str, path: str, flags: int) -> int:
+    """``os.open`` a file of ``folder``, making the folder first if it is missing."""
+    try:
+        return os.open(path, flags, 0o666)
+    except FileNotFoundError:
+        os.makedirs(folder, exist_ok=True)
+        return os.open(path, flags, 0o666)
+
+
 def write_temp(tmp: str, data: bytes, fsync: bool) -> str:
     """Write ``data`` to a new file in the folder ``tmp`` (made if need be); its path."""
     temp = f"{tmp}/{secrets.token_hex(16)}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-    try:
-        fd = os.open(temp, flags, 0o666)
-    except FileNotFoundError:
-        os.makedirs(tmp, exist_ok=True)
-        fd = os.open(temp, flags, 0o666)
+    fd = _open_in(tmp, temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC)
     try:
         with open(fd, "wb") as file:
             file.write(data)
@@ -164,12 +168,7 @@ def locked(locks: str, key: str) -> Iterator[None]:
     """Hold the ``flock`` of ``key``'s lock stripe in the folder ``locks``."""
     stripe = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest())
     lock = f"{locks}/{stripe % LOCK_STRIPES:03x}"
-    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-    try:
-        fd = os.open(lock, flags, 0o666)
-    except FileNotFoundError:
-        os.makedirs(locks, exist_ok=True)
-        fd = os.open(lock, flags, 0o666)
+    fd = _open_in(locks, lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd is closed, or the process dies
         yield
