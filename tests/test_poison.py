@@ -9,6 +9,7 @@ sync step still blocking when the agent is told to stop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -161,8 +162,8 @@ async def test_a_folder_the_agent_may_not_write_is_waited_out(tmp_path: Path) ->
     runs = ["denied-1", "denied-2"]
     await _start_steps(client, runs)
     folders = [store, *(p for p in store.rglob("*") if p.is_dir())]
-    for folder in folders:  # as if a root CLI made them 0755 and the agent is someone else
-        folder.chmod(0o555)
+    # as if a root CLI made them 0755 and the agent is someone else
+    _chmod_all(folders, 0o555)
     agent = Agent(url, effects, tmp_path, {"CHAOS_POLL": "0.05"}, prefix=_no_dac_override())
     try:
         agent.spawn()
@@ -178,17 +179,24 @@ async def test_a_folder_the_agent_may_not_write_is_waited_out(tmp_path: Path) ->
         check = await anyio.to_thread.run_sync(_check, url, _no_dac_override())
         assert check.returncode == 1, check
         assert "files refused create" in check.stderr
-        for folder in folders:
-            folder.chmod(0o755)
+        _chmod_all(folders, 0o755)
         healthy = await anyio.to_thread.run_sync(_check, url, _no_dac_override())
         assert healthy.returncode == 0, healthy
         await _all_complete(client, runs)
         assert agent.stderr().count("backend refuses writes") == 1, agent.stderr()
         assert agent.stop() == 0
     finally:
-        for folder in folders:
-            folder.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+        _chmod_all(
+            folders, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
+        )
         agent.kill()
+
+
+def _chmod_all(folders: list[Path], mode: int) -> None:
+    """chmod each folder still there: a poll removes schedule time folders it emptied."""
+    for folder in folders:
+        with contextlib.suppress(FileNotFoundError):
+            folder.chmod(mode)
 
 
 class _FailingInbox(MemoryBackend):

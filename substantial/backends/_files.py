@@ -10,7 +10,7 @@ import fcntl
 import hashlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 __all__ = [
@@ -24,10 +24,12 @@ __all__ = [
     "fsync_dir",
     "key_problem",
     "locked",
+    "make_empty",
     "read_file",
     "remove_empty_folders",
     "root_problem",
     "unlink_quietly",
+    "with_folders",
     "write_temp",
 ]
 
@@ -145,6 +147,31 @@ def _open_in(folder: str, path: str, flags: int) -> int:
     except FileNotFoundError:
         os.makedirs(folder, exist_ok=True)
         return os.open(path, flags, 0o666)
+
+
+#: How often a write makes its folders again when they vanish under it (each time, a
+#: listing removed one as empty between the write making it and using it).
+REMAKES = 8
+
+
+def with_folders(write: Callable[[], None], make_folders: Callable[[], None]) -> None:
+    """
+    ``write`` a file, making its folders if they are missing, and again if a listing
+    removed one as empty meanwhile (``FSBackend.list_before``).
+    """
+    for attempt in range(REMAKES + 1):
+        try:
+            return write()
+        except FileNotFoundError:
+            if attempt == REMAKES:
+                raise
+        with suppress(FileNotFoundError):  # a folder removed as it was made
+            make_folders()
+
+
+def make_empty(path: str) -> None:
+    """Create the empty file ``path``; :class:`FileExistsError` if anything is there."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
 
 
 def write_temp(tmp: str, data: bytes, fsync: bool) -> str:

@@ -28,10 +28,12 @@ from substantial.backends._files import (
     fsync_dir,
     key_problem,
     locked,
+    make_empty,
     read_file,
     remove_empty_folders,
     root_problem,
     unlink_quietly,
+    with_folders,
     write_temp,
 )
 from substantial.backends._fsrecords import LegacyLog, RecordKeys
@@ -48,9 +50,6 @@ _T = TypeVar("_T")
 #: folder: the run log (``runs/{run}/log/{seq:012d}``, see ``substantial._store.keys``),
 #: written once per step, create-if-absent, and read whole.
 APPEND_LOGS = ("runs/*/log/",)
-#: How often a write makes its folders again when they vanish under it (each time, a
-#: listing removed one as empty between the write making it and using it).
-_REMAKES = 8
 
 
 class FSBackend(Backend):
@@ -229,9 +228,10 @@ class FSBackend(Backend):
         if (record := self._families.locate(key)) is not None:
             with suppress(LegacyLog):
                 return self._records.create(*record, data)
-        temp = self._write_temp(data, durable)
+        # An empty file has nothing to tear: it is made in place, one fsync (its folder's).
+        temp = self._write_temp(data, durable) if data else ""
         try:
-            self._with_parents(key, lambda: os.link(temp, path))
+            self._with_parents(key, lambda: os.link(temp, path) if temp else make_empty(path))
         except FileExistsError:
             if os.path.isdir(path):
                 raise self._conflict(key) from None
@@ -239,7 +239,8 @@ class FSBackend(Backend):
         except NotADirectoryError as exc:
             raise self._conflict(key) from exc
         finally:
-            unlink_quietly(temp)
+            if temp:
+                unlink_quietly(temp)
         if durable:
             self._sync_dir(os.path.dirname(path))
         return content_version(data)
@@ -300,6 +301,12 @@ class FSBackend(Backend):
 
     def _install(self, key: str, path: str, data: bytes, durable: bool) -> None:
         """Atomically make ``path`` hold ``data``; the caller holds the key's lock."""
+        if not data:
+            with suppress(FileExistsError):  # else replaced whole: a reader may be reading it
+                self._with_parents(key, lambda: make_empty(path))
+                if durable:
+                    self._sync_dir(os.path.dirname(path))
+                return
         temp = self._write_temp(data, durable)
         try:
             self._with_parents(key, lambda: os.replace(temp, path))
@@ -313,18 +320,7 @@ class FSBackend(Backend):
             self._sync_dir(os.path.dirname(path))
 
     def _with_parents(self, key: str, write: Callable[[], None]) -> None:
-        """
-        ``write`` the key's file, making its folders if they are missing, and again if a
-        listing removed one as empty meanwhile (:meth:`list_before`).
-        """
-        for attempt in range(_REMAKES + 1):
-            try:
-                return write()
-            except FileNotFoundError:
-                if attempt == _REMAKES:
-                    raise
-            with suppress(FileNotFoundError):  # a parent removed as it was made
-                self._make_parents(key)
+        with_folders(write, lambda: self._make_parents(key))
 
     def _make_parents(self, key: str) -> None:
         os.makedirs(self.root, exist_ok=True)

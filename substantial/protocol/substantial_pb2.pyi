@@ -1064,8 +1064,9 @@ Global___Lease: _TypeAlias = Lease  # noqa: Y015
 
 @_typing.final
 class ScheduleEntry(_message.Message):
-    """schedule/{due_ms:015d}-{run}: the content is a nonce, so re-putting a key changes its
-    version and a consumer's delete-if-unchanged cannot drop a fresh wake-up.
+    """schedule/.../{due_ms:015d}-{run}~{tag}: written empty since issue 13 (the key says it
+    all: a tag other than `t` ends in a random suffix, so no key is reused, and consumers
+    delete entries unconditionally). Older writers put a nonce here; readers ignore it.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

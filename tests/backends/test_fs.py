@@ -12,6 +12,7 @@ import anyio.to_thread
 import pytest
 
 from substantial.backends import FSBackend
+from substantial.backends._files import content_version
 from substantial.errors import BackendUnavailable
 from tests.racers import race_processes
 
@@ -266,3 +267,43 @@ async def test_other_os_errors_are_not_disguised(
         await store.create("k/b", b"2")
     assert not isinstance(info.value, BackendUnavailable)
     assert info.value.errno == errno.EBADF
+
+
+async def test_an_empty_key_is_made_in_place_with_one_fsync(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A schedule entry is empty: nothing to tear, so no temp file and no data flush."""
+    store = FSBackend(root)
+    await store.create("schedule/at/warm-up", b"")  # makes the folders
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    assert await store.create("schedule/at/e1", b"") is not None
+    assert synced == [str(root / "schedule" / "at")]  # the folder's entry, nothing else
+    assert await store.create("schedule/at/e1", b"") is None  # still create-if-absent
+    assert await store.create("schedule/at/e1", b"x") is None
+    assert await store.get("schedule/at/e1") == (b"", content_version(b""))
+    synced.clear()
+    assert await store.put("schedule/at/e2", b"") is not None
+    assert synced == [str(root / "schedule" / "at")]
+
+
+async def test_an_empty_put_over_content_replaces_it_whole(root: Path) -> None:
+    """Truncating in place could hand a reader half the old bytes: an existing file is
+    replaced by rename, as any other put."""
+    store = FSBackend(root)
+    await store.put("k", b"old content")
+    inode = os.stat(root / "k").st_ino
+    assert await store.put("k", b"") == content_version(b"")
+    assert await store.get("k") == (b"", content_version(b""))
+    assert os.stat(root / "k").st_ino != inode  # a new file took the name
+    entry = await store.get("k")
+    assert entry is not None
+    assert await store.replace("k", b"", entry[1]) is not None
+    with pytest.raises(ValueError, match="cannot be stored"):
+        await store.create("k/below", b"")
