@@ -22,16 +22,6 @@ from tests.servers import RedisServer, running_redis
 pytestmark = [pytest.mark.redis, pytest.mark.usefixtures("anyio_backend")]
 
 
-@pytest.fixture
-async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """A plain redis-py client, for looking behind the backend's back."""
-    client = aioredis.Redis.from_url(redis_server.url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 def _backend(redis_server: RedisServer, **options: Any) -> RedisBackend:
     return RedisBackend(redis_server.url, prefix=f"test-{uuid.uuid4().hex}", **options)
 

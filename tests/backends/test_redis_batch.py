@@ -30,15 +30,6 @@ def _v(data: bytes) -> str:
 
 
 @pytest.fixture
-async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
 async def store(redis_server: RedisServer) -> AsyncIterator[RedisBackend]:
     backend = RedisBackend(redis_server.url, prefix=f"test-{uuid.uuid4().hex}")
     try:
