@@ -14,24 +14,25 @@ from __future__ import annotations
 
 import bisect
 import os
-import secrets
 import stat
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-from substantial.backends._files import content_version, read_file, unlink_quietly
+from substantial.backends._files import content_version, read_file, unlink_quietly, write_temp
 from substantial.backends._records import (
     DROP,
+    FRAME,
+    HEADER,
     SET,
     Families,
     Records,
     RecordsCache,
     append_frame,
     record_name,
-    write_records,
+    records_file,
 )
 from substantial.backends.base import Entry
 
@@ -174,19 +175,15 @@ class RecordKeys:
                 if state.end is None:  # a new file: its folder entry must last, too
                     self._sync_dir(os.path.dirname(path))
                 elif state.live is not None:
-                    self._vacuum(path, state.live)
+                    with suppress(OSError):  # the drop is done; the next one tries again
+                        self._vacuum(path, state.live)
             finally:
                 os.close(fd)
         return True
 
     def _vacuum(self, path: str, live: dict[int, bytes]) -> None:
         """Rewrite the file with only its ``live`` records (and a new file id)."""
-        temp = f"{self.tmp}/{secrets.token_hex(16)}"
-        try:
-            write_records(temp, live, self.fsync)
-        except FileNotFoundError:
-            os.makedirs(self.tmp, exist_ok=True)
-            write_records(temp, live, self.fsync)
+        temp = write_temp(self.tmp, records_file(live), self.fsync)
         try:
             os.replace(temp, path)
         except BaseException:
@@ -226,8 +223,11 @@ class _State:
             return cls(None, None, 0, None)
         current, live = records.data.get(seq), None
         if kind == DROP and current is not None:
-            left = records.size - len(current)
-            if records.end - left >= max(VACUUM_BYTES, left):
+            # Live bytes after the drop, frame headers included: the rest of the file is
+            # dead (replaced or dropped records), and the file is rewritten once the dead
+            # outweigh the live (else each drop of a file of small records rewrites it).
+            left = records.size - len(current) + FRAME.size * (len(records.data) - 1)
+            if records.end - HEADER.size - left >= max(VACUUM_BYTES, left):
                 live = {other: data for other, data in records.data.items() if other != seq}
         return cls(records.end, current, len(records.data), live)
 

@@ -36,6 +36,8 @@ from typing import TypeVar
 
 __all__ = [
     "DROP",
+    "FRAME",
+    "HEADER",
     "SEQ_DIGITS",
     "SET",
     "Families",
@@ -45,7 +47,7 @@ __all__ = [
     "frame",
     "header",
     "record_name",
-    "write_records",
+    "records_file",
 ]
 
 MAGIC = b"SUBREC01"
@@ -196,6 +198,17 @@ class Families:
             self._known[head] = known
         return known
 
+    def clash(self, key: str) -> str | None:
+        """Why ``key``, not a record, cannot be stored: it is a log folder or below one."""
+        if self.folder(key):
+            return "it names a log folder, kept by the files backend as one file"
+        head = key
+        while "/" in head:
+            head = head.rpartition("/")[0]
+            if self.folder(head):
+                return f"the log folder {head!r} holds only records named by {SEQ_DIGITS} digits"
+        return None
+
     def locate(self, key: str) -> tuple[str, int] | None:
         """The record file (relative path) and number of ``key``, if it is a record."""
         head, _, name = key.rpartition("/")
@@ -233,17 +246,11 @@ def append_frame(fd: int, end: int | None, seq: int, kind: int, data: bytes) -> 
         raise
 
 
-def write_records(path: str, records: dict[int, bytes], fsync: bool) -> None:
-    """Write a new record file (new file id) holding ``records`` at ``path``, exclusively."""
+def records_file(records: dict[int, bytes]) -> bytes:
+    """The bytes of a new record file (a new file id) holding ``records``."""
     body = [header(secrets.token_bytes(16))]
     body.extend(frame(seq, SET, data) for seq, data in sorted(records.items()))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-    try:
-        _write_all(fd, b"".join(body), 0)
-        if fsync:
-            os.fdatasync(fd)
-    finally:
-        os.close(fd)
+    return b"".join(body)
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:

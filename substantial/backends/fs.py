@@ -203,8 +203,8 @@ class FSBackend(Backend):
 
     def _path(self, key: str) -> str:
         problem = key_problem(key)
-        if problem is None and self._families.folder(key):
-            problem = "it names a log folder, kept by the files backend as one file"
+        if problem is None and self._families.locate(key) is None:
+            problem = self._families.clash(key)
         if problem is not None:
             raise ValueError(f"illegal key {key!r}: {problem}")
         return f"{self.root}/{key}"

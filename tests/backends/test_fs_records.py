@@ -61,6 +61,32 @@ async def test_records_live_in_one_file_per_log(root: Path) -> None:
         await store.put("runs/r1/log", b"x")
 
 
+@pytest.mark.parametrize(
+    "key", ["runs/r1/log/x", "runs/r1/log/7", "runs/r1/log/000000000001/below"]
+)
+async def test_a_log_folder_holds_only_records(root: Path, key: str) -> None:
+    """Else the key would make the folder, and the log would be kept one file per key."""
+    store = FSBackend(root)
+    with pytest.raises(ValueError, match="holds only records"):
+        await store.put(key, b"x")
+    assert await store.create(seg(1), b"s1") is not None
+    assert (root / "runs/r1/log").is_file()
+
+
+async def test_deleting_small_records_rewrites_the_file_rarely(root: Path) -> None:
+    """Frame headers are live bytes too: counted as dead, every drop of a file of small
+    records would rewrite the whole file (quadratic, with an fsync each)."""
+    store = FSBackend(root, fsync=False)
+    for seq in range(4500):
+        await store.create(seg(seq), b"8 bytes!")
+    files = set()
+    for seq in range(200):
+        assert await store.delete(seg(seq))
+        files.add((root / "runs/r1/log").stat().st_ino)
+    assert len(files) <= 2  # the file as it was, and at most one rewrite
+    assert await store.list_all(LOG) == [seg(seq) for seq in range(200, 4500)]
+
+
 async def test_deletes_and_prune_leave_nothing(root: Path) -> None:
     store = FSBackend(root)
     await store.put("runs/r1/meta", b"m")
