@@ -166,14 +166,21 @@ class Poller:
         self, run_id: str, entries: list[ScheduleEntry], clock: float, work: TaskGroup
     ) -> bool:
         """Take the run's lease and start its wake-up in ``work``; whether it was taken."""
-        parts = self._parts
+        parts, active = self._parts, self._processor.active
+        if run_id in active:  # a start in this process took it meanwhile (reserve)
+            return False
+        active.add(run_id)  # before the await: reserve() must see it is being claimed
         try:
             lease = await self._store.acquire(
                 run_id, parts.settings.name, round(parts.settings.lease_seconds * 1000)
             )
-        except (BackendUnavailable, BackendRefused):
-            raise  # the store's trouble, not this run's
-        except Exception as exc:  # this run's records: hold it off, go on with others
+        except BaseException as exc:
+            active.discard(run_id)
+            if isinstance(exc, BackendUnavailable | BackendRefused) or not isinstance(
+                exc, Exception
+            ):
+                raise  # the store's trouble (or a cancellation), not this run's
+            # this run's records: hold it off, go on with others
             tries, wait = parts.holdoffs.run_errors.failed(run_id)
             log.error(
                 "agent %s: cannot claim run %s (failure %d in a row), holding it off "
@@ -182,9 +189,9 @@ class Poller:
             parts.holdoffs.hold(run_id, wait, since=clock)
             return False
         if lease is None:
+            active.discard(run_id)
             parts.holdoffs.hold(run_id, constants.POLL_MIN_SECONDS * 10, since=clock)
             return False
-        self._processor.active.add(run_id)
         if entries[0].tick:  # a cron schedule's tick (its name starts with ticker.TICKING)
             work.start_soon(self._tick, lease, entries, name=run_id)
             return True

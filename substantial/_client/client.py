@@ -227,8 +227,9 @@ class Client:
             self.starting.discard(run_id)
             if agent is not None and not taken:
                 agent.unreserve(run_id)
-        if lease is not None and not taken:  # the agent stopped meanwhile: any agent's now
-            await self.store.release(lease)
+        if agent is not None and not taken:  # no lease, or the agent stopped: any agent's now
+            if lease is not None:
+                await self.store.release(lease)
             await self.store.schedule(run_id, self.store.clock.now_ms(), "s", route)
         if not taken:
             self.notifier.kick()

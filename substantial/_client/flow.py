@@ -135,6 +135,7 @@ class FlowControl:
         :raises InvalidName: if ``name`` breaks the naming rule
         """
         await self.backend.delete(queue_paused_key(check_name(name, "queue")))
+        self._client.paused_queues.discard(name)  # this process's starts hand runs again
         self._client.notifier.kick()
 
     async def queue_paused(self, name: str) -> bool:
