@@ -6,6 +6,7 @@ buys, and the crash rules it keeps.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import signal
 import subprocess
@@ -97,6 +98,27 @@ async def test_a_ten_step_run_started_beside_its_agent_costs_few_requests(
     assert cost["create"] == 13
     assert all(prefix.startswith(SCHEDULE_PREFIX) for prefix in listed)
     assert sum(cost.values()) - cost["head"] - cost["list"] == 17
+
+
+caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="none")
+
+
+@workflow(name="local.sees")
+async def sees(c: Context) -> str:
+    return await c.save(lambda: caller.get())
+
+
+async def test_a_handed_run_does_not_run_in_the_starting_tasks_context(
+    backend: Backend,
+) -> None:
+    """As a run a poll claims: the caller's context variables (and span) stay its own."""
+    conductor = make_conductor(backend, sees, poll_interval=5.0)
+    async with conductor:
+        await _settled(conductor)
+        caller.set("the request handler")
+        handle = await conductor.start(sees)
+        assert await backend.get(lease_key(handle.run_id)) is not None  # handed over
+        assert await handle.result(timeout=WAIT) == "none"
 
 
 async def test_an_event_sent_as_the_run_starts_is_delivered(backend: Backend) -> None:

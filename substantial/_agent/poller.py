@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import random
@@ -44,6 +45,7 @@ class Poller:
         self.queues = queues
         self._turn = 0
         self._work: TaskGroup | None = None
+        self._context = contextvars.Context()
         #: queues polled since the agent started, and those found paused (or paused here)
         self._seen: set[str] = set()
         self._paused = parts.client.paused_queues
@@ -53,6 +55,9 @@ class Poller:
     async def loop(self, work: TaskGroup) -> None:
         """Poll until cancelled, starting wake-ups in ``work``. Store trouble never ends it."""
         self._work = work
+        # a run handed over by a start runs in the agent's context, as one it claims
+        # does, not in the starting task's (its span, its context variables)
+        self._context = contextvars.copy_context()
         self._seen.clear()  # a pause made while the agent was stopped: seen at its polls
         self._parts.client.local_agent = self
         try:
@@ -250,7 +255,7 @@ class Poller:
         if self._work is None:
             return False
         wake = functools.partial(self._processor.process, lease, [entry], new)
-        self._work.start_soon(wake, name=f"run {lease.run_id}")
+        self._context.run(self._work.start_soon, wake, name=f"run {lease.run_id}")
         return True
 
     def unreserve(self, run_id: str) -> None:
