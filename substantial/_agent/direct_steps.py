@@ -16,7 +16,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
-import functools
 import inspect
 from collections.abc import Callable, Coroutine
 from contextlib import nullcontext
@@ -27,18 +26,10 @@ from anyio.abc import TaskGroup
 
 from substantial._agent import telemetry
 from substantial._agent.outcomes import Outcomes
-from substantial._agent.steps import StepRunner, step_threads
+from substantial._agent.steps import StepRunner, is_sync, step_threads
 from substantial._engine.commands import SaveCommand
 
-__all__ = ["DirectSteps", "is_sync"]
-
-
-def is_sync(fn: Callable[[], Any]) -> bool:
-    """Whether a step function is called in a worker thread (not an ``async def``)."""
-    target = fn
-    while isinstance(target, functools.partial):
-        target = target.func
-    return not inspect.iscoroutinefunction(target)
+__all__ = ["DirectSteps"]
 
 
 class _Attempt:

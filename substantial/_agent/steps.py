@@ -21,7 +21,7 @@ from substantial._engine.replay import Execution
 from substantial.codec import encode_payload
 from substantial.errors import CodecError
 
-__all__ = ["StepOutcome", "StepRunner", "call", "in_thread", "step_threads"]
+__all__ = ["StepOutcome", "StepRunner", "call", "in_thread", "is_sync", "step_threads"]
 
 
 class StepRunner:
@@ -81,12 +81,17 @@ class StepRunner:
             )
 
 
-async def call(fn: Callable[[], Any]) -> Any:
-    """Call a step function: async ones on the event loop, sync ones in a worker thread."""
+def is_sync(fn: Callable[[], Any]) -> bool:
+    """Whether a step function is called in a worker thread (not an ``async def``)."""
     target = fn
     while isinstance(target, functools.partial):
         target = target.func
-    if inspect.iscoroutinefunction(target):
+    return not inspect.iscoroutinefunction(target)
+
+
+async def call(fn: Callable[[], Any]) -> Any:
+    """Call a step function: async ones on the event loop, sync ones in a worker thread."""
+    if not is_sync(fn):
         return await fn()
     value = await in_thread(fn)
     if inspect.isawaitable(value):

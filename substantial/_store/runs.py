@@ -257,7 +257,7 @@ class RunStore:
             await self.backend.create(key, data)
         else:
             await self.backend.put(key, data)
-        return ScheduleEntry.parse(key) or ScheduleEntry(key, run_id, due_ms, route)
+        return ScheduleEntry(key, run_id, due_ms, route)  # what parsing the key would give
 
     async def due(
         self,

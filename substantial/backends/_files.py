@@ -12,6 +12,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from typing import TypeVar
 
 __all__ = [
     "LOCKS",
@@ -32,6 +33,8 @@ __all__ = [
     "with_folders",
     "write_temp",
 ]
+
+_T = TypeVar("_T")
 
 TMP = ".tmp"
 LOCKS = ".locks"
@@ -141,12 +144,10 @@ def root_problem(root: str) -> str:
 
 
 def _open_in(folder: str, path: str, flags: int) -> int:
-    """``os.open`` a file of ``folder``, making the folder first if it is missing."""
-    try:
-        return os.open(path, flags, 0o666)
-    except FileNotFoundError:
-        os.makedirs(folder, exist_ok=True)
-        return os.open(path, flags, 0o666)
+    """``os.open`` a file of ``folder``, making the folder if it is missing."""
+    return with_folders(
+        lambda: os.open(path, flags, 0o666), lambda: os.makedirs(folder, exist_ok=True)
+    )
 
 
 #: How often a write makes its folders again when they vanish under it (each time, a
@@ -154,19 +155,19 @@ def _open_in(folder: str, path: str, flags: int) -> int:
 REMAKES = 8
 
 
-def with_folders(write: Callable[[], None], make_folders: Callable[[], None]) -> None:
+def with_folders(write: Callable[[], _T], make_folders: Callable[[], None]) -> _T:
     """
-    ``write`` a file, making its folders if they are missing, and again if a listing
-    removed one as empty meanwhile (``FSBackend.list_before``).
+    ``write`` (or open) a file, making its folders if they are missing, and again if a
+    listing removed one as empty meanwhile (``FSBackend.list_before``).
     """
-    for attempt in range(REMAKES + 1):
+    for _ in range(REMAKES):
         try:
             return write()
         except FileNotFoundError:
-            if attempt == REMAKES:
-                raise
+            pass
         with suppress(FileNotFoundError):  # a folder removed as it was made
             make_folders()
+    return write()  # the last try: its FileNotFoundError is raised
 
 
 def make_empty(path: str) -> None:

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-from substantial.backends._files import content_version, read_file, unlink_quietly, write_temp
+from substantial.backends._files import (
+    content_version,
+    read_file,
+    unlink_quietly,
+    with_folders,
+    write_temp,
+)
 from substantial.backends._records import (
     DROP,
     FRAME,
@@ -195,11 +201,9 @@ class RecordKeys:
     def _open(self, rel: str, path: str) -> int:
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         try:
-            try:
-                return os.open(path, flags, 0o666)
-            except FileNotFoundError:
-                self._make_parents(rel)
-                return os.open(path, flags, 0o666)
+            return with_folders(
+                lambda: os.open(path, flags, 0o666), lambda: self._make_parents(rel)
+            )
         except IsADirectoryError:
             raise LegacyLog(rel) from None
 
