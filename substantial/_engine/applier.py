@@ -71,23 +71,23 @@ class EventApplier(ExecutionState):
         """
         self._stored = stored = list(events)
         self._cursor = 0
-        while self._cursor < len(stored):
-            event = stored[self._cursor]
-            self._cursor += 1
-            kind = event.WhichOneof("kind")
-            if kind == "started" and self._cursor == len(stored):
-                # Only a start is written by no agent: no wake-up ran the code after it.
-                self.replaying = False
-            main = self._main
-            if (self._fatal is not None or (main is not None and main.done())) and (
-                self.outcome is None
-            ):  # the workflow ended (_ended()), and the log goes on
-                ended = self._terminal_event().WhichOneof("kind")
-                if kind != ended:
-                    code = "nothing more: the workflow had already " + (ended or "ended")
-                    logged = _LOGGED.get(kind or "?", kind or "?")
-                    raise NonDeterminismError(self.run_id, None, logged, code)
-            self._apply(event, kind)
+        with self._loop.running():  # not set and reset for each event
+            while self._cursor < len(stored):
+                event = stored[self._cursor]
+                self._cursor += 1
+                kind = event.WhichOneof("kind")
+                if kind == "started" and self._cursor == len(stored):
+                    self.replaying = False  # only a start is written by no agent's wake-up
+                main = self._main
+                if (self._fatal is not None or (main is not None and main.done())) and (
+                    self.outcome is None
+                ):  # the workflow ended (_ended()), and the log goes on
+                    ended = self._terminal_event().WhichOneof("kind")
+                    if kind != ended:
+                        code = "nothing more: the workflow had already " + (ended or "ended")
+                        logged = _LOGGED.get(kind or "?", kind or "?")
+                        raise NonDeterminismError(self.run_id, None, logged, code)
+                self._apply(event, kind)
 
     def _record(self, event: pb.Event) -> None:
         event.at_ms = max(self._clock_ms, self.now_ms)

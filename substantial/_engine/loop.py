@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 __all__ = ["DeterministicLoop"]
@@ -21,6 +22,7 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
     def __init__(self, clock_ms: Callable[[], int]) -> None:
         self._clock_ms = clock_ms
         self._ready: deque[asyncio.Handle] = deque()
+        self._entered = False
 
     def call_soon(  # type: ignore[override]
         self,
@@ -71,24 +73,41 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
 
     def run_ready(self) -> None:
         """Run callbacks until every workflow task is blocked on something."""
-        ready = self._ready
-        if not ready:
+        if not self._ready:
             return
+        if self._entered:
+            self._drain()
+            return
+        with self.running():
+            self._drain()
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """
+        Be asyncio's running loop until the block ends, so that :meth:`run_ready` does
+        not set and reset it each time (a replay runs the callbacks of every event).
+        """
         outer = asyncio.events._get_running_loop()
         asyncio.events._set_running_loop(self)
+        self._entered = True
         try:
-            while ready:
-                handle = ready.popleft()
-                if handle._cancelled:
-                    continue
-                try:  # Handle._run, less a call
-                    handle._context.run(handle._callback, *handle._args)  # type: ignore[attr-defined]
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException:  # what call_exception_handler would be given
-                    pass
+            yield
         finally:
+            self._entered = False
             asyncio.events._set_running_loop(outer)
+
+    def _drain(self) -> None:
+        ready = self._ready
+        while ready:
+            handle = ready.popleft()
+            if handle._cancelled:
+                continue
+            try:  # Handle._run, less a call
+                handle._context.run(handle._callback, *handle._args)  # type: ignore[attr-defined]
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:  # what call_exception_handler would be given
+                pass
 
 
 class _Handle(asyncio.Handle):
