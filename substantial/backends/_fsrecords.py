@@ -33,6 +33,7 @@ from substantial.backends._records import (
     FRAME,
     HEADER,
     SET,
+    Damaged,
     Families,
     Records,
     RecordsCache,
@@ -41,6 +42,7 @@ from substantial.backends._records import (
     records_file,
 )
 from substantial.backends.base import Entry
+from substantial.errors import CorruptLog
 
 __all__ = ["LegacyLog", "RecordKeys"]
 
@@ -99,9 +101,17 @@ class RecordKeys:
         try:
             if stat.S_ISDIR(os.fstat(fd).st_mode):
                 raise LegacyLog(rel)
-            return self.cache.use(path, fd, call)
+            return self._use(rel, fd, call)
         finally:
             os.close(fd)
+
+    def _use(self, rel: str, fd: int, call: Callable[[Records | None], _T]) -> _T:
+        """``cache.use``: a damaged file fails the run it belongs to, and is left as is."""
+        try:
+            return self.cache.use(f"{self.root}/{rel}", fd, call)
+        except Damaged as exc:
+            detail = f"the record file {rel!r} under {self.root!r} is damaged: {exc}"
+            raise CorruptLog(self.families.owner(rel), rel, detail) from None
 
     def get_keys(self, keys: Sequence[str], paths: list[str]) -> list[Entry | None]:
         """Read ``keys`` (at ``paths``): each record file once, other keys as files."""
@@ -166,7 +176,7 @@ class RecordKeys:
                 # What the file holds, taken under the cache's lock: another thread of
                 # this process may be parsing the same file (it cannot grow: we hold
                 # the file's lock).
-                state = self.cache.use(path, fd, partial(_State.of, seq=seq, kind=kind))
+                state = self._use(rel, fd, partial(_State.of, seq=seq, kind=kind))
                 if not decide(state.current):
                     return False
                 if kind == DROP and state.count == 1:

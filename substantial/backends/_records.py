@@ -14,6 +14,11 @@ frames that are complete and whose crc matches, up to the first that is not: a w
 that died mid-append leaves a torn tail, which readers ignore and the next writer (under
 the lock) cuts off before it appends. So a frame is all there or not there.
 
+Only the last frame can be torn, so a bad frame that is not the last (its length ends
+before the file does, and non-zero bytes follow), or a file that does not begin with
+the header, is damage: readers and writers raise :class:`Damaged` and leave the file as
+it is, instead of cutting off the records after it.
+
 Writers hold the folder's lock (the files backend's ``flock`` stripes; released by the
 kernel when a process dies) while they check and append, which is what makes ``create``
 of a record create-if-absent across processes. A file is only ever appended to, or
@@ -40,6 +45,7 @@ __all__ = [
     "HEADER",
     "SEQ_DIGITS",
     "SET",
+    "Damaged",
     "Families",
     "Records",
     "RecordsCache",
@@ -57,6 +63,10 @@ SET, DROP = 0, 1
 SEQ_DIGITS = 12
 _MAX_SEQ = 10**SEQ_DIGITS
 _T = TypeVar("_T")
+
+
+class Damaged(Exception):
+    """A record file is damaged where no writer that died mid-append can have torn it."""
 
 
 def header(file_id: bytes) -> bytes:
@@ -127,10 +137,12 @@ class RecordsCache:
         with self._lock:
             records = self._files.get(path)
             head = os.pread(fd, HEADER.size, 0)
+            size = os.fstat(fd).st_size
             if len(head) < HEADER.size or head[:8] != MAGIC:
                 self._drop(path)
-                return call(None)
-            size = os.fstat(fd).st_size
+                if len(head) == HEADER.size and _pread_all(fd, size, 0).strip(b"\0"):
+                    raise Damaged("it does not begin with the record-file header")
+                return call(None)  # not begun: its first writer died writing the header
             if records is None or records.file_id != head[8:] or size < records.end:
                 self._drop(path)
                 records = Records(head[8:])
@@ -138,8 +150,14 @@ class RecordsCache:
                 self._files[path] = records
             if size > records.end:
                 before = records.end
-                records.extend(_pread_all(fd, size - records.end, records.end))
+                tail = _pread_all(fd, size - records.end, records.end)
+                records.extend(tail)
                 self._total += records.end - before
+                if records.end < size and not torn(memoryview(tail)[records.end - before :]):
+                    raise Damaged(
+                        f"the frame at byte {records.end} fails its check and is not the "
+                        "last: a torn write can only be the last"
+                    )
             self._files.move_to_end(path)
             while (self._total > self._limit or len(self._files) > self._most) and len(
                 self._files
@@ -155,6 +173,17 @@ class RecordsCache:
         records = self._files.pop(path, None)
         if records is not None:
             self._total -= records.end
+
+
+def torn(rest: memoryview) -> bool:
+    """
+    Whether ``rest``, the bytes after a record file's last good frame, can be the torn
+    append of a writer that died: shorter than a frame header, a frame that runs to the
+    end of the file or past it, or zeros (a length the data never reached).
+    """
+    if len(rest) < FRAME.size or FRAME.size + FRAME.unpack_from(rest)[0] >= len(rest):
+        return True
+    return not rest.tobytes().strip(b"\0")
 
 
 def _pread_all(fd: int, size: int, offset: int) -> bytes:
@@ -208,6 +237,14 @@ class Families:
             if self.folder(head):
                 return f"the log folder {head!r} holds only records named by {SEQ_DIGITS} digits"
         return None
+
+    def owner(self, head: str) -> str:
+        """What the first ``*`` of ``head``'s family stands for (``runs/r/log``: ``r``)."""
+        parts = head.split("/")
+        for pattern in self._patterns:
+            if _matches(parts, pattern) and "*" in pattern:
+                return parts[pattern.index("*")]
+        return head
 
     def locate(self, key: str) -> tuple[str, int] | None:
         """The record file (relative path) and number of ``key``, if it is a record."""

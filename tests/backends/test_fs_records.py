@@ -22,10 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from substantial import Conductor, Context, RunStatus, workflow
+from substantial import Conductor, Context, CorruptLog, RunStatus, workflow
 from substantial.backends import FSBackend
-from substantial.backends._records import FRAME, frame
-from tests.harness import wait_until
+from substantial.backends._records import FRAME, HEADER, frame
+from tests.harness import WAIT, make_conductor, wait_for_status, wait_until
 from tests.racers import race_processes
 
 pytestmark = pytest.mark.anyio
@@ -152,6 +152,79 @@ async def test_a_torn_tail_is_invisible_and_cut_by_the_next_writer(root: Path) -
         assert await reader.list_all(LOG) == [seg(0), seg(1)]
         assert await store.delete(seg(1))
     assert (await FSBackend(root).get(seg(0)) or (b"",))[0] == b"zero"
+
+
+async def test_damage_before_the_last_frame_fails_reads_and_writes_and_is_kept(
+    root: Path,
+) -> None:
+    # Only a writer's last append can be torn: a bad frame with good ones after it is
+    # damage (a flipped bit, a lost page), and cutting the file there would drop records.
+    store = FSBackend(root)
+    for seq in range(4):
+        await store.create(seg(seq), f"record {seq}".encode() * 10)
+    path = root / "runs/r1/log"
+    damaged = bytearray(path.read_bytes())
+    second = HEADER.size + FRAME.size + len(b"record 0" * 10)  # where frame 1 begins
+    damaged[second + FRAME.size + 3] ^= 0x01
+    path.write_bytes(bytes(damaged))
+    fresh = FSBackend(root)  # another process: nothing cached
+    for call in (fresh.list_all(LOG), fresh.get(seg(0)), fresh.create(seg(4), b"four")):
+        with pytest.raises(CorruptLog, match=f"damaged: the frame at byte {second} ") as bad:
+            await call
+        assert (bad.value.run_id, bad.value.key) == ("r1", "runs/r1/log")
+    assert path.read_bytes() == bytes(damaged)
+    # A process that parsed the file before the damage appends after its end: it cuts
+    # nothing either.
+    assert await store.create(seg(4), b"four") is not None
+    assert path.read_bytes().startswith(bytes(damaged))
+
+
+async def test_a_file_not_begun_as_a_record_file_is_damage_unless_it_is_zeros(
+    root: Path,
+) -> None:
+    path = root / "runs/r1/log"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\0" * (HEADER.size + 40))  # a first writer died in its header
+    assert await FSBackend(root).create(seg(0), b"zero") is not None
+    assert await FSBackend(root).list_all(LOG) == [seg(0)]
+    notes = b"somebody's notes, not a record file at all"
+    path.write_bytes(notes)
+    for call in (FSBackend(root).get(seg(0)), FSBackend(root).create(seg(1), b"one")):
+        with pytest.raises(CorruptLog, match="does not begin with the record-file header"):
+            await call
+    assert path.read_bytes() == notes
+
+
+@workflow(name="records.two_then_wait")
+async def two_then_wait(c: Context, n: int) -> int:
+    total = await c.save(lambda: n) + await c.save(lambda: n)
+    return total + int(await c.receive("go"))
+
+
+async def test_a_damaged_log_parks_its_run_only_and_is_left_for_repair(root: Path) -> None:
+    async with make_conductor(FSBackend(root), two_then_wait) as first:
+        victim = await first.start(two_then_wait, 1, run_id="victim")
+        healthy = await first.start(two_then_wait, 2, run_id="healthy")
+        await wait_for_status(victim, RunStatus.WAITING)
+        await wait_for_status(healthy, RunStatus.WAITING)
+    path = root / "runs/victim/log"
+    original = path.read_bytes()
+    damaged = bytearray(original)
+    damaged[HEADER.size + FRAME.size + 1] ^= 0x40  # inside the start's frame
+    path.write_bytes(bytes(damaged))
+    async with make_conductor(FSBackend(root), two_then_wait, virtual_clock=True) as second:
+        victim, healthy = second.handle("victim"), second.handle("healthy")
+        await victim.send("go", 10)
+        await wait_for_status(victim, RunStatus.PARKED)
+        meta = await second.store.read_meta("victim")
+        assert meta is not None
+        assert "runs/victim/log" in meta.parked_reason
+        assert "damaged" in meta.parked_reason
+        await healthy.send("go", 20)
+        assert await healthy.result(timeout=WAIT) == 24
+        assert path.read_bytes() == bytes(damaged)  # no writer cut it
+        path.write_bytes(original)  # repaired: the parked run is retried and goes on
+        assert await victim.result(timeout=WAIT) == 12
 
 
 # -- the contract on record keys, against a model -------------------------------------------
