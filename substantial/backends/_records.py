@@ -89,22 +89,22 @@ class Records:
     size: int = 0
     _order: list[int] | None = None
 
-    def extend(self, buf: bytes | memoryview) -> None:
+    def extend(self, buf: bytes) -> None:
         """Apply the complete, intact frames at the start of ``buf`` (read at ``end``)."""
         view = memoryview(buf)
-        at, size = 0, len(view)
+        at, size = 0, len(buf)
         unpack, crc32, data, size_of = FRAME.unpack_from, zlib.crc32, self.data, FRAME.size
         live = self.size
         while at + size_of <= size:
             length, crc, seq, kind = unpack(view, at)
-            stop = at + size_of + length
-            if stop > size or crc32(view[at + 8 : stop]) != crc or kind > DROP:
+            start = at + size_of
+            stop = start + length
+            if stop > size or kind > DROP or crc32(view[at + 8 : stop]) != crc:
                 break
-            old = data.pop(seq, None)
-            if old is not None:
-                live -= len(old)
+            if seq in data:
+                live -= len(data.pop(seq))
             if kind == SET:
-                data[seq] = bytes(view[at + size_of : stop])
+                data[seq] = buf[start:stop]
                 live += length
             at = stop
         if at:
