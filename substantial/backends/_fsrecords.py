@@ -87,11 +87,13 @@ class RecordKeys:
 
     # -- reads ------------------------------------------------------------------------
 
-    def read(self, rel: str, call: Callable[[Records | None], _T]) -> _T:
+    def read(self, rel: str, call: Callable[[Records | None], _T], *, locked: bool = False) -> _T:
         """
         ``call`` the file's current parse (None: no file, or not begun).
 
+        :param locked: the caller holds the file's lock
         :raises LegacyLog: if ``rel`` is a folder
+        :raises CorruptLog: if the file is damaged
         """
         path = f"{self.root}/{rel}"
         try:
@@ -101,9 +103,17 @@ class RecordKeys:
         try:
             if stat.S_ISDIR(os.fstat(fd).st_mode):
                 raise LegacyLog(rel)
-            return self._use(rel, fd, call)
+            if locked:
+                return self._use(rel, fd, call)
+            with suppress(Damaged):
+                return self.cache.use(path, fd, call)
         finally:
             os.close(fd)
+        # Read without the lock, a writer cutting a torn tail and appending can be seen
+        # half-way, which looks like damage: look again while no writer is at work.
+        with self._locked(rel):
+            self.cache.forget(path)
+            return self.read(rel, call, locked=True)
 
     def _use(self, rel: str, fd: int, call: Callable[[Records | None], _T]) -> _T:
         """``cache.use``: a damaged file fails the run it belongs to, and is left as is."""

@@ -14,10 +14,10 @@ frames that are complete and whose crc matches, up to the first that is not: a w
 that died mid-append leaves a torn tail, which readers ignore and the next writer (under
 the lock) cuts off before it appends. So a frame is all there or not there.
 
-Only the last frame can be torn, so a bad frame that is not the last (its length ends
-before the file does, and non-zero bytes follow), or a file that does not begin with
-the header, is damage: readers and writers raise :class:`Damaged` and leave the file as
-it is, instead of cutting off the records after it.
+Only the last frame can be torn, so a bad frame with an intact frame after it, or a file
+that does not begin with the header (unless it is zeros with no intact frame after
+them, or the start of a header), is damage: readers and writers raise :class:`Damaged`
+and leave the file as it is, instead of cutting off the records after it.
 
 Writers hold the folder's lock (the files backend's ``flock`` stripes; released by the
 kernel when a process dies) while they check and append, which is what makes ``create``
@@ -140,8 +140,8 @@ class RecordsCache:
             size = os.fstat(fd).st_size
             if len(head) < HEADER.size or head[:8] != MAGIC:
                 self._drop(path)
-                if len(head) == HEADER.size and _pread_all(fd, size, 0).strip(b"\0"):
-                    raise Damaged("it does not begin with the record-file header")
+                if (problem := _begun_badly(_pread_all(fd, size, 0))) is not None:
+                    raise Damaged(problem)
                 return call(None)  # not begun: its first writer died writing the header
             if records is None or records.file_id != head[8:] or size < records.end:
                 self._drop(path)
@@ -155,8 +155,8 @@ class RecordsCache:
                 self._total += records.end - before
                 if records.end < size and not torn(memoryview(tail)[records.end - before :]):
                     raise Damaged(
-                        f"the frame at byte {records.end} fails its check and is not the "
-                        "last: a torn write can only be the last"
+                        f"the frame at byte {records.end} fails its check and intact frames "
+                        "follow it: a torn write can only be the last"
                     )
             self._files.move_to_end(path)
             while (self._total > self._limit or len(self._files) > self._most) and len(
@@ -177,13 +177,45 @@ class RecordsCache:
 
 def torn(rest: memoryview) -> bool:
     """
-    Whether ``rest``, the bytes after a record file's last good frame, can be the torn
-    append of a writer that died: shorter than a frame header, a frame that runs to the
-    end of the file or past it, or zeros (a length the data never reached).
+    Whether ``rest``, the bytes from a record file's first bad frame on, can be the torn
+    append of a writer that died before it was acknowledged: no intact frame begins in
+    it after its first byte. (A kill leaves a prefix of the frame; a power loss may also
+    leave zeros where some of its pages were never written.)
     """
-    if len(rest) < FRAME.size or FRAME.size + FRAME.unpack_from(rest)[0] >= len(rest):
-        return True
-    return not rest.tobytes().strip(b"\0")
+    return (
+        len(rest) <= FRAME.size
+        or not rest[1:].tobytes().strip(b"\0")
+        or (not _intact_frame(rest, 1))
+    )
+
+
+def _begun_badly(data: bytes) -> str | None:
+    """
+    Why a file that does not begin with the record-file header is damage; None when its
+    first writer died writing it: the start of the header, or zeros (a lost page) with no
+    intact frame after them.
+    """
+    if (len(data) < HEADER.size and MAGIC.startswith(data[:8])) or not data.strip(b"\0"):
+        return None
+    if not data[: HEADER.size].strip(b"\0"):
+        if not _intact_frame(memoryview(data), HEADER.size):
+            return None
+        return "its header is zeros, and intact frames follow"
+    return "it does not begin with the record-file header"
+
+
+def _intact_frame(view: memoryview, start: int) -> bool:
+    """Whether an intact frame begins at ``start`` or after it (a scan for damage only)."""
+    size, kind_at = len(view), FRAME.size - 1
+    unpack, crc32 = FRAME.unpack_from, zlib.crc32
+    for at in range(start, size - FRAME.size + 1):
+        if view[at + kind_at] > DROP:
+            continue
+        length, crc, _, _ = unpack(view, at)
+        stop = at + FRAME.size + length
+        if stop <= size and crc32(view[at + 8 : stop]) == crc:
+            return True
+    return False
 
 
 def _pread_all(fd: int, size: int, offset: int) -> bytes:

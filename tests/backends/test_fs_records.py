@@ -142,7 +142,9 @@ async def test_a_torn_tail_is_invisible_and_cut_by_the_next_writer(root: Path) -
     await store.create(seg(0), b"zero")
     path = root / "runs/r1/log"
     whole = frame(1, 0, b"one" * 100)
-    for torn in (whole[:5], whole[: FRAME.size + 10], whole[:-1] + b"X", b"\0" * 64):
+    big = frame(1, 0, random.Random(1).randbytes(12_000))
+    lost_page = b"\0" * 4096 + big[4096:]  # a power loss wrote all but its first page
+    for torn in (whole[:5], whole[: FRAME.size + 10], whole[:-1] + b"X", b"\0" * 64, lost_page):
         reader = FSBackend(root)  # a fresh process's view
         with path.open("ab") as file:
             file.write(torn)
@@ -184,15 +186,20 @@ async def test_a_file_not_begun_as_a_record_file_is_damage_unless_it_is_zeros(
 ) -> None:
     path = root / "runs/r1/log"
     path.parent.mkdir(parents=True)
-    path.write_bytes(b"\0" * (HEADER.size + 40))  # a first writer died in its header
-    assert await FSBackend(root).create(seg(0), b"zero") is not None
-    assert await FSBackend(root).list_all(LOG) == [seg(0)]
-    notes = b"somebody's notes, not a record file at all"
-    path.write_bytes(notes)
-    for call in (FSBackend(root).get(seg(0)), FSBackend(root).create(seg(1), b"one")):
-        with pytest.raises(CorruptLog, match="does not begin with the record-file header"):
-            await call
-    assert path.read_bytes() == notes
+    first = frame(0, 0, random.Random(2).randbytes(12_000))
+    # A first writer died in its header, or a power loss kept all but the first page of
+    # its first append: nothing was acknowledged, so the file is not begun.
+    for unbegun in (b"\0" * (HEADER.size + 40), b"SUBR", b"\0" * 4096 + first[4096:]):
+        path.write_bytes(unbegun)
+        assert await FSBackend(root).list_all(LOG) == []
+        assert await FSBackend(root).create(seg(0), b"zero") is not None
+        assert await FSBackend(root).list_all(LOG) == [seg(0)]
+    for notes in (b"somebody's notes, not a record file at all", b"my notes"):
+        path.write_bytes(notes)
+        for call in (FSBackend(root).get(seg(0)), FSBackend(root).create(seg(1), b"one")):
+            with pytest.raises(CorruptLog, match="does not begin with the record-file header"):
+                await call
+        assert path.read_bytes() == notes
 
 
 @workflow(name="records.two_then_wait")
@@ -223,7 +230,9 @@ async def test_a_damaged_log_parks_its_run_only_and_is_left_for_repair(root: Pat
         await healthy.send("go", 20)
         assert await healthy.result(timeout=WAIT) == 24
         assert path.read_bytes() == bytes(damaged)  # no writer cut it
-        path.write_bytes(original)  # repaired: the parked run is retried and goes on
+        repaired = root / "repaired"
+        repaired.write_bytes(original)
+        repaired.replace(path)  # whole at once: a retry never reads a half-written file
         assert await victim.result(timeout=WAIT) == 12
 
 
