@@ -149,9 +149,10 @@ async def test_stale_and_duplicate_schedule_entries_are_harmless_and_cleaned_up(
         async def sleeping() -> bool:
             # The agent deletes the entry it consumed last (a crash in between repeats the
             # wake-up instead of losing it): wait for the summary and for one entry left,
-            # the wake-up, not the consumed one (due now).
+            # the wake-up in an hour, not the consumed one (the start's: due when the
+            # lease its local agent took expires, also in the future).
             entries = [e for e in await _schedule(backend) if e.run_id == asleep.run_id]
-            settled = len(entries) == 1 and entries[0].due_ms > now_ms()
+            settled = len(entries) == 1 and entries[0].due_ms > now_ms() + HOUR_MS // 2
             return await asleep.status() is RunStatus.SLEEPING and settled
 
         await wait_until(sleeping, 30, "the sleeper to sleep")
