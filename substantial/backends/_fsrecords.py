@@ -16,7 +16,7 @@ import bisect
 import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, suppress
+from contextlib import AbstractContextManager, ExitStack, suppress
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
@@ -87,11 +87,11 @@ class RecordKeys:
 
     # -- reads ------------------------------------------------------------------------
 
-    def read(self, rel: str, call: Callable[[Records | None], _T], *, locked: bool = False) -> _T:
+    def read(self, rel: str, call: Callable[[Records | None], _T], *, again: bool = False) -> _T:
         """
         ``call`` the file's current parse (None: no file, or not begun).
 
-        :param locked: the caller holds the file's lock
+        :param again: the second look at a file the first found damaged
         :raises LegacyLog: if ``rel`` is a folder
         :raises CorruptLog: if the file is damaged
         """
@@ -103,17 +103,20 @@ class RecordKeys:
         try:
             if stat.S_ISDIR(os.fstat(fd).st_mode):
                 raise LegacyLog(rel)
-            if locked:
+            if again:
                 return self._use(rel, fd, call)
             with suppress(Damaged):
                 return self.cache.use(path, fd, call)
         finally:
             os.close(fd)
         # Read without the lock, a writer cutting a torn tail and appending can be seen
-        # half-way, which looks like damage: look again while no writer is at work.
-        with self._locked(rel):
+        # half-way, which looks like damage: look again while no writer is at work (a
+        # reader that may not write the lock folder looks again without it).
+        with ExitStack() as stack:
+            with suppress(OSError):
+                stack.enter_context(self._locked(rel))
             self.cache.forget(path)
-            return self.read(rel, call, locked=True)
+            return self.read(rel, call, again=True)
 
     def _use(self, rel: str, fd: int, call: Callable[[Records | None], _T]) -> _T:
         """``cache.use``: a damaged file fails the run it belongs to, and is left as is."""
