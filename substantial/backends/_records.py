@@ -182,11 +182,9 @@ def torn(rest: memoryview) -> bool:
     it after its first byte. (A kill leaves a prefix of the frame; a power loss may also
     leave zeros where some of its pages were never written.)
     """
-    return (
-        len(rest) <= FRAME.size
-        or not rest[1:].tobytes().strip(b"\0")
-        or (not _intact_frame(rest, 1))
-    )
+    if not rest[1:].tobytes().strip(b"\0"):
+        return True  # zeros, at once: no frame is all zeros (its crc would not match)
+    return not _intact_frame(rest, 1)
 
 
 def _begun_badly(data: bytes) -> str | None:
