@@ -270,8 +270,14 @@ async def _survive(
     caplog: pytest.LogCaptureFixture,
     *,
     outages: int = 1,
+    noticed: bool = True,
 ) -> None:
-    """Start the runs, hit them with ``outage`` mid-flight, and check the aftermath."""
+    """
+    Start the runs, hit them with ``outage`` mid-flight, and check the aftermath.
+
+    :param noticed: an agent must have logged the outage (else the test tested nothing);
+        False where the outage may be invisible and the caller proves it happened
+    """
     starter = agents.conductors[0]
     tag = uuid.uuid4().hex[:8]
     with anyio.fail_after(DEADLINE):
@@ -308,7 +314,8 @@ async def _survive(
     down = {c.name: lines(c, "backend unavailable") for c in agents.conductors}
     # Once per outage, not once per failed request.
     assert all(len(messages) <= outages for messages in down.values()), down
-    assert any(down.values()), "the outage went unnoticed: the test did not test anything"
+    if noticed:
+        assert any(down.values()), "the outage went unnoticed: the test did not test anything"
     for task in agents.tasks:
         assert not task.done(), "an agent died"
 
@@ -354,18 +361,23 @@ async def test_every_redis_connection_killed(
     agents = await agents_on(lambda: RedisBackend(own_redis.url, prefix=prefix))
     kills = 4
     admin = aioredis.Redis.from_url(own_redis.url)
+    killed = 0
 
     async def kill_repeatedly() -> None:
+        nonlocal killed
         try:
             for round_ in range(kills):
                 # Each kill lands while runs are taking steps.
                 target = RUNS // 2 + round_ * (RUNS // 4)
                 await wait_until(lambda: len(DONE) >= target, DEADLINE, "more steps")  # noqa: B023
-                await admin.client_kill_filter(_type="normal", skipme=True)
+                killed += await admin.client_kill_filter(_type="normal", skipme=True)
         finally:
             await admin.aclose()
 
-    await _survive(agents, kill_repeatedly, caplog, outages=kills)
+    # A connection killed while idle is opened again before its next command, unseen:
+    # whether an agent logs the outage depends on a kill meeting a command in flight.
+    await _survive(agents, kill_repeatedly, caplog, outages=kills, noticed=False)
+    assert killed >= kills, f"only {killed} connections were killed in {kills} rounds"
 
 
 @pytest.mark.s3
