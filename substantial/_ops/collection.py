@@ -29,6 +29,7 @@ from substantial._store.keys import (
 )
 from substantial._store.runs import RunStore
 from substantial.backends.base import Backend
+from substantial.errors import CorruptLog
 from substantial.protocol import substantial_pb2 as pb
 
 __all__ = ["GcResult", "gc"]
@@ -47,6 +48,7 @@ class GcResult:
     :ivar busy: finished runs left alone because an agent held their lease
     :ivar dry_run: whether nothing was deleted
     :ivar live: runs left alone because their summary says finished and their log does not
+        (or cannot be read)
     :ivar blobs: the blobs (sha256) deleted because no run refers to them any more
     """
 
@@ -125,8 +127,12 @@ class _Sweep:
 
     async def collect(self, run_id: str, schedule_keys: list[str]) -> None:
         backend = self.store.backend
-        run_keys = await backend.list_all(run_prefix(run_id))
-        if not await hints.last_segment_ends(backend, run_id, run_keys):
+        try:
+            run_keys = await backend.list_all(run_prefix(run_id))
+            ends = await hints.last_segment_ends(backend, run_id, run_keys)
+        except CorruptLog:  # a log that cannot be read does not say the run ended
+            ends = False
+        if not ends:
             self.live.append(run_id)
             return
         if not self.dry_run:

@@ -209,10 +209,10 @@ async def _summary_from_log(store: RunStore, run_id: str) -> RunSummary | None:
         error = exc
     else:
         return _summary(hints.summary_from_log(run_id, stored)) if stored.events else None
-    entry = await store.backend.get(segment_key(run_id, 0))
     try:
+        entry = await store.backend.get(segment_key(run_id, 0))
         segment = pb.Segment.FromString(entry[0]) if entry is not None else None
-    except Exception:
+    except Exception:  # unreadable too (a damaged log file on files raises CorruptLog)
         segment = None
     if segment is None or not segment.events or not segment.events[0].HasField("started"):
         return _corrupt(run_id, error)

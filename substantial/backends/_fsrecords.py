@@ -87,13 +87,21 @@ class RecordKeys:
 
     # -- reads ------------------------------------------------------------------------
 
-    def read(self, rel: str, call: Callable[[Records | None], _T], *, again: bool = False) -> _T:
+    def read(
+        self,
+        rel: str,
+        call: Callable[[Records | None], _T],
+        *,
+        again: bool = False,
+        prefix: bool = False,
+    ) -> _T:
         """
         ``call`` the file's current parse (None: no file, or not begun).
 
         :param again: the second look at a file the first found damaged
+        :param prefix: of a damaged file, the intact records before the damage
         :raises LegacyLog: if ``rel`` is a folder
-        :raises CorruptLog: if the file is damaged
+        :raises CorruptLog: if the file is damaged (and not ``prefix``)
         """
         path = f"{self.root}/{rel}"
         try:
@@ -105,6 +113,8 @@ class RecordKeys:
                 raise LegacyLog(rel)
             if again:
                 return self._use(rel, fd, call)
+            if prefix:
+                return self.cache.use(path, fd, call, prefix=True)
             with suppress(Damaged):
                 return self.cache.use(path, fd, call)
         finally:
@@ -144,14 +154,20 @@ class RecordKeys:
                 results[index] = _entry(data)
         return results
 
-    def keys(self, rel: str, start_of_name: str, after: str | None) -> Iterator[str]:
+    def keys(
+        self, rel: str, start_of_name: str, after: str | None, *, prefix: bool = False
+    ) -> Iterator[str]:
         """
         The keys of record file ``rel`` whose name starts with ``start_of_name``, after
         ``after``, ascending.
 
+        :param prefix: of a damaged file, those of the intact records before the damage
         :raises LegacyLog: if ``rel`` is a folder
+        :raises CorruptLog: if the file is damaged (and not ``prefix``)
         """
-        seqs = self.read(rel, lambda records: [] if records is None else records.seqs())
+        seqs = self.read(
+            rel, lambda records: [] if records is None else records.seqs(), prefix=prefix
+        )
         base = f"{rel}/"
         start = 0
         if after is not None:

@@ -79,6 +79,8 @@ def walk(
             continue
         found = walk(scope, f"{scope.root}/{full[:-1]}", full, "", after, before, True)
         if logs and scope.families.folder(full[:-1]):
+            # A listing of more than one log (``runs/``) shows what it can of a damaged
+            # one; reading it, or listing it alone, raises CorruptLog.
             with suppress(LegacyLog):
-                found = scope.records.keys(full[:-1], "", after)
+                found = scope.records.keys(full[:-1], "", after, prefix=True)
         yield from found

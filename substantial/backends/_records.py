@@ -133,15 +133,22 @@ class RecordsCache:
         self._limit, self._most = limit, files
         self._total = 0  # the ends of the files held
 
-    def use(self, path: str, fd: int, call: Callable[[Records | None], _T]) -> _T:
-        """Bring the parse of the open file ``fd`` up to date and ``call`` it, locked."""
+    def use(
+        self, path: str, fd: int, call: Callable[[Records | None], _T], *, prefix: bool = False
+    ) -> _T:
+        """
+        Bring the parse of the open file ``fd`` up to date and ``call`` it, locked.
+
+        :param prefix: on damage, ``call`` the intact records before it, instead of
+            raising :class:`Damaged`
+        """
         with self._lock:
             records = self._files.get(path)
             head = os.pread(fd, HEADER.size, 0)
             size = os.fstat(fd).st_size
             if len(head) < HEADER.size or head[:8] != MAGIC:
                 self._drop(path)
-                if (problem := _begun_badly(_pread_all(fd, size, 0))) is not None:
+                if not prefix and (problem := _begun_badly(_pread_all(fd, size, 0))):
                     raise Damaged(problem)
                 return call(None)  # not begun: its first writer died writing the header
             if records is None or records.file_id != head[8:] or size < records.end:
@@ -154,7 +161,8 @@ class RecordsCache:
                 tail = _pread_all(fd, size - records.end, records.end)
                 records.extend(tail)
                 self._total += records.end - before
-                if records.end < size and not torn(memoryview(tail)[records.end - before :]):
+                rest = memoryview(tail)[records.end - before :]
+                if records.end < size and not prefix and not torn(rest):
                     raise Damaged(
                         f"the frame at byte {records.end} fails its check and intact frames "
                         "follow it: a torn write can only be the last"

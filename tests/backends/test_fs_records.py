@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 from substantial import Conductor, Context, CorruptLog, RunStatus, workflow
 from substantial.backends import FSBackend
 from substantial.backends._records import FRAME, HEADER, frame
+from substantial.ops import gc, list_runs
 from tests.harness import WAIT, make_conductor, wait_for_status, wait_until
 from tests.racers import race_processes
 
@@ -234,6 +236,40 @@ async def test_a_damaged_log_parks_its_run_only_and_is_left_for_repair(root: Pat
         repaired.write_bytes(original)
         repaired.replace(path)  # whole at once: a retry never reads a half-written file
         assert await victim.result(timeout=WAIT) == 12
+
+
+async def test_listing_and_gc_go_past_a_damaged_log(root: Path) -> None:
+    async with make_conductor(FSBackend(root), two_then_wait) as conductor:
+        for name in ("kept", "lost", "done"):
+            handle = await conductor.start(two_then_wait, 1, run_id=name)
+            await handle.send("go", 1)
+            assert await handle.result(timeout=WAIT) == 3
+    (root / "runs/lost/meta").unlink()  # a summary gone too: listing reads the log
+    for name, frame_index in (("kept", 0), ("lost", 1)):
+        path = root / f"runs/{name}/log"
+        damaged = bytearray(path.read_bytes())
+        at = HEADER.size
+        for _ in range(frame_index):  # past the frames before
+            at += FRAME.size + FRAME.unpack_from(damaged, at)[0]
+        damaged[at + FRAME.size + 1] ^= 0x40
+        path.write_bytes(bytes(damaged))
+    backend = FSBackend(root)
+    # A listing of every run shows the intact records before the damage; reading the log
+    # raises. (A log damaged in its first frame, of a run without a summary, has nothing
+    # to show: such a run is not listed.)
+    assert await backend.list_all("runs/lost/") == ["runs/lost/log/000000000000"]
+    with pytest.raises(CorruptLog):
+        await backend.list_all("runs/lost/log/")
+    runs = {run.run_id: run for run in await list_runs(backend)}
+    assert runs["lost"].status is RunStatus.CORRUPT
+    assert "damaged" in runs["lost"].error
+    assert runs["kept"].status is RunStatus.COMPLETED  # its summary says so
+    later = datetime.now(UTC) + timedelta(days=2)
+    collected = await gc(backend, timedelta(days=1), now=later)
+    assert collected.runs == ["done"]
+    assert collected.live == ["kept"]  # finished by its summary, but its log cannot say
+    assert (root / "runs/kept/log").exists()
+    assert (root / "runs/lost/log").exists()
 
 
 # -- the contract on record keys, against a model -------------------------------------------
