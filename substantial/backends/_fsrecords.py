@@ -161,13 +161,22 @@ class RecordKeys:
         The keys of record file ``rel`` whose name starts with ``start_of_name``, after
         ``after``, ascending.
 
-        :param prefix: of a damaged file, those of the intact records before the damage
+        :param prefix: of a damaged file, those of the intact records before the damage,
+            or, if none is, record 0's (reading it raises): a listing of more than this
+            log goes past the damage and still sees the run
         :raises LegacyLog: if ``rel`` is a folder
         :raises CorruptLog: if the file is damaged (and not ``prefix``)
         """
-        seqs = self.read(
-            rel, lambda records: [] if records is None else records.seqs(), prefix=prefix
-        )
+
+        def listed(records: Records | None) -> list[int]:
+            return [] if records is None else records.seqs()
+
+        try:
+            seqs = self.read(rel, listed)
+        except CorruptLog:
+            if not prefix:
+                raise
+            seqs = self.read(rel, listed, prefix=True) or [0]
         base = f"{rel}/"
         start = 0
         if after is not None:

@@ -238,25 +238,41 @@ async def test_a_damaged_log_parks_its_run_only_and_is_left_for_repair(root: Pat
         assert await victim.result(timeout=WAIT) == 12
 
 
+def _damage(path: Path, frame_index: int) -> None:
+    """Flip a bit inside frame ``frame_index`` of the record file at ``path``."""
+    damaged = bytearray(path.read_bytes())
+    at = HEADER.size
+    for _ in range(frame_index):  # past the frames before
+        at += FRAME.size + FRAME.unpack_from(damaged, at)[0]
+    damaged[at + FRAME.size + 1] ^= 0x40
+    path.write_bytes(bytes(damaged))
+
+
+@workflow(name="records.big_then_wait")
+async def big_then_wait(c: Context, data: str) -> int:
+    step = await c.save(lambda: 1)  # a second frame: damage to the only one looks torn
+    return len(data) + step + int(await c.receive("go"))
+
+
 async def test_listing_and_gc_go_past_a_damaged_log(root: Path) -> None:
-    async with make_conductor(FSBackend(root), two_then_wait) as conductor:
+    async with make_conductor(FSBackend(root), two_then_wait, big_then_wait) as conductor:
         for name in ("kept", "lost", "done"):
             handle = await conductor.start(two_then_wait, 1, run_id=name)
             await handle.send("go", 1)
             assert await handle.result(timeout=WAIT) == 3
-    (root / "runs/lost/meta").unlink()  # a summary gone too: listing reads the log
-    for name, frame_index in (("kept", 0), ("lost", 1)):
-        path = root / f"runs/{name}/log"
-        damaged = bytearray(path.read_bytes())
-        at = HEADER.size
-        for _ in range(frame_index):  # past the frames before
-            at += FRAME.size + FRAME.unpack_from(damaged, at)[0]
-        damaged[at + FRAME.size + 1] ^= 0x40
-        path.write_bytes(bytes(damaged))
+        big = await conductor.start(big_then_wait, "x" * 300_000, run_id="big")  # a blob
+        await wait_for_status(big, RunStatus.WAITING)
+    for name in ("lost", "big"):
+        (root / f"runs/{name}/meta").unlink()  # no summary either: listing reads the log
+    _damage(root / "runs/kept/log", 1)
+    _damage(root / "runs/lost/log", 0)
+    _damage(root / "runs/big/log", 0)
+    for ref in (root / "blobrefs").rglob("big"):
+        ref.write_bytes(b"1")  # written long ago: past the grace a start's blob gets
     backend = FSBackend(root)
-    # A listing of every run shows the intact records before the damage; reading the log
-    # raises. (A log damaged in its first frame, of a run without a summary, has nothing
-    # to show: such a run is not listed.)
+    # A listing of more than one log shows the intact records before the damage, or
+    # record 0 when none is (reading it raises); listing or reading that log raises.
+    assert await backend.list_all("runs/kept/") == ["runs/kept/log/000000000000", "runs/kept/meta"]
     assert await backend.list_all("runs/lost/") == ["runs/lost/log/000000000000"]
     with pytest.raises(CorruptLog):
         await backend.list_all("runs/lost/log/")
@@ -264,12 +280,16 @@ async def test_listing_and_gc_go_past_a_damaged_log(root: Path) -> None:
     assert runs["lost"].status is RunStatus.CORRUPT
     assert "damaged" in runs["lost"].error
     assert runs["kept"].status is RunStatus.COMPLETED  # its summary says so
+    blobs = sorted(path.name for path in (root / "blobs").iterdir())
+    assert blobs
     later = datetime.now(UTC) + timedelta(days=2)
     collected = await gc(backend, timedelta(days=1), now=later)
     assert collected.runs == ["done"]
     assert collected.live == ["kept"]  # finished by its summary, but its log cannot say
-    assert (root / "runs/kept/log").exists()
-    assert (root / "runs/lost/log").exists()
+    assert collected.blobs == []  # the damaged log may still refer to its blob
+    assert sorted(path.name for path in (root / "blobs").iterdir()) == blobs
+    for name in ("kept", "lost", "big"):
+        assert (root / f"runs/{name}/log").exists()
 
 
 # -- the contract on record keys, against a model -------------------------------------------
