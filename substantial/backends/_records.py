@@ -161,8 +161,11 @@ class RecordsCache:
                 tail = _pread_all(fd, size - records.end, records.end)
                 records.extend(tail)
                 self._total += records.end - before
-                rest = memoryview(tail)[records.end - before :]
-                if records.end < size and not prefix and not torn(rest):
+                if (
+                    records.end < size
+                    and not prefix
+                    and not torn(memoryview(tail)[records.end - before :])
+                ):
                     raise Damaged(
                         f"the frame at byte {records.end} fails its check and intact frames "
                         "follow it: a torn write can only be the last"
