@@ -19,6 +19,7 @@ from substantial._agent.health import describe
 from substantial._agent.parts import AgentParts
 from substantial._agent.processor import RunProcessor
 from substantial._agent.queues import ServedQueues
+from substantial._agent.reboot import recover_after_reboot
 from substantial._client.client import NewRun
 from substantial._core import constants
 from substantial._core.clock import VirtualClock
@@ -60,6 +61,7 @@ class Poller:
         self._context = contextvars.copy_context()
         self._seen.clear()  # a pause made while the agent was stopped: seen at its polls
         self._parts.client.local_agent = self
+        work.start_soon(recover_after_reboot, self._store, self._parts.client.notifier.kick)
         try:
             await self._loop()
         finally:

@@ -202,11 +202,14 @@ class Client:
             # no other agent looks at it before, and any does if this process dies.
             # The lease goes with it: one left by a start that died before the entry is
             # written only expires.
+            # Where the first agent after a reboot wakes every unfinished run, the entry
+            # need not be flushed: a crash that undoes it is followed by that wake-up.
+            durable = not await self.store.hints_recovered()
             if agent is None:
-                entry = await self.store.schedule(run_id, at, "s", route)
+                entry = await self.store.schedule(run_id, at, "s", route, durable=durable)
             else:
                 entry, lease = await _both(
-                    self.store.schedule(run_id, at + agent.lease_ms, "s", route),
+                    self.store.schedule(run_id, at + agent.lease_ms, "s", route, durable=durable),
                     self.store.acquire(run_id, agent.owner, agent.lease_ms),
                 )
             event = pb.Event(at_ms=at, started=started)

@@ -197,11 +197,12 @@ class RunStore:
         Only a summary of a finished run is written durably (``durable``: an ``fsync`` on
         files): the log restores any other one lost to a power loss (the run's schedule
         entry wakes an agent that rewrites it), but ``Handle.result`` waits for the
-        summary to say the run ended before it reads the end from the log.
+        summary to say the run ended before it reads the end from the log. Where the
+        store recovers from reboots (:meth:`hints_recovered`), not even that one.
         """
         key = meta_key(meta.run_id)
         data = await seal(self.backend, meta.run_id, meta, self.payloads)
-        durable = meta.status in FINAL_PB
+        durable = meta.status in FINAL_PB and not await self.hints_recovered()
         if current is not None:
             stored, version = current
             if stored is not None and stored.log_seq > meta.log_seq:
@@ -232,15 +233,31 @@ class RunStore:
                 return written
         return None  # ten writers in a row got there first: a hint, the next one wins
 
+    async def hints_recovered(self) -> bool:
+        """
+        Whether the first agent after a crash of the machine wakes every unfinished run
+        (:attr:`Backend.reboots`): then the entry of a run's start and the summary of its
+        end may be written as hints (``durable=False``), as each wake-up rewrites them.
+        """
+        reboots = self.backend.reboots
+        return reboots is not None and await reboots.covered()
+
     # ---- schedule ----
 
     async def schedule(
-        self, run_id: str, due_ms: int, tag: str = "t", route: Route = DEFAULT_ROUTE
+        self,
+        run_id: str,
+        due_ms: int,
+        tag: str = "t",
+        route: Route = DEFAULT_ROUTE,
+        *,
+        durable: bool = True,
     ) -> ScheduleEntry:
         """
         Ask for an agent to look at ``run_id`` at ``due_ms``; the entry written.
 
         :param route: the run's queue and workflow: which agents the entry is for
+        :param durable: False for an entry that recovery after a reboot rewrites
 
         :param tag: ``t`` for the run's own next wake-up: written with create, the same key
             however often it is repeated. Any other tag (at most 4 characters) says why and
@@ -254,9 +271,9 @@ class RunStore:
             tag = f"{tag}{uuid.uuid4().hex[:8]}"
         key = schedule_key(due_ms, run_id, tag, route)
         if tag == "t":
-            await self.backend.create(key, data)
+            await self.backend.create(key, data, durable=durable)
         else:
-            await self.backend.put(key, data)
+            await self.backend.put(key, data, durable=durable)
         return ScheduleEntry(key, run_id, due_ms, route)  # what parsing the key would give
 
     async def due(

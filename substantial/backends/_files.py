@@ -15,6 +15,7 @@ from contextlib import contextmanager, suppress
 from typing import TypeVar
 
 __all__ = [
+    "BOOT",
     "LOCKS",
     "MAX_NAME_BYTES",
     "REFUSED",
@@ -38,7 +39,9 @@ _T = TypeVar("_T")
 
 TMP = ".tmp"
 LOCKS = ".locks"
-RESERVED = frozenset({TMP, LOCKS})
+#: The record of the boot recovered from (:mod:`substantial.backends._boot`).
+BOOT = ".boot"
+RESERVED = frozenset({TMP, LOCKS, BOOT})
 MAX_NAME_BYTES = 255
 
 #: Keys hash onto this many lock files. Mutual exclusion per key is all a lock must give;

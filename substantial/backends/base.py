@@ -9,7 +9,9 @@ changes, and is what ``replace`` and ``delete`` compare against.
 A write with ``durable=False`` is a hint the log can restore (a run's summary, a lease, a
 consumed schedule entry's deletion): a backend may skip flushing it to disk, so a power
 loss right after it may undo it. It is as atomic as any write, and every process sees it
-at once. Only the files backend makes use of it (no ``fsync``).
+at once. Only the files backend makes use of it (no ``fsync``). Where a backend has a
+:attr:`Backend.reboots` record that says so, a run's start entry and final summary are
+such hints too: the first agent after a crash of the machine wakes every unfinished run.
 """
 
 from __future__ import annotations
@@ -19,14 +21,30 @@ import builtins
 from collections import Counter
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 import anyio
 
-__all__ = ["Backend", "Entry"]
+__all__ = ["Backend", "Entry", "RebootRecord"]
 
 #: What ``get`` returns for a present key: its bytes and its current version.
 Entry = tuple[bytes, str]
+
+
+class RebootRecord(Protocol):
+    """
+    A store's record of recovery after a crash of the machine (a reboot), where a crash
+    is what can undo a write that was not flushed (``substantial.backends._boot``).
+    """
+
+    async def covered(self) -> bool:
+        """Whether the next agent after a crash wakes every run unfinished at the crash."""
+
+    async def pending(self) -> str | None:
+        """The current boot, if the runs unfinished at its start have not been woken yet."""
+
+    async def mark(self, boot: str) -> None:
+        """Record (durably) that the runs unfinished at ``boot``'s start have been woken."""
 
 
 class Backend(abc.ABC):
@@ -42,6 +60,9 @@ class Backend(abc.ABC):
 
     #: A short name for messages and metrics ("memory", "files", "redis", "s3").
     name: str = "backend"
+    #: Where a crash of the machine can undo unflushed writes and is recovered from: the
+    #: record of that recovery (the files backend on a local file system, on Linux).
+    reboots: RebootRecord | None = None
 
     def __init__(self) -> None:
         self.requests: Counter[str] = Counter()

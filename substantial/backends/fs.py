@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import anyio.to_thread
 
+from substantial.backends._boot import BOOT_ID, Reboots
 from substantial.backends._files import (
     LOCKS,
     REFUSED,
@@ -82,6 +83,7 @@ class FSBackend(Backend):
         use it only for tests and throwaway data
     :param append_logs: the key families kept as record files (every process sharing
         ``root`` must use the same)
+    :param boot_id: the file of the kernel's boot id (:mod:`substantial.backends._boot`)
     """
 
     name = "files"
@@ -92,6 +94,7 @@ class FSBackend(Backend):
         *,
         fsync: bool = True,
         append_logs: Sequence[str] = APPEND_LOGS,
+        boot_id: str = BOOT_ID,
     ) -> None:
         super().__init__()
         self.root = os.path.abspath(os.fspath(root))
@@ -109,6 +112,7 @@ class FSBackend(Backend):
             sync_dir=self._sync_dir,
         )
         self._scope = WalkScope(self.root, self._families, self._records)
+        self.reboots = Reboots(self.root, self._tmp, boot_id) if fsync else None
 
     def __repr__(self) -> str:
         return f"FSBackend({self.root!r}, fsync={self.fsync})"

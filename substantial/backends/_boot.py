@@ -1,0 +1,136 @@
+"""
+Recovery after a reboot lets the files backend write two more things without a flush:
+the schedule entry of a run's start, and the summary of a run that ended.
+
+Only a power loss or a kernel crash can undo a write that was not flushed (a killed
+process leaves its writes in the page cache), and both end in a reboot. Linux gives each
+boot a new id (``/proc/sys/kernel/random/boot_id``). The root records in ``.boot`` the
+boot in which an agent last woke every unfinished run (``substantial._agent.reboot``).
+While ``.boot`` holds the current boot, a crash from now on leaves a different one
+there, so the first agent after it wakes every unfinished run again, and each wake-up
+rewrites from the log what the crash undid: an entry that wakes the run, a summary that
+says it ended.
+
+That holds on one machine's page cache, so it is used only where the root's file system
+is local (not NFS, SMB, FUSE...), the boot id can be read, and ``fsync`` is on. Anywhere
+else those writes stay flushed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import anyio.to_thread
+
+from substantial.backends._files import BOOT, fsync_dir, read_file, unlink_quietly, write_temp
+
+__all__ = ["BOOT_ID", "LOCAL_FILESYSTEMS", "MARKER", "Reboots", "filesystem_type"]
+
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+#: The root's record of the boot whose recovery is done (a name no key can have).
+MARKER = BOOT
+#: File systems whose unflushed writes live in this machine's page cache only.
+LOCAL_FILESYSTEMS = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "zfs", "bcachefs", "jfs", "reiserfs",
+     "nilfs2", "tmpfs", "overlay"}
+)  # fmt: skip
+#: How long a "not recovered yet" answer is kept before ``.boot`` is read again.
+RECHECK_SECONDS = 1.0
+
+
+class Reboots:
+    """
+    The boot record of one files backend root.
+
+    :param root: the backend's root folder
+    :param tmp: its folder of files being written
+    :param boot_id: the file holding the current boot id
+    """
+
+    def __init__(self, root: str, tmp: str, boot_id: str = BOOT_ID) -> None:
+        self.root, self.tmp, self.boot_id = root, tmp, boot_id
+        self._boot: str | None = None
+        self._supported: bool | None = None
+        self._covered = False
+        self._checked = -RECHECK_SECONDS
+
+    async def covered(self) -> bool:
+        """
+        Whether a crash from now on is recovered from by the next agent: writes the
+        recovery rewrites may skip their flush. Once true, it stays true for the process.
+        """
+        if self._covered or self._supported is False:
+            return self._covered
+        now = time.monotonic()
+        if now - self._checked < RECHECK_SECONDS:
+            return False
+        self._checked = now
+        self._covered = await anyio.to_thread.run_sync(self._recorded_is_current)
+        return self._covered
+
+    async def pending(self) -> str | None:
+        """The current boot id if this root has not recovered from the last reboot yet."""
+        boot = await anyio.to_thread.run_sync(self._pending)
+        self._covered = self._covered or (boot is None and self._current() is not None)
+        return boot
+
+    async def mark(self, boot: str) -> None:
+        """Record that every run unfinished at ``boot``'s start has been woken."""
+        await anyio.to_thread.run_sync(self._mark, boot)
+        self._covered = self._current() == boot
+
+    def _current(self) -> str | None:
+        if self._supported is None:
+            data = read_file(self.boot_id)
+            self._boot = data.decode(errors="replace").strip() if data else None
+            self._supported = bool(self._boot) and (filesystem_type(self.root) in LOCAL_FILESYSTEMS)
+        return self._boot if self._supported else None
+
+    def _recorded(self) -> str | None:
+        data = read_file(f"{self.root}/{MARKER}")
+        return None if data is None else data.decode(errors="replace").strip()
+
+    def _recorded_is_current(self) -> bool:
+        boot = self._current()
+        return boot is not None and self._recorded() == boot
+
+    def _pending(self) -> str | None:
+        boot = self._current()
+        return None if boot is None or self._recorded() == boot else boot
+
+    def _mark(self, boot: str) -> None:
+        temp = write_temp(self.tmp, boot.encode() + b"\n", True)
+        try:
+            os.replace(temp, f"{self.root}/{MARKER}")
+        except BaseException:
+            unlink_quietly(temp)
+            raise
+        fsync_dir(self.root)
+
+
+def filesystem_type(path: str) -> str | None:
+    """The type of the file system ``path`` is on (``/proc/self/mountinfo``), if known."""
+    target = os.path.realpath(path)
+    found: tuple[int, str] | None = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                fields, _, rest = line.partition(" - ")
+                parts = fields.split()
+                if len(parts) < 5 or not rest:
+                    continue
+                point = _unescape(parts[4])
+                inside = target == point or target.startswith(point.rstrip("/") + "/")
+                if inside and (found is None or len(point) >= found[0]):
+                    found = (len(point), rest.split()[0])  # the last mount over it wins
+    except OSError:
+        return None
+    return None if found is None else found[1]
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path: space, tab, newline and backslash come as octal escapes."""
+    if "\\" not in field:
+        return field
+    return field.encode().decode("unicode_escape").encode("latin-1").decode(errors="replace")
