@@ -141,6 +141,11 @@ class _Sweep:
                 self.busy.append(run_id)
                 return
             meta = meta_key(run_id)
+            # The summary may not be on disk yet (RunStore.write_meta): flushed first, so
+            # that a crash in the middle leaves no "running" summary without a log.
+            recovered = await self.store.hints_recovered()
+            if recovered and (summary := await backend.get(meta)) is not None:
+                await backend.replace(meta, summary[0], summary[1])
             await drop_run_refs(backend, run_id, run_keys)
             await _drop_index(self.store, run_id)
             await _delete_all(backend, schedule_keys)

@@ -198,11 +198,15 @@ class RunStore:
         files): the log restores any other one lost to a power loss (the run's schedule
         entry wakes an agent that rewrites it), but ``Handle.result`` waits for the
         summary to say the run ended before it reads the end from the log. Where the
-        store recovers from reboots (:meth:`hints_recovered`), not even that one.
+        store recovers from reboots (:meth:`hints_recovered`), not even that one, unless
+        it holds replayed state (a status, search attributes) that no wake-up rebuilds.
         """
         key = meta_key(meta.run_id)
         data = await seal(self.backend, meta.run_id, meta, self.payloads)
-        durable = meta.status in FINAL_PB and not await self.hints_recovered()
+        durable = meta.status in FINAL_PB and (
+            meta.HasField("custom_status") or bool(meta.attributes)
+            or not await self.hints_recovered()
+        )  # fmt: skip
         if current is not None:
             stored, version = current
             if stored is not None and stored.log_seq > meta.log_seq:
@@ -234,11 +238,7 @@ class RunStore:
         return None  # ten writers in a row got there first: a hint, the next one wins
 
     async def hints_recovered(self) -> bool:
-        """
-        Whether the first agent after a crash of the machine wakes every unfinished run
-        (:attr:`Backend.reboots`): then the entry of a run's start and the summary of its
-        end may be written as hints (``durable=False``), as each wake-up rewrites them.
-        """
+        """Whether a start's entry and an end's summary are hints (``Backend.reboots``)."""
         reboots = self.backend.reboots
         return reboots is not None and await reboots.covered()
 

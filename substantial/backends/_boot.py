@@ -18,6 +18,7 @@ else those writes stay flushed.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 
@@ -45,15 +46,17 @@ class Reboots:
 
     :param root: the backend's root folder
     :param tmp: its folder of files being written
+    :param locks: its folder of lock files: one process at a time recovers
     :param boot_id: the file holding the current boot id
     """
 
-    def __init__(self, root: str, tmp: str, boot_id: str = BOOT_ID) -> None:
-        self.root, self.tmp, self.boot_id = root, tmp, boot_id
+    def __init__(self, root: str, tmp: str, locks: str, boot_id: str = BOOT_ID) -> None:
+        self.root, self.tmp, self.locks, self.boot_id = root, tmp, locks, boot_id
         self._boot: str | None = None
         self._supported: bool | None = None
         self._covered = False
         self._checked = -RECHECK_SECONDS
+        self._lock: int | None = None
 
     async def covered(self) -> bool:
         """
@@ -70,7 +73,12 @@ class Reboots:
         return self._covered
 
     async def pending(self) -> str | None:
-        """The current boot id if this root has not recovered from the last reboot yet."""
+        """
+        The current boot id if this root has not recovered from the last reboot yet; the
+        caller then holds the root's recovery lock until :meth:`mark` or :meth:`release`.
+
+        :raises BlockingIOError: while another process recovers
+        """
         boot = await anyio.to_thread.run_sync(self._pending)
         self._covered = self._covered or (boot is None and self._current() is not None)
         return boot
@@ -79,6 +87,13 @@ class Reboots:
         """Record that every run unfinished at ``boot``'s start has been woken."""
         await anyio.to_thread.run_sync(self._mark, boot)
         self._covered = self._current() == boot
+        self.release()
+
+    def release(self) -> None:
+        """Let another process recover (this one failed or stopped)."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            os.close(lock)
 
     def _current(self) -> str | None:
         if self._supported is None:
@@ -97,7 +112,18 @@ class Reboots:
 
     def _pending(self) -> str | None:
         boot = self._current()
-        return None if boot is None or self._recorded() == boot else boot
+        if boot is None or self._recorded() == boot:
+            return None
+        if self._lock is None:
+            os.makedirs(self.locks, exist_ok=True)
+            lock = os.open(f"{self.locks}/{MARKER}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BaseException:
+                os.close(lock)
+                raise
+            self._lock = lock
+        return None if self._recorded() == boot else boot  # another one may just have
 
     def _mark(self, boot: str) -> None:
         temp = write_temp(self.tmp, boot.encode() + b"\n", True)

@@ -41,10 +41,18 @@ class RebootRecord(Protocol):
         """Whether the next agent after a crash wakes every run unfinished at the crash."""
 
     async def pending(self) -> str | None:
-        """The current boot, if the runs unfinished at its start have not been woken yet."""
+        """
+        The current boot, if the runs unfinished at its start have not been woken yet;
+        the caller is then the one to wake them, until :meth:`mark` or :meth:`release`.
+
+        :raises BlockingIOError: while another process wakes them
+        """
 
     async def mark(self, boot: str) -> None:
         """Record (durably) that the runs unfinished at ``boot``'s start have been woken."""
+
+    def release(self) -> None:
+        """Let another process wake them (this one failed or stopped)."""
 
 
 class Backend(abc.ABC):

@@ -64,8 +64,7 @@ class FSBackend(Backend):
     the same bytes again gives the same version).
 
     A key cannot also be a directory of other keys: with ``a/b`` stored, writing
-    ``a/b/c`` raises :class:`ValueError` (and the other way round). Empty directories left
-    by deletes are kept.
+    ``a/b/c`` raises :class:`ValueError` (and the other way round).
 
     Keys of the ``append_logs`` families (``runs/*/log/``: ``*`` is one key component)
     whose name is 12 digits are records of one file per folder instead: a ``create``
@@ -83,7 +82,7 @@ class FSBackend(Backend):
         use it only for tests and throwaway data
     :param append_logs: the key families kept as record files (every process sharing
         ``root`` must use the same)
-    :param boot_id: the file of the kernel's boot id (:mod:`substantial.backends._boot`)
+    :param boot_id: the kernel's boot id file (:mod:`._boot`); None: flush starts, ends
     """
 
     name = "files"
@@ -94,7 +93,7 @@ class FSBackend(Backend):
         *,
         fsync: bool = True,
         append_logs: Sequence[str] = APPEND_LOGS,
-        boot_id: str = BOOT_ID,
+        boot_id: str | None = BOOT_ID,
     ) -> None:
         super().__init__()
         self.root = os.path.abspath(os.fspath(root))
@@ -112,7 +111,8 @@ class FSBackend(Backend):
             sync_dir=self._sync_dir,
         )
         self._scope = WalkScope(self.root, self._families, self._records)
-        self.reboots = Reboots(self.root, self._tmp, boot_id) if fsync else None
+        if fsync and boot_id is not None:
+            self.reboots = Reboots(self.root, self._tmp, self._locks, boot_id)
 
     def __repr__(self) -> str:
         return f"FSBackend({self.root!r}, fsync={self.fsync})"
