@@ -9,6 +9,9 @@ still ends.
 
 from __future__ import annotations
 
+import os
+import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +23,21 @@ from substantial._agent.reboot import recover_after_reboot, wake_unfinished_runs
 from substantial._store.keys import SCHEDULE_PREFIX, meta_key, schedule_parts
 from substantial._store.runs import RunStore
 from substantial.backends import FSBackend
-from substantial.backends._boot import Reboots, _unescape, filesystem_type
+from substantial.backends._boot import (
+    BOOT_ID,
+    LOCAL_FILESYSTEMS,
+    Reboots,
+    _unescape,
+    filesystem_type,
+)
+from substantial.ops import gc
 from substantial.protocol import substantial_pb2 as pb
 from tests.harness import WAIT, make_conductor, wait_for_status, wait_until
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(BOOT_ID) or filesystem_type(tempfile.gettempdir()) not in LOCAL_FILESYSTEMS,
+    reason="recovery after a reboot needs Linux's boot id and a local file system",
+)
 
 
 @workflow(name="reboot.two")
@@ -63,6 +78,10 @@ class Recording(FSBackend):
     ) -> str | None:
         self.writes.append((key, durable))
         return await super().replace(key, data, version, durable=durable)
+
+    async def delete(self, key: str, version: str | None = None, *, durable: bool = True) -> bool:
+        self.writes.append((f"delete {key}", durable))
+        return await super().delete(key, version, durable=durable)
 
     def start_entry_flushed(self, run_id: str) -> list[bool]:
         return [
@@ -201,7 +220,6 @@ async def test_every_run_a_power_loss_left_unwoken_ends_after_the_reboot(
         for run_id in ("ended", "ended-asleep", "finished"):
             await wait_for_status(after.handle(run_id), RunStatus.COMPLETED)
         await wait_for_status(after.handle("broken"), RunStatus.PARKED)
-        assert await after.handle("asleep").status() == RunStatus.SLEEPING
         boot = tmp_path / "store" / ".boot"
         await wait_until(lambda: boot.read_text() == "boot-2\n", what="the boot recorded")
 
@@ -216,12 +234,56 @@ async def test_the_boot_is_recorded_only_once_every_run_is_woken(
     schedule, boot = tmp_path / "store" / "schedule", tmp_path / "store" / ".boot"
     schedule.rename(tmp_path / "schedule-aside")
     schedule.write_bytes(b"")  # no entry can be written now
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: recover_after_reboot(RunStore(rebooted), retry=0.01))
-        await wait_until(lambda: caplog.text.count("trying again") >= 3, what="three tries")
-        assert boot.read_text() == "boot-1\n"
-        schedule.unlink()
-        (tmp_path / "schedule-aside").rename(schedule)
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: recover_after_reboot(RunStore(rebooted), retry=0.01))
+            await wait_until(lambda: caplog.text.count("trying again") >= 3, what="three tries")
+            assert boot.read_text() == "boot-1\n"
+            schedule.unlink()
+            (tmp_path / "schedule-aside").rename(schedule)
     assert boot.read_text() == "boot-2\n"
     woken = [schedule_parts(key) for key in await rebooted.list_all(SCHEDULE_PREFIX)]
     assert ("unwoken", "boot") in [(parts[1], parts[2][:4]) for parts in woken if parts]
+
+
+async def test_agents_sharing_a_store_wake_each_run_once(tmp_path: Path) -> None:
+    backend = machine(tmp_path, "boot-1")
+    await recover_after_reboot(RunStore(backend))
+    starter = make_conductor(backend, two)
+    for number in range(5):
+        await starter.start(two, number, run_id=f"run-{number}")
+    rebooted = machine(tmp_path, "boot-2")
+    other_process = machine(tmp_path, "boot-2")
+    async with anyio.create_task_group() as tg:  # two conductors of one process, and another
+        for store in (RunStore(rebooted), RunStore(rebooted), RunStore(other_process)):
+            tg.start_soon(lambda store=store: recover_after_reboot(store, retry=0.01))
+    woken = [parts[1] for key in await rebooted.list_all(SCHEDULE_PREFIX)
+             if (parts := schedule_parts(key)) and parts[2].startswith("boot")]  # fmt: skip
+    assert sorted(woken) == [f"run-{number}" for number in range(5)]
+
+
+async def test_summaries_no_wake_up_rebuilds_stay_flushed(tmp_path: Path) -> None:
+    backend: Recording = machine(tmp_path, "boot-1", Recording)
+    store = RunStore(backend)
+    await recover_after_reboot(store)
+    # A run of an older version with an id over 200 characters: recovery skips it.
+    long_id = "x" * 205
+    assert await store.write_meta(pb.RunMeta(run_id=long_id, status=pb.RUN_STATUS_COMPLETED))
+    assert backend.last_summary_flushed(long_id)
+    assert await store.write_meta(pb.RunMeta(run_id="short", status=pb.RUN_STATUS_COMPLETED))
+    assert not backend.last_summary_flushed("short")
+
+
+async def test_gc_flushes_a_summary_before_it_deletes_the_log(tmp_path: Path) -> None:
+    backend: Recording = machine(tmp_path, "boot-1", Recording)
+    async with make_conductor(backend, two) as conductor:
+        await wait_until(lambda: covered(backend), what="the boot recorded")
+        assert await (await conductor.start(two, 1, run_id="old")).result() == 2
+    assert not backend.last_summary_flushed("old")
+    backend.writes.clear()
+    result = await gc(backend, timedelta(0), now=datetime.now(UTC) + timedelta(days=1))
+    assert result.runs == ["old"]
+    keys = [key for key, _ in backend.writes]
+    flushed = keys.index(meta_key("old"))
+    assert backend.writes[flushed][1]
+    assert flushed < min(i for i, key in enumerate(keys) if key.startswith("delete runs/old/log"))

@@ -124,8 +124,9 @@ async def wait_in_line(
     frees, and looks again after ``retry_ms`` in any case (a slot whose agent died frees
     itself without a word).
     """
+    # The entry first: the summary says the run is taken care of (_agent/reboot.py)
+    await store.schedule(summary.run_id, store.clock.now_ms() + retry_ms, "q", route)
     if not summary.says(RunStatus.QUEUED):
         log.info("run %s queued", summary.run_id)
         await summary.write(SummaryChange(RunStatus.QUEUED, seq))
-    await store.schedule(summary.run_id, store.clock.now_ms() + retry_ms, "q", route)
     await store.delete(consumed)

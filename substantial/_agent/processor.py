@@ -150,11 +150,12 @@ class RunProcessor:
         with anyio.CancelScope(shield=True), anyio.move_on_after(parts.settings.lease_seconds):
             try:
                 retry_at = now_ms() + round(wait * 1000)
+                route = next((e.route for e in entries if e.route.mark), entries[0].route)
+                # The entry before the summary that says the run is held (see reboot.py)
+                await self._store.schedule(run_id, retry_at, "h", route)
                 await mark_held(
                     self._store, run_id, reason, now_ms=now_ms(), retry_at_ms=retry_at, agent=name
                 )
-                route = next((e.route for e in entries if e.route.mark), entries[0].route)
-                await self._store.schedule(run_id, retry_at, "h", route)
                 await self._store.delete([entry.key for entry in entries])
             except Exception as exc:  # best effort: the in-memory hold-off still stands
                 log.warning("agent %s: could not record the hold-off of run %s: %s",

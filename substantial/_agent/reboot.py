@@ -76,10 +76,11 @@ async def recover_after_reboot(
                     return
                 woken = await wake_unfinished_runs(store, after)
                 await reboots.mark(boot)
-            except BlockingIOError:  # another process of this machine is at it
+            except BlockingIOError:  # another agent of this machine is at it
                 await anyio.sleep(retry)
                 continue
             except Exception as exc:
+                reboots.release()  # tried again with the lock taken again
                 attempt += 1
                 log.warning("recovery after a reboot: %s; trying again", describe(exc),
                             exc_info=attempt == 1)  # fmt: skip
@@ -174,7 +175,7 @@ async def _settled(store: RunStore, run_id: str, meta: pb.RunMeta) -> bool:
     except Exception:  # a log it cannot read: woken, and parked by its wake-up
         return False
     if segment is None or not segment.events:
-        return True
+        return False  # no log where its summary says there is one: the wake-up sees
     return segment.events[-1].WhichOneof("kind") not in END_STATUS
 
 

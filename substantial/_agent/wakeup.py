@@ -336,8 +336,8 @@ class WakeUp:
             RunStatus.PARKED, stored.last_seq, parked_reason=str(error), stored=stored,
             wake_at_ms=due,
         )  # fmt: skip
+        await self._store.schedule(self.run_id, due, "p", self.route)  # first: see reboot.py
         await self._summary.write(change)
-        await self._store.schedule(self.run_id, due, "p", self.route)
         await self._store.delete(self._consumed)
 
 

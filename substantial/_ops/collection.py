@@ -141,11 +141,10 @@ class _Sweep:
                 self.busy.append(run_id)
                 return
             meta = meta_key(run_id)
-            # The summary may not be on disk yet (RunStore.write_meta): flushed first, so
-            # that a crash in the middle leaves no "running" summary without a log.
-            recovered = await self.store.hints_recovered()
-            if recovered and (summary := await backend.get(meta)) is not None:
-                await backend.replace(meta, summary[0], summary[1])
+            if not await _flush_summary(backend, meta):
+                await self.store.release(lease)
+                self.busy.append(run_id)
+                return
             await drop_run_refs(backend, run_id, run_keys)
             await _drop_index(self.store, run_id)
             await _delete_all(backend, schedule_keys)
@@ -155,6 +154,17 @@ class _Sweep:
             await backend.prune(f"runs/{run_id}/")
         self.keys += len(run_keys) + len(schedule_keys)
         self.deleted.append(run_id)
+
+
+async def _flush_summary(backend: Backend, key: str) -> bool:
+    """
+    Where a final summary may not be on disk yet (``RunStore.write_meta``), flush it
+    before the run's log is deleted, so that a crash in between leaves no "running"
+    summary without a log. False if it changed meanwhile.
+    """
+    if backend.reboots is None or (summary := await backend.get(key)) is None:
+        return True
+    return await backend.replace(key, summary[0], summary[1]) is not None
 
 
 async def _drop_index(store: RunStore, run_id: str) -> None:

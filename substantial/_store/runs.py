@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Sequence
 
 from substantial._core.clock import Clock, VirtualClock, now_ms
-from substantial._core.runids import check_run_id
+from substantial._core.runids import MAX_RUN_ID_LENGTH, check_run_id
 from substantial._core.status import FINAL_PB
 from substantial._store import leases, segments
 from substantial._store.keys import (
@@ -205,6 +205,7 @@ class RunStore:
         data = await seal(self.backend, meta.run_id, meta, self.payloads)
         durable = meta.status in FINAL_PB and (
             meta.HasField("custom_status") or bool(meta.attributes)
+            or len(meta.run_id) > MAX_RUN_ID_LENGTH  # an older version's: not recovered
             or not await self.hints_recovered()
         )  # fmt: skip
         if current is not None:

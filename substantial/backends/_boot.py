@@ -114,15 +114,16 @@ class Reboots:
         boot = self._current()
         if boot is None or self._recorded() == boot:
             return None
-        if self._lock is None:
-            os.makedirs(self.locks, exist_ok=True)
-            lock = os.open(f"{self.locks}/{MARKER}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BaseException:
-                os.close(lock)
-                raise
-            self._lock = lock
+        if self._lock is not None:  # another task of this process is at it
+            raise BlockingIOError("a recovery of this root is under way in this process")
+        os.makedirs(self.locks, exist_ok=True)
+        lock = os.open(f"{self.locks}/{MARKER}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # or another process is
+        except BaseException:
+            os.close(lock)
+            raise
+        self._lock = lock
         return None if self._recorded() == boot else boot  # another one may just have
 
     def _mark(self, boot: str) -> None:
