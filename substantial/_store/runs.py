@@ -204,10 +204,8 @@ class RunStore:
         key = meta_key(meta.run_id)
         data = await seal(self.backend, meta.run_id, meta, self.payloads)
         durable = meta.status in FINAL_PB and (
-            meta.HasField("custom_status") or bool(meta.attributes)
-            or len(meta.run_id) > MAX_RUN_ID_LENGTH  # an older version's: not recovered
-            or not await self.hints_recovered()
-        )  # fmt: skip
+            _not_rebuilt(meta) or not await self.hints_recovered()
+        )
         if current is not None:
             stored, version = current
             if stored is not None and stored.log_seq > meta.log_seq:
@@ -374,3 +372,16 @@ class RunStore:
 
     async def lease_holder(self, run_id: str) -> pb.Lease | None:
         return await leases.lease_holder(self.backend, run_id)
+
+
+def _not_rebuilt(meta: pb.RunMeta) -> bool:
+    """
+    Whether a wake-up of the ended run could not rebuild this summary from the log: it
+    holds replayed state (a status, search attributes), or its run is an older
+    version's (an id over 200 characters), which recovery after a reboot skips.
+    """
+    return (
+        meta.HasField("custom_status")
+        or bool(meta.attributes)
+        or len(meta.run_id) > MAX_RUN_ID_LENGTH
+    )
