@@ -108,21 +108,22 @@ async def covered(backend: FSBackend) -> bool:
 async def test_a_boot_is_recorded_once_its_runs_are_woken(tmp_path: Path) -> None:
     backend = machine(tmp_path, "boot-1")
     assert backend.reboots is not None
-    assert await backend.reboots.pending() == "boot-1"  # a new root has never recovered
-    other = machine(tmp_path, "boot-1")
+    # A root never recorded has nothing to recover: every write so far was flushed.
+    assert await backend.reboots.pending() is None
+    assert (tmp_path / "store" / ".boot").read_text() == "boot-1\n"
+    assert await covered(backend)
+
+    rebooted, other = machine(tmp_path, "boot-2"), machine(tmp_path, "boot-2")
+    assert await rebooted.reboots.pending() == "boot-2"
     with pytest.raises(BlockingIOError):  # one process at a time recovers
         await other.reboots.pending()
-    backend.reboots.release()
-    assert await other.reboots.pending() == "boot-1"
+    rebooted.reboots.release()
+    assert await other.reboots.pending() == "boot-2"
     assert not await covered(other)
-    await other.reboots.mark("boot-1")
-    assert await backend.reboots.pending() is None
-    assert await covered(backend)
-    assert await covered(machine(tmp_path, "boot-1"))  # another process, same boot
-
-    rebooted = machine(tmp_path, "boot-2")
-    assert await rebooted.reboots.pending() == "boot-2"
-    assert not await covered(rebooted)
+    await other.reboots.mark("boot-2")
+    assert await rebooted.reboots.pending() is None
+    assert await covered(rebooted)
+    assert await covered(machine(tmp_path, "boot-2"))  # another process, same boot
     assert await rebooted.list("") == []  # the record is no key
 
 
@@ -146,6 +147,7 @@ async def test_writes_stay_flushed_where_a_reboot_cannot_be_told(tmp_path: Path)
 async def test_a_start_and_an_end_skip_their_flush_only_once_the_boot_is_recorded(
     tmp_path: Path,
 ) -> None:
+    assert await machine(tmp_path, "boot-0").reboots.pending() is None  # recorded
     backend: Recording = machine(tmp_path, "boot-1", Recording)
     recovering = machine(tmp_path, "boot-1")
     assert await recovering.reboots.pending() == "boot-1"  # and holds the lock meanwhile

@@ -11,6 +11,9 @@ there, so the first agent after it wakes every unfinished run again, and each wa
 rewrites from the log what the crash undid: an entry that wakes the run, a summary that
 says it ended.
 
+A root with no ``.boot`` yet has nothing to recover: a process skips a flush only after
+it has read ``.boot`` and made sure it is on disk, so its first boot is recorded at once.
+
 That holds on one machine's page cache, so it is used only where the root's file system
 is local (not NFS, SMB, FUSE...), the boot id can be read, and ``fsync`` is on. Anywhere
 else those writes stay flushed.
@@ -108,11 +111,21 @@ class Reboots:
 
     def _recorded_is_current(self) -> bool:
         boot = self._current()
-        return boot is not None and self._recorded() == boot
+        if boot is None or self._recorded() != boot:
+            return False
+        # Trusted once on disk: a crash can then not take it back to a root never
+        # recorded, which has nothing to recover (see _pending).
+        fsync_dir(self.root)
+        return True
 
     def _pending(self) -> str | None:
         boot = self._current()
-        if boot is None or self._recorded() == boot:
+        if boot is None or self._recorded_is_current():
+            return None
+        if self._recorded() is None:
+            # Never recorded: no process has trusted a record, so every write was
+            # flushed and there is nothing to recover (an upgrade, a new root).
+            self._mark(boot)
             return None
         if self._lock is not None:  # another task of this process is at it
             raise BlockingIOError("a recovery of this root is under way in this process")
