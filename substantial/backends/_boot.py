@@ -137,7 +137,7 @@ class Reboots:
             os.close(lock)
             raise
         self._lock = lock
-        return None if self._recorded() == boot else boot  # another one may just have
+        return None if self._recorded_is_current() else boot  # another may just have
 
     def _mark(self, boot: str) -> None:
         temp = write_temp(self.tmp, boot.encode() + b"\n", True)
