@@ -30,6 +30,7 @@ from substantial.backends._boot import (
     _unescape,
     filesystem_type,
 )
+from substantial.backends.base import RecoveryBusy
 from substantial.ops import gc
 from substantial.protocol import substantial_pb2 as pb
 from tests.harness import WAIT, make_conductor, wait_for_status, wait_until
@@ -115,7 +116,7 @@ async def test_a_boot_is_recorded_once_its_runs_are_woken(tmp_path: Path) -> Non
 
     rebooted, other = machine(tmp_path, "boot-2"), machine(tmp_path, "boot-2")
     assert await rebooted.reboots.pending() == "boot-2"
-    with pytest.raises(BlockingIOError):  # one process at a time recovers
+    with pytest.raises(RecoveryBusy):  # one process at a time recovers
         await other.reboots.pending()
     rebooted.reboots.release()
     assert await other.reboots.pending() == "boot-2"
@@ -289,3 +290,38 @@ async def test_gc_flushes_a_summary_before_it_deletes_the_log(tmp_path: Path) ->
     flushed = keys.index(meta_key("old"))
     assert backend.writes[flushed][1]
     assert flushed < min(i for i, key in enumerate(keys) if key.startswith("delete runs/old/log"))
+
+
+class Flaky(FSBackend):
+    """A files backend whose first write of a recovery's entry fails as EAGAIN would."""
+
+    failed = False
+
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> str:
+        if "~boot" in key and not self.failed:
+            self.failed = True
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return await super().put(key, data, durable=durable)
+
+
+async def test_the_recovery_lock_is_held_by_the_task_that_took_it(tmp_path: Path) -> None:
+    await recover_after_reboot(RunStore(machine(tmp_path, "boot-1")))
+    await make_conductor(machine(tmp_path, "boot-1"), two).start(two, 1, run_id="unwoken")
+    rebooted: Flaky = machine(tmp_path, "boot-2", Flaky)
+    assert await rebooted.reboots.pending() == "boot-2"  # this task holds the lock
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:  # another task waits, then stops
+            tg.start_soon(lambda: recover_after_reboot(RunStore(rebooted), retry=0.01))
+            await anyio.wait_all_tasks_blocked()  # it found the lock taken, and waits
+            tg.cancel_scope.cancel()
+    with pytest.raises(RecoveryBusy):  # its stop released nothing it did not take
+        await machine(tmp_path, "boot-2").reboots.pending()
+    rebooted.reboots.release()
+
+    # A store error that looks like a busy lock (EAGAIN) fails one try, not the recovery.
+    with anyio.fail_after(WAIT):
+        await recover_after_reboot(RunStore(rebooted), retry=0.01)
+    assert rebooted.failed
+    assert (tmp_path / "store" / ".boot").read_text() == "boot-2\n"
+    woken = [schedule_parts(key) for key in await rebooted.list_all(SCHEDULE_PREFIX)]
+    assert ("unwoken", "boot") in [(parts[1], parts[2][:4]) for parts in woken if parts]

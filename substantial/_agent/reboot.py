@@ -36,6 +36,7 @@ from substantial._core.status import END_STATUS, FINAL_PB
 from substantial._ops.listing import iter_run_ids
 from substantial._store.keys import Route, log_prefix, meta_key, run_prefix, segment_key
 from substantial._store.runs import RunStore
+from substantial.backends.base import RecoveryBusy
 from substantial.errors import BackendRefused, BackendUnavailable
 from substantial.protocol import substantial_pb2 as pb
 
@@ -68,30 +69,39 @@ async def recover_after_reboot(
         return
     after: list[str] = []  # the last run done, across tries
     attempt = 0
-    try:
-        while True:
-            try:
-                boot = await reboots.pending()
-                if boot is None:
-                    return
-                woken = await wake_unfinished_runs(store, after)
-                await reboots.mark(boot)
-            except BlockingIOError:  # another agent of this machine is at it
-                await anyio.sleep(retry)
-                continue
-            except Exception as exc:
-                reboots.release()  # tried again with the lock taken again
-                attempt += 1
-                log.warning("recovery after a reboot: %s; trying again", describe(exc),
-                            exc_info=attempt == 1)  # fmt: skip
-                await anyio.sleep(backoff(retry, attempt, 60.0))
-                continue
-            if woken:
-                kick()
-            log.info("recovery after a reboot: woke %d run(s)", woken)
+    while True:
+        try:
+            boot = await reboots.pending()
+        except RecoveryBusy:  # another agent of this machine is at it: wait for it
+            await anyio.sleep(retry)
+            continue
+        except Exception as exc:
+            attempt = await _failed(exc, attempt, retry)
+            continue
+        if boot is None:
             return
-    finally:
-        reboots.release()
+        try:  # this task holds the recovery lock until it marks or releases
+            woken = await wake_unfinished_runs(store, after)
+            await reboots.mark(boot)
+        except BaseException as exc:
+            reboots.release()
+            if not isinstance(exc, Exception):
+                raise  # cancelled: the agent stops
+            attempt = await _failed(exc, attempt, retry)
+            continue
+        if woken:
+            kick()
+        log.info("recovery after a reboot: woke %d run(s)", woken)
+        return
+
+
+async def _failed(exc: Exception, attempt: int, retry: float) -> int:
+    """Log a failed try and wait before the next; the count of tries that failed."""
+    attempt += 1
+    log.warning("recovery after a reboot: %s; trying again", describe(exc),
+                exc_info=attempt == 1)  # fmt: skip
+    await anyio.sleep(backoff(retry, attempt, 60.0))
+    return attempt
 
 
 async def wake_unfinished_runs(store: RunStore, after: list[str] | None = None) -> int:

@@ -24,10 +24,12 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from contextlib import suppress
 
 import anyio.to_thread
 
 from substantial.backends._files import BOOT, fsync_dir, read_file, unlink_quietly, write_temp
+from substantial.backends.base import RecoveryBusy
 
 __all__ = ["BOOT_ID", "LOCAL_FILESYSTEMS", "MARKER", "Reboots", "filesystem_type"]
 
@@ -72,18 +74,30 @@ class Reboots:
         if now - self._checked < RECHECK_SECONDS:
             return False
         self._checked = now
-        self._covered = await anyio.to_thread.run_sync(self._recorded_is_current)
+        with suppress(OSError):  # .boot unreadable: not covered, writes stay flushed
+            self._covered = await anyio.to_thread.run_sync(self._recorded_is_current)
         return self._covered
 
     async def pending(self) -> str | None:
         """
         The current boot id if this root has not recovered from the last reboot yet; the
-        caller then holds the root's recovery lock until :meth:`mark` or :meth:`release`.
+        caller then holds the root's recovery lock until its :meth:`mark` or
+        :meth:`release`.
 
-        :raises BlockingIOError: while another process recovers
+        :raises RecoveryBusy: while another process, or task, recovers
         """
-        boot = await anyio.to_thread.run_sync(self._pending)
-        self._covered = self._covered or (boot is None and self._current() is not None)
+        if self._lock is not None:
+            raise RecoveryBusy(f"a recovery of {self.root} is under way in this process")
+        with anyio.CancelScope(shield=True):  # a lock taken is never dropped on the floor
+            found = await anyio.to_thread.run_sync(self._pending)
+        if found is None:
+            self._covered = self._covered or self._current() is not None
+            return None
+        boot, lock = found
+        if self._lock is not None:  # another task took it meanwhile (on another fd)
+            os.close(lock)
+            raise RecoveryBusy(f"a recovery of {self.root} is under way in this process")
+        self._lock = lock
         return boot
 
     async def mark(self, boot: str) -> None:
@@ -93,7 +107,7 @@ class Reboots:
         self.release()
 
     def release(self) -> None:
-        """Let another process recover (this one failed or stopped)."""
+        """Let another recover: for the caller :meth:`pending` gave a boot to."""
         lock, self._lock = self._lock, None
         if lock is not None:
             os.close(lock)
@@ -118,7 +132,8 @@ class Reboots:
         fsync_dir(self.root)
         return True
 
-    def _pending(self) -> str | None:
+    def _pending(self) -> tuple[str, int] | None:
+        """The boot to recover from and the recovery lock held, or None: nothing to do."""
         boot = self._current()
         if boot is None or self._recorded_is_current():
             return None
@@ -127,17 +142,20 @@ class Reboots:
             # flushed and there is nothing to recover (an upgrade, a new root).
             self._mark(boot)
             return None
-        if self._lock is not None:  # another task of this process is at it
-            raise BlockingIOError("a recovery of this root is under way in this process")
         os.makedirs(self.locks, exist_ok=True)
         lock = os.open(f"{self.locks}/{MARKER}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # or another process is
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RecoveryBusy(f"another process is recovering {self.root}") from None
+            if not self._recorded_is_current():  # else another one just did
+                return boot, lock
         except BaseException:
             os.close(lock)
             raise
-        self._lock = lock
-        return None if self._recorded_is_current() else boot  # another may just have
+        os.close(lock)
+        return None
 
     def _mark(self, boot: str) -> None:
         temp = write_temp(self.tmp, boot.encode() + b"\n", True)

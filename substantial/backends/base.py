@@ -25,10 +25,14 @@ from typing import Protocol, Self
 
 import anyio
 
-__all__ = ["Backend", "Entry", "RebootRecord"]
+__all__ = ["Backend", "Entry", "RebootRecord", "RecoveryBusy"]
 
 #: What ``get`` returns for a present key: its bytes and its current version.
 Entry = tuple[bytes, str]
+
+
+class RecoveryBusy(Exception):
+    """Another process, or another task of this one, is recovering from the reboot."""
 
 
 class RebootRecord(Protocol):
@@ -45,14 +49,14 @@ class RebootRecord(Protocol):
         The current boot, if the runs unfinished at its start have not been woken yet;
         the caller is then the one to wake them, until :meth:`mark` or :meth:`release`.
 
-        :raises BlockingIOError: while another process wakes them
+        :raises RecoveryBusy: while another process, or task, wakes them
         """
 
     async def mark(self, boot: str) -> None:
         """Record (durably) that the runs unfinished at ``boot``'s start have been woken."""
 
     def release(self) -> None:
-        """Let another process wake them (this one failed or stopped)."""
+        """Let another wake them: for the caller :meth:`pending` gave a boot to."""
 
 
 class Backend(abc.ABC):
