@@ -24,6 +24,7 @@ __all__ = [
     "UNAVAILABLE",
     "content_version",
     "fsync_dir",
+    "fsync_removed",
     "key_problem",
     "locked",
     "make_empty",
@@ -121,6 +122,22 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_removed(path: str, root: str) -> None:
+    """
+    Flush the removal of the file ``path``: its folder, or, if a listing removed that
+    folder (left empty) meanwhile, the nearest folder above it that is still there.
+    """
+    folder = os.path.dirname(path)
+    while True:
+        try:
+            fsync_dir(folder)
+            return
+        except FileNotFoundError:
+            if len(folder) <= len(root):
+                raise
+            folder = os.path.dirname(folder)
 
 
 def unlink_quietly(path: str) -> None:

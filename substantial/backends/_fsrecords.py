@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from substantial.backends._files import (
     content_version,
+    fsync_removed,
     read_file,
     unlink_quietly,
     with_folders,
@@ -220,8 +221,8 @@ class RecordKeys:
                 if kind == DROP and state.count == 1:
                     unlink_quietly(path)  # the last record: no file, so folders can go
                     self.cache.forget(path)
-                    if durable:
-                        self._sync_dir(os.path.dirname(path))
+                    if durable and self.fsync:
+                        fsync_removed(path, self.root)
                     return True
                 append_frame(fd, state.end, seq, kind, data)
                 if self.fsync and durable:

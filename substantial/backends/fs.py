@@ -27,6 +27,7 @@ from substantial.backends._files import (
     UNAVAILABLE,
     content_version,
     fsync_dir,
+    fsync_removed,
     key_problem,
     locked,
     make_empty,
@@ -281,8 +282,8 @@ class FSBackend(Backend):
                 os.unlink(path)
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 return False
-            if durable:
-                self._sync_dir(os.path.dirname(path))
+            if durable and self.fsync:
+                fsync_removed(path, self.root)
         return True
 
     def _list(

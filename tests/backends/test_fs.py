@@ -12,7 +12,7 @@ import anyio.to_thread
 import pytest
 
 from substantial.backends import FSBackend
-from substantial.backends._files import content_version
+from substantial.backends._files import content_version, fsync_removed
 from substantial.errors import BackendUnavailable
 from tests.racers import race_processes
 
@@ -307,3 +307,14 @@ async def test_an_empty_put_over_content_replaces_it_whole(root: Path) -> None:
     assert await store.replace("k", b"", entry[1]) is not None
     with pytest.raises(ValueError, match="cannot be stored"):
         await store.create("k/below", b"")
+
+
+def test_a_delete_whose_folder_a_listing_removed_meanwhile_flushes_the_folder_above(
+    tmp_path: Path,
+) -> None:
+    # Two agents deleting in one schedule folder: one's listing removes the folder the
+    # other's unlink left empty before that one flushes it (test_run_ids saw it in CI).
+    (tmp_path / "kept").mkdir()
+    fsync_removed(str(tmp_path / "kept" / "gone" / "deeper" / "key"), str(tmp_path))
+    with pytest.raises(FileNotFoundError):  # the root itself gone is the store's trouble
+        fsync_removed(str(tmp_path / "no-root" / "key"), str(tmp_path / "no-root"))
