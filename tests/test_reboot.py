@@ -29,6 +29,7 @@ from substantial.backends._boot import (
     Reboots,
     _unescape,
     filesystem_type,
+    filesystem_types,
 )
 from substantial.backends.base import RecoveryBusy
 from substantial.ops import gc
@@ -142,6 +143,10 @@ async def test_writes_stay_flushed_where_a_reboot_cannot_be_told(tmp_path: Path)
                      str(tmp_path / "boot_id"))  # fmt: skip
     assert await remote.pending() is None
     assert not await remote.covered()
+    # A local disk with a foreign mount inside (a runs/ on NFS; here, / with /proc in it)
+    assert "proc" in (filesystem_types("/") or [])
+    beside = Reboots("/", str(tmp_path / "tmp"), str(tmp_path / "locks"), str(tmp_path / "boot_id"))
+    assert await beside.pending() is None
     assert _unescape(r"/mnt/a\040b\134c") == "/mnt/a b\\c"
 
 

@@ -14,8 +14,9 @@ says it ended.
 A root with no ``.boot`` yet has nothing to recover: a process skips a flush only after
 it has read ``.boot`` and made sure it is on disk, so its first boot is recorded at once.
 
-That holds on one machine's page cache, so it is used only where the root's file system
-is local (not NFS, SMB, FUSE...), the boot id can be read, and ``fsync`` is on. Anywhere
+That holds on one machine's page cache, so it is used only where the root's file system,
+and any mounted inside it, is local (not NFS, SMB, FUSE...), the boot id can be read,
+and ``fsync`` is on. Anywhere
 else those writes stay flushed.
 """
 
@@ -31,7 +32,14 @@ import anyio.to_thread
 from substantial.backends._files import BOOT, fsync_dir, read_file, unlink_quietly, write_temp
 from substantial.backends.base import RecoveryBusy
 
-__all__ = ["BOOT_ID", "LOCAL_FILESYSTEMS", "MARKER", "Reboots", "filesystem_type"]
+__all__ = [
+    "BOOT_ID",
+    "LOCAL_FILESYSTEMS",
+    "MARKER",
+    "Reboots",
+    "filesystem_type",
+    "filesystem_types",
+]
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 #: The root's record of the boot whose recovery is done (a name no key can have).
@@ -116,7 +124,10 @@ class Reboots:
         if self._supported is None:
             data = read_file(self.boot_id)
             self._boot = data.decode(errors="replace").strip() if data else None
-            self._supported = bool(self._boot) and (filesystem_type(self.root) in LOCAL_FILESYSTEMS)
+            types = filesystem_types(self.root)
+            self._supported = bool(self._boot and types) and LOCAL_FILESYSTEMS.issuperset(
+                types or ()
+            )
         return self._boot if self._supported else None
 
     def _recorded(self) -> str | None:
@@ -167,10 +178,14 @@ class Reboots:
         fsync_dir(self.root)
 
 
-def filesystem_type(path: str) -> str | None:
-    """The type of the file system ``path`` is on (``/proc/self/mountinfo``), if known."""
+def filesystem_types(path: str) -> list[str] | None:
+    """
+    The types of the file systems under ``path`` (``/proc/self/mountinfo``): the one it
+    is on, first, then any mounted inside it (a ``runs/`` on NFS, say); None if unknown.
+    """
     target = os.path.realpath(path)
-    found: tuple[int, str] | None = None
+    over: tuple[int, str] | None = None
+    inside: list[str] = []
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
             for line in mounts:
@@ -178,13 +193,21 @@ def filesystem_type(path: str) -> str | None:
                 parts = fields.split()
                 if len(parts) < 5 or not rest:
                     continue
-                point = _unescape(parts[4])
-                inside = target == point or target.startswith(point.rstrip("/") + "/")
-                if inside and (found is None or len(point) >= found[0]):
-                    found = (len(point), rest.split()[0])  # the last mount over it wins
+                point, kind = _unescape(parts[4]), rest.split()[0]
+                if target == point or target.startswith(point.rstrip("/") + "/"):
+                    if over is None or len(point) >= over[0]:
+                        over = (len(point), kind)  # the last mount over it wins
+                elif point.startswith(target.rstrip("/") + "/"):
+                    inside.append(kind)
     except OSError:
         return None
-    return None if found is None else found[1]
+    return None if over is None else [over[1], *inside]
+
+
+def filesystem_type(path: str) -> str | None:
+    """The type of the file system ``path`` is on, if known."""
+    types = filesystem_types(path)
+    return None if types is None else types[0]
 
 
 def _unescape(field: str) -> str:
