@@ -16,8 +16,7 @@ it has read ``.boot`` and made sure it is on disk, so its first boot is recorded
 
 That holds on one machine's page cache, so it is used only where the root's file system,
 and any mounted inside it, is local (not NFS, SMB, FUSE...), the boot id can be read,
-and ``fsync`` is on. Anywhere
-else those writes stay flushed.
+and ``fsync`` is on. Anywhere else those writes stay flushed.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from contextlib import suppress
 
 import anyio.to_thread
 
-from substantial.backends._files import BOOT, fsync_dir, read_file, unlink_quietly, write_temp
+from substantial.backends._files import BOOT, fsync_dir, read_file, replace_file
 from substantial.backends.base import RecoveryBusy
 
 __all__ = [
@@ -125,8 +124,8 @@ class Reboots:
             data = read_file(self.boot_id)
             self._boot = data.decode(errors="replace").strip() if data else None
             types = filesystem_types(self.root)
-            self._supported = bool(self._boot and types) and LOCAL_FILESYSTEMS.issuperset(
-                types or ()
+            self._supported = (
+                bool(self._boot) and types is not None and LOCAL_FILESYSTEMS.issuperset(types)
             )
         return self._boot if self._supported else None
 
@@ -169,12 +168,7 @@ class Reboots:
         return None
 
     def _mark(self, boot: str) -> None:
-        temp = write_temp(self.tmp, boot.encode() + b"\n", True)
-        try:
-            os.replace(temp, f"{self.root}/{MARKER}")
-        except BaseException:
-            unlink_quietly(temp)
-            raise
+        replace_file(self.tmp, f"{self.root}/{MARKER}", boot.encode() + b"\n", True)
         fsync_dir(self.root)
 
 

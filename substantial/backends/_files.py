@@ -30,6 +30,7 @@ __all__ = [
     "make_empty",
     "read_file",
     "remove_empty_folders",
+    "replace_file",
     "root_problem",
     "unlink_quietly",
     "with_folders",
@@ -209,6 +210,19 @@ def write_temp(tmp: str, data: bytes, fsync: bool) -> str:
         unlink_quietly(temp)
         raise
     return temp
+
+
+def replace_file(tmp: str, path: str, data: bytes, fsync: bool) -> None:
+    """
+    Make ``path`` hold ``data`` whole, at once for readers: a new file in the folder
+    ``tmp`` renamed over it (its folder is not flushed: the caller's to do).
+    """
+    temp = write_temp(tmp, data, fsync)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        unlink_quietly(temp)
+        raise
 
 
 @contextmanager

@@ -25,9 +25,9 @@ from substantial.backends._files import (
     content_version,
     fsync_removed,
     read_file,
+    replace_file,
     unlink_quietly,
     with_folders,
-    write_temp,
 )
 from substantial.backends._records import (
     DROP,
@@ -238,12 +238,7 @@ class RecordKeys:
 
     def _vacuum(self, path: str, live: dict[int, bytes]) -> None:
         """Rewrite the file with only its ``live`` records (and a new file id)."""
-        temp = write_temp(self.tmp, records_file(live), self.fsync)
-        try:
-            os.replace(temp, path)
-        except BaseException:
-            unlink_quietly(temp)
-            raise
+        replace_file(self.tmp, path, records_file(live), self.fsync)
         self.cache.forget(path)
         self._sync_dir(os.path.dirname(path))
 
